@@ -1,0 +1,35 @@
+//! The connecting side: resolve, connect within the connect timeout, then
+//! the handshake when the config has keys.
+
+use socket2::{Domain, Socket, Type};
+
+use crate::address::Address;
+use crate::auth::Role;
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Error, Result};
+
+/// Connects to `addr` (`tcp://HOST:PORT` or `unix://PATH`). Each resolved
+/// address is tried in turn; the error of the last one is reported.
+pub fn connect(addr: &str, config: &Config) -> Result<Connection> {
+    let addr = Address::parse(addr)?;
+    let mut last_error = None;
+    for target in addr.resolve()? {
+        let domain = if target.is_unix() {
+            Domain::UNIX
+        } else {
+            target.domain()
+        };
+        let attempt = Socket::new(domain, Type::STREAM, None).and_then(|s| {
+            s.connect_timeout(&target, config.connect_timeout)
+                .map(|()| s)
+        });
+        match attempt {
+            Ok(socket) => {
+                return Connection::establish(socket, config, Role::Client).map_err(|(e, _)| e)
+            }
+            Err(e) => last_error = Some(Error::io(format_args!("connecting to {addr}"), &e)),
+        }
+    }
+    Err(last_error.expect("resolve returns at least one address"))
+}

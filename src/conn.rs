@@ -1,0 +1,443 @@
+//! A framed connection over a blocking stream socket (TCP or Unix): the
+//! blocking driver of the frame codec and of the handshake.
+//!
+//! Thread safety: sends are serialised by one lock and receives by another,
+//! so two threads sending never interleave frames, and one thread may
+//! receive while another sends. Timeouts are deadlines: a send or receive
+//! with a timeout finishes within it or fails, however the peer dribbles.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use rand::TryRng;
+use socket2::{Socket, TcpKeepalive};
+
+use crate::address::format_sockaddr;
+use crate::auth::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::frame::{self, encode_header};
+use crate::recv_buffer::{Decoded, RecvBuffer};
+use crate::sys::{self, Interest};
+
+/// The receive buffer each connection starts with; one read takes up to this.
+const RECV_BUFFER_SIZE: usize = 64 * 1024;
+
+/// What [`Connection::recv_into`] did with the next frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvInto {
+    /// The frame was copied; this many bytes.
+    Copied(usize),
+    /// The buffer is too small for the frame, which stays queued: this is
+    /// its size.
+    TooSmall(usize),
+}
+
+pub struct Connection {
+    socket: Socket,
+    peer: String,
+    local: String,
+    max_frame_size: u64,
+    recv: Mutex<RecvBuffer>,
+    send_lock: Mutex<()>,
+    /// Milliseconds for each send and receive; 0 waits for ever.
+    timeout_ms: AtomicU64,
+    /// Why the stream can no longer be used (out of sync, or closed by us).
+    broken: OnceLock<String>,
+    /// Set by a server that is shutting down before it closes the socket, so
+    /// the calls it interrupts say so.
+    closing: AtomicBool,
+}
+
+impl Connection {
+    /// Wraps a connected stream socket and applies the config's options.
+    /// No handshake: see [`Connection::establish`].
+    pub fn new(socket: Socket, config: &Config) -> Result<Connection> {
+        Connection::wrap(socket, config).map_err(|(e, _)| e)
+    }
+
+    /// Wraps the socket and, when the config has keys, runs the handshake
+    /// in `role` within the config's handshake timeout. On failure the
+    /// socket is handed back, still open.
+    pub fn establish(
+        socket: Socket,
+        config: &Config,
+        role: Role,
+    ) -> std::result::Result<Connection, (Error, Socket)> {
+        let conn = Connection::wrap(socket, config)?;
+        if config.keys.is_empty() {
+            return Ok(conn);
+        }
+        match conn.handshake(role, config.keys.clone(), config.handshake_timeout) {
+            Ok(()) => Ok(conn),
+            Err(e) => Err((e, conn.socket)),
+        }
+    }
+
+    fn wrap(socket: Socket, config: &Config) -> std::result::Result<Connection, (Error, Socket)> {
+        let addresses = socket
+            .peer_addr()
+            .map_err(|e| Error::io("the socket is not connected", &e))
+            .and_then(|peer| {
+                let local = socket
+                    .local_addr()
+                    .map_err(|e| Error::io("cannot read the socket's local address", &e))?;
+                Ok((peer, local))
+            });
+        let (peer, local) = match addresses {
+            Ok(pair) => pair,
+            Err(e) => return Err((e, socket)),
+        };
+        let conn = Connection {
+            peer: format_sockaddr(&peer),
+            local: format_sockaddr(&local),
+            socket,
+            max_frame_size: config.max_frame_size,
+            recv: Mutex::new(RecvBuffer::with_capacity(RECV_BUFFER_SIZE)),
+            send_lock: Mutex::new(()),
+            timeout_ms: AtomicU64::new(0),
+            broken: OnceLock::new(),
+            closing: AtomicBool::new(false),
+        };
+        conn.set_timeout(config.io_timeout);
+        if peer.is_ipv4() || peer.is_ipv6() {
+            let options = conn
+                .set_nodelay(config.nodelay)
+                .and_then(|()| conn.set_keepalive(config.keepalive));
+            if let Err(e) = options {
+                return Err((e, conn.socket));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Runs the challenge-response handshake; fails with the reason, after
+    /// telling the peer `#FAILURE#` where the protocol says so.
+    pub fn handshake(&self, role: Role, keys: Keys, timeout: Duration) -> Result<()> {
+        let context = |e: Error| e.context(format!("handshake with {}", self.peer));
+        let deadline = Some(Instant::now() + timeout);
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("the OS random source failed: {e}")))?;
+        let mut hs = Handshake::new(role, keys, nonce);
+        loop {
+            while let Some(msg) = hs.poll_transmit() {
+                self.send_frame(&msg, deadline).map_err(context)?;
+            }
+            if hs.is_done() {
+                return Ok(());
+            }
+            let step = self
+                .recv_frame(MAX_HANDSHAKE_FRAME, deadline, |buf, frame| {
+                    hs.receive(buf.bytes(frame))
+                })
+                .map_err(context)?;
+            if let Err(e) = step {
+                // Best effort: the peer learns it failed, then we close.
+                while let Some(msg) = hs.poll_transmit() {
+                    let _ = self.send_frame(&msg, deadline);
+                }
+                return Err(context(e));
+            }
+        }
+    }
+
+    /// Sends one frame: header and payload leave in one system call where
+    /// the kernel takes them.
+    pub fn send(&self, payload: &[u8]) -> Result<()> {
+        self.send_frame(payload, self.deadline())
+    }
+
+    /// Receives the next frame and hands it to `f`, borrowed from the
+    /// connection's buffer.
+    pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+            f(buf.bytes(frame))
+        })
+    }
+
+    /// Receives the next frame into `out`. A frame larger than `out` is left
+    /// queued and its size reported.
+    pub fn recv_into(&self, out: &mut [u8]) -> Result<RecvInto> {
+        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+            let payload = buf.bytes(frame.clone());
+            if payload.len() > out.len() {
+                let needed = payload.len();
+                let header_len = encode_header(needed as u64).as_bytes().len();
+                buf.unconsume(&frame, header_len);
+                return RecvInto::TooSmall(needed);
+            }
+            out[..payload.len()].copy_from_slice(payload);
+            RecvInto::Copied(payload.len())
+        })
+    }
+
+    /// Whether a receive would find data (a whole buffered frame, or bytes or
+    /// end of stream on the socket) within `timeout` (`None`: wait for ever).
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        self.usable()?;
+        if let Ok(buf) = self.recv.try_lock() {
+            match frame::decode_header(buf.pending(), self.max_frame_size) {
+                Ok(Some(h)) if buf.pending().len() as u64 >= h.frame_len() => return Ok(true),
+                Err(_) => return Ok(true),
+                _ => {}
+            }
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        sys::wait(self.fd(), Interest::Read, deadline).map_err(|e| self.fail("poll", &e))
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    pub fn peer_addr(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn local_addr(&self) -> &str {
+        &self.local
+    }
+
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u64::MAX as u128) as u64);
+        self.timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn timeout(&self) -> Option<Duration> {
+        match self.timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> Result<()> {
+        self.socket
+            .set_tcp_nodelay(on)
+            .map_err(|e| Error::io("setting TCP_NODELAY", &e))
+    }
+
+    pub fn nodelay(&self) -> Result<bool> {
+        self.socket
+            .tcp_nodelay()
+            .map_err(|e| Error::io("reading TCP_NODELAY", &e))
+    }
+
+    /// Turns SO_KEEPALIVE on or off, with the kernel's probe timings.
+    pub fn set_keepalive(&self, on: bool) -> Result<()> {
+        self.socket
+            .set_keepalive(on)
+            .map_err(|e| Error::io("setting SO_KEEPALIVE", &e))
+    }
+
+    /// Turns keepalive on with explicit timings: first probe after `idle`,
+    /// then every `interval`, giving up after `count` unanswered probes.
+    pub fn set_keepalive_timing(
+        &self,
+        idle: Duration,
+        interval: Duration,
+        count: u32,
+    ) -> Result<()> {
+        let params = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(interval)
+            .with_retries(count);
+        self.socket
+            .set_tcp_keepalive(&params)
+            .map_err(|e| Error::io("setting TCP keepalive timings", &e))
+    }
+
+    /// Closes the stream in both directions from any thread, waking a thread
+    /// blocked on it; later calls fail with `Shutdown`.
+    pub fn close_for_shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Bytes of receive buffer held, for memory accounting.
+    pub fn buffered_capacity(&self) -> usize {
+        self.lock_recv().capacity()
+    }
+
+    pub fn into_socket(self) -> Socket {
+        self.socket
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout().map(|t| Instant::now() + t)
+    }
+
+    fn usable(&self) -> Result<()> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(shutdown_error());
+        }
+        match self.broken.get() {
+            Some(why) => Err(Error::new(ErrorKind::Broken, why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the stream unusable and closes it, so the peer sees the end too.
+    fn break_stream(&self, why: String) {
+        let _ = self.broken.set(why);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Maps an OS error, saying so when the server closed the socket.
+    fn fail(&self, doing: &str, err: &std::io::Error) -> Error {
+        if self.closing.load(Ordering::SeqCst) {
+            return shutdown_error();
+        }
+        Error::io(format_args!("{doing} {}", self.peer), err)
+    }
+
+    fn lock_recv(&self) -> MutexGuard<'_, RecvBuffer> {
+        // A panic while holding the lock cannot leave the buffer inconsistent
+        // (every update is a single assignment), so poisoning is ignored.
+        self.recv.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send_frame(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
+        self.usable()?;
+        let header = encode_header(payload.len() as u64);
+        let header = header.as_bytes();
+        let total = header.len() + payload.len();
+        let flags = libc::MSG_NOSIGNAL
+            | if deadline.is_some() {
+                libc::MSG_DONTWAIT
+            } else {
+                0
+            };
+        let _serial = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sent = 0;
+        while sent < total {
+            let bufs = if sent < header.len() {
+                [IoSlice::new(&header[sent..]), IoSlice::new(payload)]
+            } else {
+                [
+                    IoSlice::new(&payload[sent - header.len()..]),
+                    IoSlice::new(&[]),
+                ]
+            };
+            match self.socket.send_vectored_with_flags(&bufs, flags) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
+                    let ready = sys::wait(self.fd(), Interest::Write, deadline)
+                        .map_err(|e| self.fail("waiting to send to", &e))?;
+                    if !ready {
+                        return Err(self.torn_send(
+                            sent,
+                            total,
+                            Error::new(
+                                ErrorKind::TimedOut,
+                                format!("timed out sending to {}", self.peer),
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => return Err(self.torn_send(sent, total, self.fail("sending to", &e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// A send that stopped after part of a frame left the stream out of sync:
+    /// nothing more can be sent on it, so it is closed.
+    fn torn_send(&self, sent: usize, total: usize, err: Error) -> Error {
+        if sent == 0 {
+            return err;
+        }
+        self.break_stream(format!(
+            "a send to {} stopped after {sent} of {total} bytes of a frame, so the stream was closed",
+            self.peer
+        ));
+        err.context(format!("{sent} of {total} bytes sent, connection closed"))
+    }
+
+    fn recv_frame<R>(
+        &self,
+        max_payload: u64,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut RecvBuffer, std::ops::Range<usize>) -> R,
+    ) -> Result<R> {
+        self.usable()?;
+        let mut buf = self.lock_recv();
+        loop {
+            let missing = match buf.next_frame(max_payload) {
+                Ok(Decoded::Frame(frame)) => return Ok(f(&mut buf, frame)),
+                Ok(Decoded::NeedMore(n)) => n,
+                Err(e) => {
+                    // The rest of the stream cannot be found again: close it.
+                    self.break_stream(format!(
+                        "an earlier frame from {} was refused: {e}",
+                        self.peer
+                    ));
+                    return Err(e.context(format!("receiving from {}", self.peer)));
+                }
+            };
+            let spare = buf.spare(missing.max(4096));
+            let n = self.read_some(spare, deadline)?;
+            if n == 0 {
+                return Err(self.end_of_stream(buf.pending().len(), missing));
+            }
+            buf.commit(n);
+        }
+    }
+
+    fn end_of_stream(&self, have: usize, missing: usize) -> Error {
+        if self.closing.load(Ordering::SeqCst) {
+            return shutdown_error();
+        }
+        if have == 0 {
+            return Error::new(
+                ErrorKind::Closed,
+                format!("{} closed the connection", self.peer),
+            );
+        }
+        Error::new(
+            ErrorKind::TruncatedFrame,
+            format!(
+                "{} closed the connection in the middle of a frame: {have} bytes received, {missing} more expected",
+                self.peer
+            ),
+        )
+    }
+
+    /// One recv(2) into `spare`, waiting at most until `deadline`.
+    fn read_some(&self, spare: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
+        let flags = if deadline.is_some() {
+            libc::MSG_DONTWAIT
+        } else {
+            0
+        };
+        loop {
+            match sys::recv(self.fd(), spare, flags) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
+                    let ready = sys::wait(self.fd(), Interest::Read, deadline)
+                        .map_err(|e| self.fail("waiting to receive from", &e))?;
+                    if !ready {
+                        return Err(Error::new(
+                            ErrorKind::TimedOut,
+                            format!("timed out receiving from {}", self.peer),
+                        ));
+                    }
+                }
+                Err(e) => return Err(self.fail("receiving from", &e)),
+            }
+        }
+    }
+}
+
+fn shutdown_error() -> Error {
+    Error::new(
+        ErrorKind::Shutdown,
+        "the server is shutting down and closed this connection",
+    )
+}

@@ -1,0 +1,140 @@
+//! The one error type of the crate: a kind (what a caller can branch on) and a
+//! detail (what a human needs: the address, the OS error, the two sizes).
+
+use std::fmt;
+use std::io;
+
+/// What went wrong, coarse enough to branch on. The C API maps each kind to
+/// one `sockserv_result` code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NullParameter,
+    InvalidArgument,
+    InvalidAddress,
+    AddressInUse,
+    ConnectionRefused,
+    TimedOut,
+    Closed,
+    TruncatedFrame,
+    FrameTooLarge,
+    Protocol,
+    AuthFailed,
+    AuthProtocol,
+    InsufficientSize,
+    Shutdown,
+    InvalidState,
+    Broken,
+    Io,
+    Panic,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 18] = [
+        ErrorKind::NullParameter,
+        ErrorKind::InvalidArgument,
+        ErrorKind::InvalidAddress,
+        ErrorKind::AddressInUse,
+        ErrorKind::ConnectionRefused,
+        ErrorKind::TimedOut,
+        ErrorKind::Closed,
+        ErrorKind::TruncatedFrame,
+        ErrorKind::FrameTooLarge,
+        ErrorKind::Protocol,
+        ErrorKind::AuthFailed,
+        ErrorKind::AuthProtocol,
+        ErrorKind::InsufficientSize,
+        ErrorKind::Shutdown,
+        ErrorKind::InvalidState,
+        ErrorKind::Broken,
+        ErrorKind::Io,
+        ErrorKind::Panic,
+    ];
+
+    /// Static text for the kind; the detail of one failure is in [`Error`].
+    pub fn description(self) -> &'static str {
+        match self {
+            ErrorKind::NullParameter => "a required pointer argument was NULL",
+            ErrorKind::InvalidArgument => "an argument is out of range or malformed",
+            ErrorKind::InvalidAddress => "the address could not be parsed or resolved",
+            ErrorKind::AddressInUse => "the address is already in use",
+            ErrorKind::ConnectionRefused => "the peer refused the connection",
+            ErrorKind::TimedOut => "the operation timed out",
+            ErrorKind::Closed => "the connection was closed",
+            ErrorKind::TruncatedFrame => "the connection ended in the middle of a frame",
+            ErrorKind::FrameTooLarge => "a frame is larger than the maximum frame size",
+            ErrorKind::Protocol => "the peer broke the framing protocol",
+            ErrorKind::AuthFailed => "authentication failed: the keys do not match",
+            ErrorKind::AuthProtocol => "the peer broke or downgraded the authentication handshake",
+            ErrorKind::InsufficientSize => "the buffer is too small; the needed size was reported",
+            ErrorKind::Shutdown => "the server is shutting down",
+            ErrorKind::InvalidState => "the call is not allowed in the object's current state",
+            ErrorKind::Broken => "the connection is unusable after an earlier failure",
+            ErrorKind::Io => "an operating system error occurred",
+            ErrorKind::Panic => "an internal error (panic) was caught at the API boundary",
+        }
+    }
+}
+
+/// A failure with its kind and a sentence of detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    detail: String,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// An OS error, classified, with what was being done when it happened.
+    pub fn io(context: impl fmt::Display, err: &io::Error) -> Error {
+        Error::new(io_kind(err), format!("{context}: {err}"))
+    }
+
+    /// The same error, its detail prefixed with what was being done.
+    pub fn context(self, doing: impl fmt::Display) -> Error {
+        Error::new(self.kind, format!("{doing}: {}", self.detail))
+    }
+
+    /// The same detail under another kind.
+    pub fn with_kind(self, kind: ErrorKind) -> Error {
+        Error { kind, ..self }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn io_kind(err: &io::Error) -> ErrorKind {
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => ErrorKind::ConnectionRefused,
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::TimedOut,
+        io::ErrorKind::AddrInUse => ErrorKind::AddressInUse,
+        io::ErrorKind::AddrNotAvailable => ErrorKind::InvalidAddress,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected
+        | io::ErrorKind::UnexpectedEof => ErrorKind::Closed,
+        _ => ErrorKind::Io,
+    }
+}

@@ -1,0 +1,248 @@
+//! `sockserv_config`: the settings builder. Servers and connections copy it
+//! when created, so it may be changed or freed afterwards. A config is not
+//! locked: do not change one from two threads at once.
+
+use std::ffi::c_int;
+use std::time::Duration;
+
+use super::{arg_mut, bytes, guard, guard_value, out, sockserv_result};
+use crate::config::{Config, WhenFull};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Settings for servers and clients (opaque). Create with
+/// `sockserv_config_new`, free with `sockserv_config_free`.
+pub struct sockserv_config {
+    pub(super) inner: Config,
+}
+
+/// `sockserv_config_set_when_full`: what a server does with a connection
+/// arriving while it already serves its maximum.
+pub const SOCKSERV_WHEN_FULL_WAIT: c_int = 0;
+/// Accept the connection and close it at once: the client fails fast (its
+/// handshake or first receive sees the connection closed).
+pub const SOCKSERV_WHEN_FULL_REFUSE: c_int = 1;
+
+/// Creates a config with the defaults: no key (plain framing), 64 MiB
+/// maximum frame, 10 s handshake and connect timeouts, no I/O timeout,
+/// 1024 connections at most (then wait), backlog 1024, SO_REUSEADDR on,
+/// SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
+/// `sockserv_config_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_new(
+    config_out: *mut *mut sockserv_config,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let config_out = unsafe { out(config_out, "config_out") }?;
+        config_out.put(Box::into_raw(Box::new(sockserv_config {
+            inner: Config::default(),
+        })));
+        Ok(())
+    })
+}
+
+/// Frees a config. NULL does nothing.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_free(config: *mut sockserv_config) {
+    guard_value((), || {
+        if !config.is_null() {
+            // SAFETY: a non-NULL config came from sockserv_config_new and is
+            // freed once, as the caller contract says.
+            drop(unsafe { Box::from_raw(config) });
+        }
+    })
+}
+
+/// Runs `set` on the config behind `config`.
+fn with_config(
+    config: *mut sockserv_config,
+    set: impl FnOnce(&mut Config) -> Result<()>,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let config = unsafe { arg_mut(config, "config") }?;
+        set(&mut config.inner)
+    })
+}
+
+/// Sets the shared key (replacing any others): connections then run the
+/// HMAC-SHA256 handshake. The key is copied. An empty key is refused
+/// (`SOCKSERV_ERR_INVALID_ARGUMENT`): it would let in anyone using one too.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_auth_key(
+    config: *mut sockserv_config,
+    key: *const u8,
+    key_len: usize,
+) -> sockserv_result {
+    // SAFETY: caller contract: `key` has `key_len` readable bytes.
+    with_config(config, |c| {
+        c.set_key(unsafe { bytes(key, key_len, "key") }?)
+    })
+}
+
+/// Adds a key a server also accepts, for key rotation: a peer that proves
+/// any of them is let in, and the server answers with the key that matched.
+/// A client uses the first key.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_add_auth_key(
+    config: *mut sockserv_config,
+    key: *const u8,
+    key_len: usize,
+) -> sockserv_result {
+    // SAFETY: caller contract: `key` has `key_len` readable bytes.
+    with_config(config, |c| {
+        c.add_key(unsafe { bytes(key, key_len, "key") }?)
+    })
+}
+
+/// Removes every key: connections then skip the handshake (plain framing).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_clear_auth_keys(
+    config: *mut sockserv_config,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.clear_keys();
+        Ok(())
+    })
+}
+
+/// The largest frame payload accepted, in bytes (default 64 MiB, up to
+/// 2^63 - 1). A bigger frame is refused before anything is allocated.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_max_frame_size(
+    config: *mut sockserv_config,
+    max_bytes: u64,
+) -> sockserv_result {
+    with_config(config, |c| c.set_max_frame_size(max_bytes))
+}
+
+/// How long the whole handshake may take, on both sides (default 10000;
+/// 0 is refused).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_handshake_timeout_ms(
+    config: *mut sockserv_config,
+    timeout_ms: u32,
+) -> sockserv_result {
+    with_config(config, |c| c.set_handshake_timeout(ms(timeout_ms)))
+}
+
+/// The initial timeout of each send and receive on new connections
+/// (default 0: wait for ever). See `sockserv_conn_set_timeout_ms`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_io_timeout_ms(
+    config: *mut sockserv_config,
+    timeout_ms: u32,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.io_timeout = (timeout_ms > 0).then(|| ms(timeout_ms));
+        Ok(())
+    })
+}
+
+/// How long `sockserv_connect` waits for each address to accept (default
+/// 10000; 0 is refused).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_connect_timeout_ms(
+    config: *mut sockserv_config,
+    timeout_ms: u32,
+) -> sockserv_result {
+    with_config(config, |c| c.set_connect_timeout(ms(timeout_ms)))
+}
+
+/// The most connections a server serves at once (default 1024, at least 1);
+/// see `sockserv_config_set_when_full` for what happens past it.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_max_connections(
+    config: *mut sockserv_config,
+    max: usize,
+) -> sockserv_result {
+    with_config(config, |c| c.set_max_connections(max))
+}
+
+/// `SOCKSERV_WHEN_FULL_WAIT` (default): a connection past the maximum waits
+/// in the kernel's accept queue (up to the backlog) until a slot frees, then
+/// its handshake starts; its handshake timeout runs on the client meanwhile.
+/// `SOCKSERV_WHEN_FULL_REFUSE`: it is accepted and closed at once.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_when_full(
+    config: *mut sockserv_config,
+    when_full: c_int,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.when_full = match when_full {
+            SOCKSERV_WHEN_FULL_WAIT => WhenFull::Wait,
+            SOCKSERV_WHEN_FULL_REFUSE => WhenFull::Refuse,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("when_full {other} is neither SOCKSERV_WHEN_FULL_WAIT nor SOCKSERV_WHEN_FULL_REFUSE"),
+                ))
+            }
+        };
+        Ok(())
+    })
+}
+
+/// The listen(2) backlog (default 1024; the kernel caps it at somaxconn).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_backlog(
+    config: *mut sockserv_config,
+    backlog: c_int,
+) -> sockserv_result {
+    with_config(config, |c| c.set_backlog(backlog))
+}
+
+/// SO_REUSEADDR on TCP listeners (default on: a restarted server can bind
+/// while old connections sit in TIME_WAIT).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_reuse_address(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.reuse_address = on;
+        Ok(())
+    })
+}
+
+/// SO_REUSEPORT on TCP listeners (default off): several processes may bind
+/// the same port and the kernel spreads connections among them.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_reuse_port(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.reuse_port = on;
+        Ok(())
+    })
+}
+
+/// TCP_NODELAY on new TCP connections (default on: frames leave at once).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_nodelay(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.nodelay = on;
+        Ok(())
+    })
+}
+
+/// SO_KEEPALIVE on new TCP connections (default off), with the kernel's
+/// timings; `sockserv_conn_set_keepalive` sets timings per connection.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_keepalive(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.keepalive = on;
+        Ok(())
+    })
+}
+
+fn ms(timeout_ms: u32) -> Duration {
+    Duration::from_millis(timeout_ms.into())
+}

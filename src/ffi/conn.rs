@@ -1,0 +1,389 @@
+//! `sockserv_conn`: a framed connection, made by `sockserv_connect` or
+//! `sockserv_conn_from_fd` (yours to free) or lent to a server's handler.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Socket, Type};
+
+use super::{
+    arg, bytes, bytes_mut, c_str, copy_str, guard, guard_value, out, sockserv_config,
+    sockserv_result,
+};
+use crate::auth::Role;
+use crate::config::Config;
+use crate::conn::{Connection, RecvInto};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A framed connection (opaque). Sending is safe from several threads at
+/// once (frames never interleave), and one thread may receive while others
+/// send; receive from one thread at a time.
+pub struct sockserv_conn {
+    pub(super) conn: Arc<Connection>,
+    pub(super) userdata: AtomicPtr<c_void>,
+    /// Lent to a handler: the server closes it, `sockserv_conn_free` ignores it.
+    pub(super) server_owned: bool,
+}
+
+/// `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
+pub const SOCKSERV_ROLE_SERVER: c_int = 0;
+/// `sockserv_conn_from_fd`: the socket was connected (it answers first).
+pub const SOCKSERV_ROLE_CLIENT: c_int = 1;
+
+fn new_handle(conn: Connection) -> *mut sockserv_conn {
+    Box::into_raw(Box::new(sockserv_conn {
+        conn: Arc::new(conn),
+        userdata: AtomicPtr::new(std::ptr::null_mut()),
+        server_owned: false,
+    }))
+}
+
+/// Runs `body` on the connection behind `conn`.
+fn with_conn(
+    conn: *const sockserv_conn,
+    body: impl FnOnce(&sockserv_conn) -> Result<()>,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        body(unsafe { arg(conn, "conn") }?)
+    })
+}
+
+/// Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
+/// "unix://PATH"), trying each resolved address within the connect
+/// timeout, then runs the handshake when `config` has a key. `config` is
+/// copied; NULL means the defaults. Codes: `SOCKSERV_ERR_CONNECTION_REFUSED`,
+/// `_TIMED_OUT`, `_AUTH_FAILED` (wrong key), `_AUTH_PROTOCOL`, `_CLOSED` (the
+/// server closed it, e.g. when full), `_INVALID_ADDRESS`. Free the
+/// connection with `sockserv_conn_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_connect(
+    addr: *const c_char,
+    config: *const sockserv_config,
+    conn_out: *mut *mut sockserv_conn,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (addr, conn_out) = unsafe { (c_str(addr, "addr")?, out(conn_out, "conn_out")?) };
+        // SAFETY: caller contract: NULL or a live config.
+        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
+        let conn = crate::client::connect(addr, &config)?;
+        conn_out.put(new_handle(conn));
+        Ok(())
+    })
+}
+
+/// Adopts a connected stream socket (TCP or Unix) you already have, runs
+/// the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
+/// `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
+/// then frames over it. On success the connection owns `fd` and closes it
+/// when freed; on failure `fd` is left open and still yours.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_from_fd(
+    fd: c_int,
+    config: *const sockserv_config,
+    role: c_int,
+    conn_out: *mut *mut sockserv_conn,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let conn_out = unsafe { out(conn_out, "conn_out") }?;
+        // SAFETY: caller contract: NULL or a live config.
+        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
+        let role = match role {
+            SOCKSERV_ROLE_SERVER => Role::Server,
+            SOCKSERV_ROLE_CLIENT => Role::Client,
+            other => {
+                return Err(invalid(format!(
+                    "role {other} is neither SOCKSERV_ROLE_SERVER nor SOCKSERV_ROLE_CLIENT"
+                )))
+            }
+        };
+        if fd < 0 {
+            return Err(invalid(format!("fd {fd} is negative")));
+        }
+        // SAFETY: the caller hands us `fd`, an open descriptor; on every
+        // failure path below it is released with into_raw_fd, not closed.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        match socket.r#type() {
+            Ok(ty) if ty == Type::STREAM => {}
+            Ok(_) => {
+                let _ = socket.into_raw_fd();
+                return Err(invalid(format!("fd {fd} is not a stream socket")));
+            }
+            Err(e) => {
+                let _ = socket.into_raw_fd();
+                return Err(Error::io(format_args!("fd {fd} is not a socket"), &e)
+                    .with_kind(ErrorKind::InvalidArgument));
+            }
+        }
+        match Connection::establish(socket, &config, role) {
+            Ok(conn) => {
+                conn_out.put(new_handle(conn));
+                Ok(())
+            }
+            Err((e, socket)) => {
+                let _ = socket.into_raw_fd();
+                Err(e)
+            }
+        }
+    })
+}
+
+fn invalid(detail: String) -> Error {
+    Error::new(ErrorKind::InvalidArgument, detail)
+}
+
+/// Sends `data` (`len` bytes; NULL allowed when 0) as one frame. Blocks
+/// until the kernel took all of it, or the timeout (see
+/// `sockserv_conn_set_timeout_ms`) passes: a send that timed out part-way
+/// closes the connection (`SOCKSERV_ERR_BROKEN` after), as the stream would
+/// be out of sync.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_send(
+    conn: *const sockserv_conn,
+    data: *const u8,
+    len: usize,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract: `data` has `len` readable bytes.
+        let data = unsafe { bytes(data, len, "data") }?;
+        c.conn.send(data)
+    })
+}
+
+/// Receives the next frame, whole, without copying: `*data` and `*len`
+/// point into the connection's buffer, valid until the next receive or
+/// poll on this connection or its free. `*data` is not NULL, even for an
+/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_recv(
+    conn: *const sockserv_conn,
+    data: *mut *const u8,
+    len: *mut usize,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (data, len) = unsafe { (out(data, "data")?, out(len, "len")?) };
+        let (ptr, n) = c.conn.recv_with(|frame| (frame.as_ptr(), frame.len()))?;
+        data.put(ptr);
+        len.put(n);
+        Ok(())
+    })
+}
+
+/// Receives the next frame into `buf` (`cap` bytes) and writes its size to
+/// `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
+/// the size needed, and the frame stays queued for the next receive.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_recv_into(
+    conn: *const sockserv_conn,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract: `buf` has `cap` writable bytes.
+        let (buf, len) = unsafe { (bytes_mut(buf, cap, "buf")?, out(len, "len")?) };
+        match c.conn.recv_into(buf)? {
+            RecvInto::Copied(n) => {
+                len.put(n);
+                Ok(())
+            }
+            RecvInto::TooSmall(needed) => {
+                len.put(needed);
+                Err(Error::new(
+                    ErrorKind::InsufficientSize,
+                    format!("the frame is {needed} bytes, the buffer holds {cap}"),
+                ))
+            }
+        }
+    })
+}
+
+/// Waits up to `timeout_ms` (negative: for ever, 0: just check) for
+/// something to receive: `*readable` is true when a frame is buffered or
+/// data, end of stream or an error is waiting on the socket (so a receive
+/// will not wait for the first byte).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_poll(
+    conn: *const sockserv_conn,
+    timeout_ms: c_int,
+    readable: *mut bool,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let readable = unsafe { out(readable, "readable") }?;
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        readable.put(c.conn.poll(timeout)?);
+        Ok(())
+    })
+}
+
+/// Writes the peer's address ("tcp://127.0.0.1:5000", "tcp://[::1]:5000",
+/// "unix://PATH", or "unix://" for an unnamed socket) like
+/// `sockserv_server_local_addr`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_peer_addr(
+    conn: *const sockserv_conn,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sockserv_result {
+    // SAFETY: caller contract: `buf` has `len` writable bytes.
+    with_conn(conn, |c| unsafe {
+        copy_str(c.conn.peer_addr(), buf, len, needed)
+    })
+}
+
+/// Writes this end's address, like `sockserv_conn_peer_addr`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_local_addr(
+    conn: *const sockserv_conn,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sockserv_result {
+    // SAFETY: caller contract: `buf` has `len` writable bytes.
+    with_conn(conn, |c| unsafe {
+        copy_str(c.conn.local_addr(), buf, len, needed)
+    })
+}
+
+/// The socket's file descriptor, for poll/select or options sockserv does
+/// not wrap. It stays owned by the connection: do not close it, and do not
+/// read or write it directly (that would break the framing).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_fd(
+    conn: *const sockserv_conn,
+    fd: *mut c_int,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        unsafe { out(fd, "fd") }?.put(c.conn.fd());
+        Ok(())
+    })
+}
+
+/// Sets the timeout of each later send and receive (0: wait for ever), like
+/// Python's settimeout. A receive that times out keeps what arrived of a
+/// frame, and the connection stays usable.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
+    conn: *const sockserv_conn,
+    timeout_ms: u32,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        c.conn
+            .set_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())));
+        Ok(())
+    })
+}
+
+/// Reads the timeout set by `sockserv_conn_set_timeout_ms` (0: none).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
+    conn: *const sockserv_conn,
+    timeout_ms: *mut u32,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let timeout_ms = unsafe { out(timeout_ms, "timeout_ms") }?;
+        let ms = c.conn.timeout().map_or(0, |t| t.as_millis());
+        timeout_ms.put(u32::try_from(ms).unwrap_or(u32::MAX));
+        Ok(())
+    })
+}
+
+/// Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix sockets).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_set_nodelay(
+    conn: *const sockserv_conn,
+    on: bool,
+) -> sockserv_result {
+    with_conn(conn, |c| c.conn.set_nodelay(on))
+}
+
+/// Reads TCP_NODELAY into `*on`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_get_nodelay(
+    conn: *const sockserv_conn,
+    on: *mut bool,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let on = unsafe { out(on, "on") }?;
+        on.put(c.conn.nodelay()?);
+        Ok(())
+    })
+}
+
+/// Turns TCP keepalive on or off. With `on` and non-zero timings, the first
+/// probe goes after `idle_s` seconds of silence, then every `interval_s`,
+/// and the connection is dropped after `count` unanswered probes; zeros
+/// keep the kernel's timings.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_set_keepalive(
+    conn: *const sockserv_conn,
+    on: bool,
+    idle_s: u32,
+    interval_s: u32,
+    count: u32,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        c.conn.set_keepalive(on)?;
+        if on && idle_s > 0 && interval_s > 0 && count > 0 {
+            let secs = |s: u32| Duration::from_secs(s.into());
+            c.conn
+                .set_keepalive_timing(secs(idle_s), secs(interval_s), count)?;
+        }
+        Ok(())
+    })
+}
+
+/// Attaches a pointer of yours to the connection (not used by sockserv).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_set_userdata(
+    conn: *const sockserv_conn,
+    userdata: *mut c_void,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        c.userdata.store(userdata, Ordering::Release);
+        Ok(())
+    })
+}
+
+/// The pointer set by `sockserv_conn_set_userdata`; NULL if none (or if
+/// `conn` is NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_get_userdata(conn: *const sockserv_conn) -> *mut c_void {
+    guard_value(std::ptr::null_mut(), || {
+        // SAFETY: caller contract (see the module docs of ffi).
+        match unsafe { arg(conn, "conn") } {
+            Ok(c) => c.userdata.load(Ordering::Acquire),
+            Err(_) => std::ptr::null_mut(),
+        }
+    })
+}
+
+/// Closes and frees a connection from `sockserv_connect` or
+/// `sockserv_conn_from_fd`. NULL, and a connection lent to a handler (the
+/// server closes those), are ignored.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_free(conn: *mut sockserv_conn) {
+    guard_value((), || {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let Ok(handle) = (unsafe { arg(conn, "conn") }) else {
+            return;
+        };
+        if !handle.server_owned {
+            // SAFETY: a connection not lent by a server came from
+            // new_handle (Box::into_raw) and is freed once, as the caller
+            // contract says.
+            drop(unsafe { Box::from_raw(conn) });
+        }
+    })
+}

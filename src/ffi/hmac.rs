@@ -1,0 +1,61 @@
+//! HMAC-SHA256 for users who sign their own data.
+
+use super::{bytes, guard, out, sockserv_result};
+use crate::error::{Error, ErrorKind};
+use crate::mac;
+
+/// Writes HMAC-SHA256(`key`, `msg`) into `out` (32 bytes). Any key length
+/// works, 0 included; NULL is allowed for a length of 0.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_hmac_sha256(
+    key: *const u8,
+    key_len: usize,
+    msg: *const u8,
+    msg_len: usize,
+    mac_out: *mut [u8; 32],
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (key, msg, mac_out) = unsafe {
+            (
+                bytes(key, key_len, "key")?,
+                bytes(msg, msg_len, "msg")?,
+                out(mac_out, "mac_out")?,
+            )
+        };
+        mac_out.put(mac::hmac_sha256(key, msg));
+        Ok(())
+    })
+}
+
+/// Checks that `mac` (`mac_len` bytes) is HMAC-SHA256(`key`, `msg`):
+/// `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
+/// checked first, then the bytes are compared in constant time.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_hmac_sha256_verify(
+    key: *const u8,
+    key_len: usize,
+    msg: *const u8,
+    msg_len: usize,
+    mac: *const u8,
+    mac_len: usize,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (key, msg, tag) = unsafe {
+            (
+                bytes(key, key_len, "key")?,
+                bytes(msg, msg_len, "msg")?,
+                bytes(mac, mac_len, "mac")?,
+            )
+        };
+        if mac::verify_hmac_sha256(key, msg, tag) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::AuthFailed,
+                format!("the {mac_len}-byte MAC does not match HMAC-SHA256 of the message"),
+            ))
+        }
+    })
+}

@@ -1,0 +1,167 @@
+//! The C ABI: the only module with `extern "C"`, raw pointers and `unsafe`.
+//!
+//! Every exported function checks its pointers (NULL gives
+//! `SOCKSERV_ERR_NULL_PARAMETER`), converts, calls the safe core inside
+//! [`guard`] (which turns a panic into `SOCKSERV_ERR_PANIC`) and maps the
+//! outcome to a `sockserv_result`. Outputs are written only on success.
+//!
+//! Safety contract for callers, stated once here and in the header: every
+//! pointer argument is NULL or valid for the documented use, buffers are at
+//! least as long as the size passed with them, and handles are not used after
+//! their `_free`.
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)]
+
+mod config;
+mod conn;
+mod hmac;
+mod result;
+mod server;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use crate::error::{Error, ErrorKind, Result};
+
+pub use config::*;
+pub use conn::*;
+pub use hmac::*;
+pub use result::*;
+pub use server::*;
+
+thread_local! {
+    /// The detail of the last failure on this thread (see sockserv_last_error).
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_last_error(detail: &str) {
+    LAST_ERROR.with(|e| {
+        let mut e = e.borrow_mut();
+        e.clear();
+        e.push_str(detail);
+    });
+}
+
+/// Runs an exported function's body: a failure is recorded for
+/// `sockserv_last_error` and mapped to its code; a panic is caught.
+fn guard(body: impl FnOnce() -> Result<()>) -> sockserv_result {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => sockserv_result::SOCKSERV_OK,
+        Ok(Err(e)) => {
+            set_last_error(e.detail());
+            result_of(e.kind())
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!(
+                "internal error (panic) caught at the API boundary: {what}"
+            ));
+            sockserv_result::SOCKSERV_ERR_PANIC
+        }
+    }
+}
+
+/// For functions that return no code (`_free`, getters): a panic is
+/// swallowed and `fallback` returned.
+fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+fn null(name: &str) -> Error {
+    Error::new(ErrorKind::NullParameter, format!("{name} is NULL"))
+}
+
+/// A shared reference from a pointer the C caller passed.
+unsafe fn arg<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
+    // SAFETY: the caller contract says a non-NULL pointer is valid.
+    unsafe { ptr.as_ref() }.ok_or_else(|| null(name))
+}
+
+/// An exclusive reference from a pointer the C caller passed.
+unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
+    // SAFETY: the caller contract says a non-NULL pointer is valid and not
+    // used by another thread during the call.
+    unsafe { ptr.as_mut() }.ok_or_else(|| null(name))
+}
+
+/// The bytes of a (pointer, length) pair; NULL is allowed for length 0.
+unsafe fn bytes<'a>(ptr: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(null(name));
+    }
+    // SAFETY: the caller contract says `ptr` points to `len` readable bytes.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// A writable buffer from a (pointer, length) pair; NULL is allowed for
+/// length 0.
+unsafe fn bytes_mut<'a>(ptr: *mut u8, len: usize, name: &str) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(null(name));
+    }
+    // SAFETY: the caller contract says `ptr` points to `len` writable bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// A NUL-terminated UTF-8 string argument.
+unsafe fn c_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(null(name));
+    }
+    // SAFETY: the caller contract says `ptr` is a NUL-terminated string.
+    let text = unsafe { CStr::from_ptr(ptr) };
+    text.to_str().map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{name} is not valid UTF-8"),
+        )
+    })
+}
+
+/// An output pointer, checked for NULL up front and written only once the
+/// call has succeeded.
+struct Out<T>(NonNull<T>);
+
+unsafe fn out<T>(ptr: *mut T, name: &str) -> Result<Out<T>> {
+    NonNull::new(ptr).map(Out).ok_or_else(|| null(name))
+}
+
+impl<T> Out<T> {
+    fn put(self, value: T) {
+        // SAFETY: `out` was given a non-NULL pointer that the caller contract
+        // says is valid for writes of T; `write` does not read the old value.
+        unsafe { self.0.as_ptr().write(value) }
+    }
+}
+
+/// Copies `text` and its NUL into `buf` (of `len` bytes). `needed` receives
+/// the size the copy takes, NUL included, also when `buf` is too small.
+unsafe fn copy_str(text: &str, buf: *mut c_char, len: usize, needed: *mut usize) -> Result<()> {
+    let needed = unsafe { out(needed, "needed") }?;
+    let size = text.len() + 1;
+    if len < size {
+        needed.put(size);
+        return Err(Error::new(
+            ErrorKind::InsufficientSize,
+            format!("the buffer holds {len} bytes, {size} are needed"),
+        ));
+    }
+    let dst = unsafe { bytes_mut(buf.cast(), len, "buf") }?;
+    dst[..text.len()].copy_from_slice(text.as_bytes());
+    dst[text.len()] = 0;
+    needed.put(size);
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Result codes, their static text, the per-thread error detail, and the
+//! library version.
+
+use std::ffi::{c_char, c_int, CString};
+use std::sync::OnceLock;
+
+use super::{guard_value, set_last_error, LAST_ERROR};
+use crate::error::ErrorKind;
+
+pub const SOCKSERV_VERSION_MAJOR: u32 = 0;
+pub const SOCKSERV_VERSION_MINOR: u32 = 1;
+pub const SOCKSERV_VERSION_PATCH: u32 = 0;
+
+/// A buffer of this many bytes holds any address sockserv reports
+/// (`tcp://[v6]:port`, `unix://path`), terminating NUL included.
+pub const SOCKSERV_ADDRSTRLEN: usize = 128;
+
+/// What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
+/// detail of the last failure on a thread is in `sockserv_last_error`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum sockserv_result {
+    /// Success.
+    SOCKSERV_OK = 0,
+    /// A required pointer argument was NULL.
+    SOCKSERV_ERR_NULL_PARAMETER = 1,
+    /// An argument is out of range or malformed (an empty key, a bad fd...).
+    SOCKSERV_ERR_INVALID_ARGUMENT = 2,
+    /// The address could not be parsed or resolved.
+    SOCKSERV_ERR_INVALID_ADDRESS = 3,
+    /// The address is already in use (another server listens on it).
+    SOCKSERV_ERR_ADDRESS_IN_USE = 4,
+    /// Nobody accepts connections at the address.
+    SOCKSERV_ERR_CONNECTION_REFUSED = 5,
+    /// The operation did not finish within its timeout.
+    SOCKSERV_ERR_TIMED_OUT = 6,
+    /// The peer closed the connection (between frames).
+    SOCKSERV_ERR_CLOSED = 7,
+    /// The peer closed the connection in the middle of a frame.
+    SOCKSERV_ERR_TRUNCATED_FRAME = 8,
+    /// A frame is larger than the maximum frame size; the connection was
+    /// closed because the stream cannot be resynchronised.
+    SOCKSERV_ERR_FRAME_TOO_LARGE = 9,
+    /// The peer broke the framing protocol (a negative length other than -1);
+    /// the connection was closed.
+    SOCKSERV_ERR_PROTOCOL = 10,
+    /// Authentication failed: the keys do not match.
+    SOCKSERV_ERR_AUTH_FAILED = 11,
+    /// The peer broke or downgraded the handshake (no `#CHALLENGE#`, MD5,
+    /// the legacy unprefixed form, an unexpected message).
+    SOCKSERV_ERR_AUTH_PROTOCOL = 12,
+    /// The caller's buffer is too small; the needed size was written.
+    SOCKSERV_ERR_INSUFFICIENT_SIZE = 13,
+    /// The server is shutting down and closed the connection.
+    SOCKSERV_ERR_SHUTDOWN = 14,
+    /// The call is not allowed in the object's current state.
+    SOCKSERV_ERR_INVALID_STATE = 15,
+    /// The connection is unusable after an earlier failure (a send that
+    /// stopped in the middle of a frame, a refused frame).
+    SOCKSERV_ERR_BROKEN = 16,
+    /// Another operating system error; the detail names it.
+    SOCKSERV_ERR_IO = 17,
+    /// An internal error (a Rust panic) was caught at the API boundary.
+    SOCKSERV_ERR_PANIC = 18,
+}
+
+pub(super) fn result_of(kind: ErrorKind) -> sockserv_result {
+    use sockserv_result::*;
+    match kind {
+        ErrorKind::NullParameter => SOCKSERV_ERR_NULL_PARAMETER,
+        ErrorKind::InvalidArgument => SOCKSERV_ERR_INVALID_ARGUMENT,
+        ErrorKind::InvalidAddress => SOCKSERV_ERR_INVALID_ADDRESS,
+        ErrorKind::AddressInUse => SOCKSERV_ERR_ADDRESS_IN_USE,
+        ErrorKind::ConnectionRefused => SOCKSERV_ERR_CONNECTION_REFUSED,
+        ErrorKind::TimedOut => SOCKSERV_ERR_TIMED_OUT,
+        ErrorKind::Closed => SOCKSERV_ERR_CLOSED,
+        ErrorKind::TruncatedFrame => SOCKSERV_ERR_TRUNCATED_FRAME,
+        ErrorKind::FrameTooLarge => SOCKSERV_ERR_FRAME_TOO_LARGE,
+        ErrorKind::Protocol => SOCKSERV_ERR_PROTOCOL,
+        ErrorKind::AuthFailed => SOCKSERV_ERR_AUTH_FAILED,
+        ErrorKind::AuthProtocol => SOCKSERV_ERR_AUTH_PROTOCOL,
+        ErrorKind::InsufficientSize => SOCKSERV_ERR_INSUFFICIENT_SIZE,
+        ErrorKind::Shutdown => SOCKSERV_ERR_SHUTDOWN,
+        ErrorKind::InvalidState => SOCKSERV_ERR_INVALID_STATE,
+        ErrorKind::Broken => SOCKSERV_ERR_BROKEN,
+        ErrorKind::Io => SOCKSERV_ERR_IO,
+        ErrorKind::Panic => SOCKSERV_ERR_PANIC,
+    }
+}
+
+/// Static text for each code, indexed by code; built once.
+fn descriptions() -> &'static [CString] {
+    static TABLE: OnceLock<Vec<CString>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = vec![CString::default(); ErrorKind::ALL.len() + 1];
+        table[sockserv_result::SOCKSERV_OK as usize] = c"success".into();
+        for kind in ErrorKind::ALL {
+            table[result_of(kind) as usize] = CString::new(kind.description()).expect("no NUL");
+        }
+        table
+    })
+}
+
+/// A static, NUL-terminated description of `code` (any value is accepted;
+/// an unknown one gets "unknown sockserv result code"). Never NULL; do not
+/// free it.
+#[no_mangle]
+pub extern "C" fn sockserv_strerror(code: c_int) -> *const c_char {
+    guard_value(
+        c"unknown sockserv result code".as_ptr(),
+        || match usize::try_from(code)
+            .ok()
+            .and_then(|i| descriptions().get(i))
+        {
+            Some(text) => text.as_ptr(),
+            None => c"unknown sockserv result code".as_ptr(),
+        },
+    )
+}
+
+/// Copies the detail of the last failure on the calling thread (the
+/// address, the OS error, the sizes involved) into `buf`, truncated to
+/// `len - 1` bytes and NUL-terminated. Returns the detail's full length
+/// (like snprintf), 0 when this thread has had no failure. `buf` may be
+/// NULL when `len` is 0, to learn the length. Successful calls do not clear
+/// the detail.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_last_error(buf: *mut c_char, len: usize) -> usize {
+    guard_value(0, || {
+        LAST_ERROR.with(|e| {
+            let e = e.borrow();
+            if !buf.is_null() && len > 0 {
+                let n = e.len().min(len - 1);
+                // SAFETY: the caller contract says `buf` has `len` writable
+                // bytes; we write `n + 1 <= len` of them.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(e.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+            }
+            e.len()
+        })
+    })
+}
+
+/// Forgets the calling thread's last failure detail.
+#[no_mangle]
+pub extern "C" fn sockserv_clear_error() {
+    guard_value((), || set_last_error(""))
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH", static. Compare with the
+/// SOCKSERV_VERSION_* macros to detect a header/library mismatch.
+#[no_mangle]
+pub extern "C" fn sockserv_version() -> *const c_char {
+    const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    VERSION.as_ptr().cast()
+}

@@ -1,0 +1,239 @@
+//! `sockserv_server`: the threaded server and its callbacks.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::atomic::AtomicPtr;
+use std::sync::Arc;
+
+use super::{
+    arg, c_str, copy_str, guard, guard_value, out, sockserv_config, sockserv_conn, sockserv_result,
+};
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Error, ErrorKind};
+use crate::server::Server;
+
+/// A listening server (opaque). Its functions may be called from any
+/// thread, except `sockserv_server_free`, which must be the last call.
+pub struct sockserv_server {
+    inner: Server,
+}
+
+/// Handles one connection, on a thread of its own, after the handshake
+/// succeeded. `conn` is borrowed: valid until the handler returns, when the
+/// server closes it (do not free it). Runs concurrently with other handlers,
+/// so `userdata` must be safe to share between threads. Must not throw a
+/// C++ exception or longjmp out.
+pub type sockserv_handler_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, conn: *mut sockserv_conn)>;
+
+/// Decides whether to serve a peer, before the handshake: `peer_addr` is
+/// its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
+/// Return true to serve, false to close the connection. Runs on the accept
+/// thread: keep it quick, as no connection is accepted meanwhile.
+pub type sockserv_verify_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, peer_addr: *const c_char) -> bool>;
+
+/// Counters for `sockserv_server_stat`.
+/// Connections accepted from the listener.
+pub const SOCKSERV_STAT_ACCEPTED: c_int = 0;
+/// Connections being served now (handshake or handler running).
+pub const SOCKSERV_STAT_ACTIVE: c_int = 1;
+/// Connections the verify callback refused.
+pub const SOCKSERV_STAT_REFUSED_BY_VERIFY: c_int = 2;
+/// Connections closed at once because the server was full
+/// (`SOCKSERV_WHEN_FULL_REFUSE`).
+pub const SOCKSERV_STAT_REFUSED_WHEN_FULL: c_int = 3;
+/// Connections whose handshake failed (wrong key, timeout, bad messages).
+pub const SOCKSERV_STAT_HANDSHAKE_FAILURES: c_int = 4;
+/// Connections whose handler ran and returned.
+pub const SOCKSERV_STAT_HANDLED: c_int = 5;
+
+/// A C `userdata` pointer, carried to the threads that run callbacks.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+// SAFETY: sockserv never dereferences userdata; the C API documents that the
+// callbacks receiving it run on other threads, so the caller shares it
+// knowingly.
+unsafe impl Send for UserData {}
+// SAFETY: as above: only handed back to the caller's callbacks.
+unsafe impl Sync for UserData {}
+
+/// Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
+/// "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
+/// with `sockserv_server_local_addr`). `config` is copied; NULL means the
+/// defaults. A stale Unix socket file is replaced; the file is removed when
+/// the server is freed. Free the server with `sockserv_server_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_new(
+    addr: *const c_char,
+    config: *const sockserv_config,
+    server_out: *mut *mut sockserv_server,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (addr, server_out) = unsafe { (c_str(addr, "addr")?, out(server_out, "server_out")?) };
+        // SAFETY: caller contract: NULL or a live config.
+        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
+        let server = Server::bind(addr, &config)?;
+        server_out.put(Box::into_raw(Box::new(sockserv_server { inner: server })));
+        Ok(())
+    })
+}
+
+/// Sets the function run for each authenticated connection (NULL: none;
+/// the connection is closed after the handshake). Only before the server
+/// starts, else `SOCKSERV_ERR_INVALID_STATE`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_set_handler(
+    server: *const sockserv_server,
+    handler: sockserv_handler_fn,
+    userdata: *mut c_void,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let server = unsafe { arg(server, "server") }?;
+        let userdata = UserData(userdata);
+        let Some(handler) = handler else {
+            return server.inner.set_handler(Arc::new(|_: &Arc<Connection>| {}));
+        };
+        server
+            .inner
+            .set_handler(Arc::new(move |conn: &Arc<Connection>| {
+                let userdata = userdata;
+                let mut handle = sockserv_conn {
+                    conn: conn.clone(),
+                    userdata: AtomicPtr::new(std::ptr::null_mut()),
+                    server_owned: true,
+                };
+                // SAFETY: the handler is the caller's function with the
+                // documented signature; `handle` outlives the call.
+                unsafe { handler(userdata.0, &mut handle) };
+            }))
+    })
+}
+
+/// Sets the function that accepts or refuses each peer by address (NULL:
+/// accept all). Only before the server starts.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_set_verify(
+    server: *const sockserv_server,
+    verify: sockserv_verify_fn,
+    userdata: *mut c_void,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let server = unsafe { arg(server, "server") }?;
+        let userdata = UserData(userdata);
+        let Some(verify) = verify else {
+            return server.inner.set_verify(Arc::new(|_: &str| true));
+        };
+        server.inner.set_verify(Arc::new(move |peer: &str| {
+            let userdata = userdata;
+            let Ok(peer) = CString::new(peer) else {
+                return false;
+            };
+            // SAFETY: the caller's function with the documented signature;
+            // `peer` outlives the call.
+            unsafe { verify(userdata.0, peer.as_ptr()) }
+        }))
+    })
+}
+
+/// Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
+/// bytes, NUL-terminated; `*needed` receives the size it takes, NUL
+/// included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE`.
+/// `SOCKSERV_ADDRSTRLEN` bytes are always enough.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_local_addr(
+    server: *const sockserv_server,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let server = unsafe { arg(server, "server") }?;
+        // SAFETY: caller contract: `buf` has `len` writable bytes.
+        unsafe { copy_str(server.inner.local_addr(), buf, len, needed) }
+    })
+}
+
+/// Serves on the calling thread until `sockserv_server_shutdown`, then
+/// returns `SOCKSERV_OK` (handlers still running go on). Like
+/// `serve_forever`. A server serves once: after shutdown, create a new one.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        unsafe { arg(server, "server") }?.inner.serve()
+    })
+}
+
+/// Serves on a background thread and returns at once.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        unsafe { arg(server, "server") }?.inner.start()
+    })
+}
+
+/// Stops accepting, from any thread (a handler too), and returns at once:
+/// `sockserv_server_serve` returns promptly. Live connections go on until
+/// their handlers return or the server is freed.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_shutdown(
+    server: *const sockserv_server,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        unsafe { arg(server, "server") }?.inner.shutdown();
+        Ok(())
+    })
+}
+
+/// Reads one counter (`SOCKSERV_STAT_*`) into `*value`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_stat(
+    server: *const sockserv_server,
+    stat: c_int,
+    value: *mut u64,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (server, value) = unsafe { (arg(server, "server")?, out(value, "value")?) };
+        let s = server.inner.stats();
+        value.put(match stat {
+            SOCKSERV_STAT_ACCEPTED => s.accepted,
+            SOCKSERV_STAT_ACTIVE => s.active,
+            SOCKSERV_STAT_REFUSED_BY_VERIFY => s.refused_by_verify,
+            SOCKSERV_STAT_REFUSED_WHEN_FULL => s.refused_when_full,
+            SOCKSERV_STAT_HANDSHAKE_FAILURES => s.handshake_failures,
+            SOCKSERV_STAT_HANDLED => s.handled,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("unknown stat {other}"),
+                ))
+            }
+        });
+        Ok(())
+    })
+}
+
+/// Stops the server and frees it: stops accepting, closes every live
+/// connection (a handler blocked in send or receive gets
+/// `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
+/// thread, closes the listener and removes its Unix socket file. Call it
+/// after `sockserv_server_serve` has returned, never from a handler. NULL
+/// does nothing.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_free(server: *mut sockserv_server) {
+    guard_value((), || {
+        if !server.is_null() {
+            // SAFETY: a non-NULL server came from sockserv_server_new and is
+            // freed once, as the caller contract says.
+            drop(unsafe { Box::from_raw(server) });
+        }
+    })
+}

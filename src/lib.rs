@@ -1,0 +1,30 @@
+//! sockserv: what Python's `socketserver` and `multiprocessing.connection`
+//! give Python, for C and every language with a C FFI. Framed messages over
+//! stream sockets, HMAC-SHA256 challenge-response authentication, threaded
+//! servers with callback handlers, and clients, behind the C ABI in [`ffi`].
+//!
+//! The core is sans-IO where it can be: [`frame`] and [`auth`] never touch a
+//! socket; [`conn`], [`server`] and [`client`] drive them over blocking
+//! sockets.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod address;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod ffi;
+pub mod frame;
+pub mod listener;
+pub mod mac;
+pub mod recv_buffer;
+pub mod server;
+mod sys;
+
+pub use client::connect;
+pub use config::Config;
+pub use conn::Connection;
+pub use error::{Error, ErrorKind, Result};
+pub use server::Server;

@@ -1,0 +1,134 @@
+//! Binding a listening socket: TCP (IPv4, IPv6) or a Unix path. A stale Unix
+//! socket file (its server gone) is replaced; a live one or a file that is
+//! not a socket is left alone. The path is removed when the listener closes.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::address::{format_sockaddr, Address};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+
+pub struct Listener {
+    socket: Socket,
+    local: String,
+    /// The socket file we created, removed on drop if it is still ours.
+    unix_path: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    /// Binds and listens on `addr` with the config's socket options. The
+    /// socket is non-blocking: the accept loop waits with poll(2).
+    pub fn bind(addr: &Address, config: &Config) -> Result<Listener> {
+        let bound = match addr {
+            Address::Tcp { .. } => bind_tcp(addr, config)?,
+            Address::Unix(path) => bind_unix(path, addr, config)?,
+        };
+        bound
+            .socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format_args!("listening on {addr}"), &e))?;
+        Ok(bound)
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// The bound address, with the real port when port 0 was asked for.
+    pub fn local_addr(&self) -> &str {
+        &self.local
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.unix_path {
+            // Only remove the file if nobody replaced it since we bound.
+            if let Ok(meta) = fs::symlink_metadata(path) {
+                if meta.dev() == *dev && meta.ino() == *ino {
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+fn bind_tcp(addr: &Address, config: &Config) -> Result<Listener> {
+    let target = addr.resolve()?.remove(0);
+    let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
+    let domain = Domain::for_address(target.as_socket().expect("TCP resolves to IP"));
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| fail("creating a socket for", e))?;
+    socket
+        .set_reuse_address(config.reuse_address)
+        .map_err(|e| fail("setting SO_REUSEADDR for", e))?;
+    socket
+        .set_reuse_port(config.reuse_port)
+        .map_err(|e| fail("setting SO_REUSEPORT for", e))?;
+    socket.bind(&target).map_err(|e| fail("binding", e))?;
+    socket
+        .listen(config.backlog)
+        .map_err(|e| fail("listening on", e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| fail("reading the bound address of", e))?;
+    Ok(Listener {
+        local: format_sockaddr(&local),
+        socket,
+        unix_path: None,
+    })
+}
+
+fn bind_unix(path: &Path, addr: &Address, config: &Config) -> Result<Listener> {
+    clear_stale_socket(path, addr)?;
+    let target = addr.resolve()?.remove(0);
+    let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
+        .map_err(|e| fail("creating a socket for", e))?;
+    socket.bind(&target).map_err(|e| fail("binding", e))?;
+    let meta = fs::symlink_metadata(path).map_err(|e| fail("inspecting the bound path of", e))?;
+    let listener = Listener {
+        local: addr.to_string(),
+        socket,
+        unix_path: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+    };
+    listener
+        .socket
+        .listen(config.backlog)
+        .map_err(|e| fail("listening on", e))?;
+    Ok(listener)
+}
+
+/// Removes a socket file left by a server that is gone: one nobody accepts
+/// on. Refuses to touch a live socket or a file that is not a socket.
+fn clear_stale_socket(path: &Path, addr: &Address) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format_args!("inspecting {addr}"), &e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::new(
+            ErrorKind::AddressInUse,
+            format!("{addr}: the path exists and is not a socket; it was left alone"),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(Error::new(
+            ErrorKind::AddressInUse,
+            format!("{addr}: another server is listening on this socket"),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
+            .map_err(|e| Error::io(format_args!("removing the stale socket {addr}"), &e)),
+        Err(e) => Err(Error::io(
+            format_args!("probing the existing socket {addr}"),
+            &e,
+        )),
+    }
+}

@@ -1,0 +1,91 @@
+//! The few system calls that neither std nor socket2 offer safely: poll(2)
+//! with a deadline and recv(2) with flags into an initialised buffer.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+/// Waits until `fd` is ready for `interest` (or has an error or hang-up,
+/// which the next call on it will report) or `deadline` passes. Returns
+/// whether it became ready. `None` waits for ever.
+pub fn wait(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Result<bool> {
+    let events = match interest {
+        Interest::Read => libc::POLLIN,
+        Interest::Write => libc::POLLOUT,
+    };
+    let mut pfd = [libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }];
+    Ok(poll_until(&mut pfd, deadline)? > 0)
+}
+
+/// Waits until one of `fds` is readable or `deadline` passes; `ready[i]`
+/// tells whether `fds[i]` is. At most 4 descriptors.
+pub fn wait_readable(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<[bool; 4]> {
+    assert!(fds.len() <= 4, "wait_readable takes at most 4 descriptors");
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    poll_until(&mut pfds, deadline)?;
+    let mut ready = [false; 4];
+    for (r, p) in ready.iter_mut().zip(&pfds) {
+        *r = p.revents != 0;
+    }
+    Ok(ready)
+}
+
+/// poll(2) until something is ready or the deadline passes, retrying EINTR.
+fn poll_until(pfds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize> {
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            // Round up so a wait never ends just before its deadline.
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .as_micros()
+                .div_ceil(1000)
+                .min(i32::MAX as u128) as i32,
+        };
+        // SAFETY: `pfds` is a valid, writable slice of pollfd and we pass its
+        // exact length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        if n == 0 {
+            if timeout_ms == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(0);
+            }
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// recv(2) into `buf` with `flags` (MSG_DONTWAIT for a deadline).
+pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid, writable, initialised region of `buf.len()`
+    // bytes for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
