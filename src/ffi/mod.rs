@@ -150,6 +150,7 @@ impl<T> Out<T> {
 /// Copies `text` and its NUL into `buf` (of `len` bytes). `needed` receives
 /// the size the copy takes, NUL included, also when `buf` is too small.
 unsafe fn copy_str(text: &str, buf: *mut c_char, len: usize, needed: *mut usize) -> Result<()> {
+    // SAFETY: our caller passes its C caller's pointer, valid or NULL.
     let needed = unsafe { out(needed, "needed") }?;
     let size = text.len() + 1;
     if len < size {
@@ -159,6 +160,7 @@ unsafe fn copy_str(text: &str, buf: *mut c_char, len: usize, needed: *mut usize)
             format!("the buffer holds {len} bytes, {size} are needed"),
         ));
     }
+    // SAFETY: our caller promises `buf` has `len` writable bytes.
     let dst = unsafe { bytes_mut(buf.cast(), len, "buf") }?;
     dst[..text.len()].copy_from_slice(text.as_bytes());
     dst[text.len()] = 0;
