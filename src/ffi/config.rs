@@ -74,9 +74,10 @@ pub unsafe extern "C" fn sockserv_config_set_auth_key(
     key: *const u8,
     key_len: usize,
 ) -> sockserv_result {
-    // SAFETY: caller contract: `key` has `key_len` readable bytes.
     with_config(config, |c| {
-        c.set_key(unsafe { bytes(key, key_len, "key") }?)
+        // SAFETY: caller contract: `key` has `key_len` readable bytes.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        c.set_key(key)
     })
 }
 
@@ -89,9 +90,10 @@ pub unsafe extern "C" fn sockserv_config_add_auth_key(
     key: *const u8,
     key_len: usize,
 ) -> sockserv_result {
-    // SAFETY: caller contract: `key` has `key_len` readable bytes.
     with_config(config, |c| {
-        c.add_key(unsafe { bytes(key, key_len, "key") }?)
+        // SAFETY: caller contract: `key` has `key_len` readable bytes.
+        let key = unsafe { bytes(key, key_len, "key") }?;
+        c.add_key(key)
     })
 }
 
