@@ -1,10 +1,11 @@
 //! HMAC-SHA256 for users who sign their own data.
 
-use super::{bytes, guard, out, sockserv_result};
+use super::{bytes, bytes_mut, guard, sockserv_result};
 use crate::error::{Error, ErrorKind};
 use crate::mac;
 
-/// Writes HMAC-SHA256(`key`, `msg`) into `out` (32 bytes). Any key length
+/// Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
+/// for 32 bytes. Any key length
 /// works, 0 included; NULL is allowed for a length of 0.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_hmac_sha256(
@@ -12,7 +13,7 @@ pub unsafe extern "C" fn sockserv_hmac_sha256(
     key_len: usize,
     msg: *const u8,
     msg_len: usize,
-    mac_out: *mut [u8; 32],
+    mac_out: *mut u8,
 ) -> sockserv_result {
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
@@ -20,10 +21,10 @@ pub unsafe extern "C" fn sockserv_hmac_sha256(
             (
                 bytes(key, key_len, "key")?,
                 bytes(msg, msg_len, "msg")?,
-                out(mac_out, "mac_out")?,
+                bytes_mut(mac_out, 32, "mac_out")?,
             )
         };
-        mac_out.put(mac::hmac_sha256(key, msg));
+        mac_out.copy_from_slice(&mac::hmac_sha256(key, msg));
         Ok(())
     })
 }

@@ -7,8 +7,12 @@ use std::sync::OnceLock;
 use super::{guard_value, set_last_error, LAST_ERROR};
 use crate::error::ErrorKind;
 
+/// The version of this header; `sockserv_version()` gives the library's.
+/// Incompatible ABI changes bump MAJOR.
 pub const SOCKSERV_VERSION_MAJOR: u32 = 0;
+/// Additions to the API bump MINOR.
 pub const SOCKSERV_VERSION_MINOR: u32 = 1;
+/// Fixes bump PATCH.
 pub const SOCKSERV_VERSION_PATCH: u32 = 0;
 
 /// A buffer of this many bytes holds any address sockserv reports

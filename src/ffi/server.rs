@@ -33,8 +33,7 @@ pub type sockserv_handler_fn =
 pub type sockserv_verify_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, peer_addr: *const c_char) -> bool>;
 
-/// Counters for `sockserv_server_stat`.
-/// Connections accepted from the listener.
+/// `sockserv_server_stat`: connections accepted from the listener.
 pub const SOCKSERV_STAT_ACCEPTED: c_int = 0;
 /// Connections being served now (handshake or handler running).
 pub const SOCKSERV_STAT_ACTIVE: c_int = 1;
