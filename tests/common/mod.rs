@@ -99,3 +99,95 @@ pub fn kind<T>(r: sockserv::Result<T>) -> ErrorKind {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// An echo server that records the error each connection ended with.
+pub fn recording_echo_server(
+    config: &Config,
+) -> (Server, Arc<std::sync::Mutex<Vec<sockserv::Error>>>) {
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = Server::bind("tcp://127.0.0.1:0", config).unwrap();
+    let seen = errors.clone();
+    server
+        .set_handler(Arc::new(move |conn: &Arc<Connection>| loop {
+            match conn.recv_with(|f| f.to_vec()) {
+                Ok(frame) => {
+                    if conn.send(&frame).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    seen.lock().unwrap().push(e);
+                    return;
+                }
+            }
+        }))
+        .unwrap();
+    server.start().unwrap();
+    (server, errors)
+}
+
+/// A raw TCP socket that has passed the handshake with `config`'s key, for
+/// sending hostile frames after authentication.
+pub fn authenticated_raw(server: &Server, config: &Config) -> TcpStream {
+    let target: std::net::SocketAddr = tcp_target(server).parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.connect(&target.into()).unwrap();
+    let conn = Connection::establish(socket, config, sockserv::auth::Role::Client)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let stream: TcpStream = conn.into_socket().into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// A client that keeps exchanging frames with an echo server on its own
+/// thread until stopped, to show that other connections go on.
+pub struct Canary {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<u64, String>>>,
+}
+
+impl Canary {
+    pub fn start(server: &Server, config: &Config) -> Canary {
+        let conn = sockserv::connect(server.local_addr(), config).unwrap();
+        conn.set_timeout(Some(Duration::from_secs(10)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut n = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst)
+                && n < 1_000_000
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                let payload = n.to_be_bytes();
+                conn.send(&payload).map_err(|e| e.to_string())?;
+                let back = conn.recv_with(|f| f.to_vec()).map_err(|e| e.to_string())?;
+                if back != payload {
+                    return Err(format!("frame {n} came back wrong"));
+                }
+                n += 1;
+            }
+            Ok(n)
+        });
+        Canary {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it and returns how many frames it exchanged without a fault.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let result = self.thread.take().unwrap().join().unwrap();
+        result.unwrap_or_else(|e| panic!("the canary connection failed: {e}"))
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

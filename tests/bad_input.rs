@@ -1,0 +1,227 @@
+//! Every bad input the core issue lists, thrown at one running server while
+//! a canary connection keeps exchanging frames: each case gets its clear
+//! error, and the canary and the server never notice.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::time::{Duration, Instant};
+
+use common::*;
+use sockserv::auth::{CHALLENGE, FAILURE};
+use sockserv::{connect, Config, Error, ErrorKind, Server};
+
+const MAX_FRAME: u64 = 1 << 20;
+
+fn hostile_config() -> Config {
+    let mut c = config_with_key(KEY);
+    c.set_max_frame_size(MAX_FRAME).unwrap();
+    c.set_handshake_timeout(Duration::from_millis(500)).unwrap();
+    c
+}
+
+/// Waits for the server to record one more connection error, returns it.
+fn next_error(errors: &std::sync::Mutex<Vec<Error>>, before: usize) -> Error {
+    assert!(
+        wait_until(Duration::from_secs(10), || errors.lock().unwrap().len()
+            > before),
+        "the server recorded no error"
+    );
+    errors.lock().unwrap()[before].clone()
+}
+
+/// Reads until the server closes the socket; returns the bytes read.
+fn read_to_close(s: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    all
+}
+
+#[test]
+fn every_bad_input_gets_its_error_and_the_rest_goes_on() {
+    let config = hostile_config();
+    let (server, errors) = recording_echo_server(&config);
+    let canary = Canary::start(&server, &config);
+    let failures = |s: &Server| s.stats().handshake_failures;
+
+    // A length header over the maximum: refused before any allocation,
+    // both sizes named, connection closed.
+    let before = errors.lock().unwrap().len();
+    let mut s = authenticated_raw(&server, &config);
+    s.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+        .unwrap();
+    let e = next_error(&errors, before);
+    assert_eq!(e.kind(), ErrorKind::FrameTooLarge, "{e}");
+    assert!(
+        e.detail().contains(&(MAX_FRAME + 1).to_string())
+            && e.detail().contains(&MAX_FRAME.to_string()),
+        "{e}"
+    );
+    assert!(read_to_close(&mut s).is_empty());
+
+    // The long form declaring 4 GiB.
+    let before = errors.lock().unwrap().len();
+    let mut s = authenticated_raw(&server, &config);
+    let mut long = vec![0xff; 4];
+    long.extend_from_slice(&(4u64 << 30).to_be_bytes());
+    s.write_all(&long).unwrap();
+    assert_eq!(next_error(&errors, before).kind(), ErrorKind::FrameTooLarge);
+
+    // A negative length other than -1.
+    let before = errors.lock().unwrap().len();
+    let mut s = authenticated_raw(&server, &config);
+    s.write_all(&(-2i32).to_be_bytes()).unwrap();
+    let e = next_error(&errors, before);
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.detail().contains("-2"), "{e}");
+
+    // A peer that closes mid-header, then one that closes mid-payload.
+    for partial in [vec![0u8, 0], vec![0, 0, 0, 10, 1, 2, 3]] {
+        let before = errors.lock().unwrap().len();
+        let mut s = authenticated_raw(&server, &config);
+        s.write_all(&partial).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let e = next_error(&errors, before);
+        assert_eq!(e.kind(), ErrorKind::TruncatedFrame, "{e}");
+    }
+
+    // A clean close between frames is not an error of the peer's making.
+    let before = errors.lock().unwrap().len();
+    drop(authenticated_raw(&server, &config));
+    assert_eq!(next_error(&errors, before).kind(), ErrorKind::Closed);
+
+    // A wrong key: refused on both sides, and never reaches the handler.
+    let handled = server.stats().handled;
+    let f = failures(&server);
+    let e = connect(server.local_addr(), &config_with_key(b"wrong key"))
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::AuthFailed, "{e}");
+    assert!(wait_until(Duration::from_secs(5), || failures(&server) == f + 1));
+    assert_eq!(server.stats().handled, handled);
+
+    // An MD5 response, and the legacy unprefixed MD5 one: #FAILURE#.
+    for response in [[b"{md5}".as_slice(), &[0u8; 16]].concat(), vec![0u8; 16]] {
+        let f = failures(&server);
+        let mut s = raw(&server);
+        let challenge = raw_read_frame(&mut s).unwrap();
+        assert!(challenge.starts_with(CHALLENGE));
+        raw_write_frame(&mut s, &response);
+        assert_eq!(raw_read_frame(&mut s).unwrap(), FAILURE);
+        assert!(read_to_close(&mut s).is_empty());
+        assert!(wait_until(Duration::from_secs(5), || failures(&server) == f + 1));
+    }
+
+    // A handshake frame over 256 bytes, then a 4 GiB one.
+    for header in [257u32.to_be_bytes().to_vec(), long.clone()] {
+        let f = failures(&server);
+        let mut s = raw(&server);
+        raw_read_frame(&mut s).unwrap();
+        s.write_all(&header).unwrap();
+        assert!(read_to_close(&mut s).is_empty());
+        assert!(wait_until(Duration::from_secs(5), || failures(&server) == f + 1));
+    }
+
+    // A peer that connects and says nothing: timed out, its slot freed.
+    let f = failures(&server);
+    let mut s = raw(&server);
+    let started = Instant::now();
+    raw_read_frame(&mut s).unwrap();
+    assert!(read_to_close(&mut s).is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(5), || failures(&server) == f + 1));
+
+    // Garbage addresses.
+    for addr in [
+        "",
+        "tcp://",
+        "tcp://nohost",
+        "tcp://1.2.3.4:99999",
+        "bogus://x",
+        "unix://",
+    ] {
+        assert_eq!(
+            kind(connect(addr, &config)),
+            ErrorKind::InvalidAddress,
+            "{addr}"
+        );
+        assert_eq!(
+            kind(Server::bind(addr, &config)),
+            ErrorKind::InvalidAddress,
+            "{addr}"
+        );
+    }
+
+    // Through all of it the canary went on, and a new client still works.
+    let exchanged = canary.finish();
+    assert!(exchanged > 0);
+    let fresh = connect(server.local_addr(), &config).unwrap();
+    roundtrip(&fresh, b"still serving");
+    eprintln!("canary exchanged {exchanged} frames during the bad inputs");
+}
+
+#[test]
+fn client_refuses_a_challenge_without_its_prefix() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        raw_write_frame(&mut s, &[b"#HELLO#{sha256}".as_slice(), &[1; 40]].concat());
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let e = connect(&addr, &config_with_key(KEY)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AuthProtocol, "{e}");
+    assert!(e.detail().contains("#CHALLENGE#"), "{e}");
+    fake.join().unwrap();
+}
+
+#[test]
+fn client_refuses_a_legacy_md5_challenge() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        // Python 3.11's challenge: the prefix and 20 bare random bytes.
+        raw_write_frame(&mut s, &[CHALLENGE, &[7; 20]].concat());
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let e = connect(&addr, &config_with_key(KEY)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::AuthProtocol, "{e}");
+    assert!(e.detail().contains("legacy"), "{e}");
+    fake.join().unwrap();
+}
+
+#[test]
+fn client_handshake_times_out_on_a_silent_server() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let mut config = config_with_key(KEY);
+    config
+        .set_handshake_timeout(Duration::from_millis(300))
+        .unwrap();
+    let started = Instant::now();
+    let e = connect(&addr, &config).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(e.detail().contains("handshake"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(listener);
+}
+
+#[test]
+fn connect_to_a_closed_port_is_refused() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = connect(&format!("tcp://127.0.0.1:{port}"), &Config::default())
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.detail().contains(&port.to_string()), "{e}");
+}
