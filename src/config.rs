@@ -10,6 +10,9 @@ use crate::error::{Error, ErrorKind, Result};
 /// The default and the largest accepted maximum frame size.
 pub const DEFAULT_MAX_FRAME_SIZE: u64 = 64 << 20;
 
+/// Event mode's default limit on bytes queued for sending per connection.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
+
 /// What a server does with a connection that arrives when it already serves
 /// `max_connections`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +40,15 @@ pub struct Config {
     pub reuse_port: bool,
     pub nodelay: bool,
     pub keepalive: bool,
+    /// Event mode: I/O threads; 0 means one per core.
+    pub io_threads: usize,
+    /// Event mode: bytes a connection may have queued for sending; past
+    /// it a send is refused (`WouldBlock`) or, with `close_when_backed_up`,
+    /// the connection is closed. Reads from the peer pause at half of it.
+    pub max_queued_bytes: usize,
+    pub close_when_backed_up: bool,
+    /// Event mode: close connections that receive nothing for this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -54,6 +66,10 @@ impl Default for Config {
             reuse_port: false,
             nodelay: true,
             keepalive: false,
+            io_threads: 0,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            close_when_backed_up: false,
+            idle_timeout: None,
         }
     }
 }

@@ -26,10 +26,11 @@ pub enum ErrorKind {
     Broken,
     Io,
     Panic,
+    WouldBlock,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::NullParameter,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidAddress,
@@ -48,6 +49,7 @@ impl ErrorKind {
         ErrorKind::Broken,
         ErrorKind::Io,
         ErrorKind::Panic,
+        ErrorKind::WouldBlock,
     ];
 
     /// Static text for the kind; the detail of one failure is in [`Error`].
@@ -71,6 +73,7 @@ impl ErrorKind {
             ErrorKind::Broken => "the connection is unusable after an earlier failure",
             ErrorKind::Io => "an operating system error occurred",
             ErrorKind::Panic => "an internal error (panic) was caught at the API boundary",
+            ErrorKind::WouldBlock => "the operation would block: try again later",
         }
     }
 }

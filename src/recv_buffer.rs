@@ -97,6 +97,26 @@ impl RecvBuffer {
         debug_assert!(self.end <= self.data.len());
     }
 
+    /// Forgets the unread bytes.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Appends `bytes` after the unread ones.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.commit(bytes.len());
+    }
+
+    /// Frees the storage when nothing is unread and it is larger than
+    /// `keep` bytes (after a large frame, an idle connection holds nothing).
+    pub fn release_if_idle(&mut self, keep: usize) {
+        if self.start == self.end && self.data.len() > keep {
+            *self = RecvBuffer::default();
+        }
+    }
+
     /// Bytes of storage held, for memory accounting.
     pub fn capacity(&self) -> usize {
         self.data.len()

@@ -1,34 +1,38 @@
-//! The threaded server, like `socketserver.ThreadingTCPServer` with a cap:
-//! one accept loop, and one thread per connection that runs the handshake
-//! and then the handler. The connection closes when the handler returns.
+//! A server: one accept loop, shared by both ways of serving connections.
 //!
-//! - `serve` runs the accept loop on the caller's thread, `start` on a
-//!   thread of its own; `shutdown` (any thread) stops the loop at once by
-//!   writing to a wake-up socket the loop polls beside the listener.
-//! - Past `max_connections`, new connections wait in the kernel's accept
-//!   queue (`WhenFull::Wait`) or are accepted and closed (`WhenFull::Refuse`).
-//! - Dropping the server stops the loop, closes every live connection (a
-//!   handler blocked on it gets `Shutdown`), joins every thread and closes
-//!   the listener.
+//! - Threaded (like `socketserver.ThreadingTCPServer`, with a cap): a
+//!   [`Handler`] runs on a thread per connection ([`crate::threaded`]).
+//! - Event-driven: an [`EventHandler`] gets callbacks from a few I/O
+//!   threads that hold every connection ([`crate::event_engine`]).
+//!
+//! The accept loop verifies each peer, applies the connection cap and hands
+//! the socket to the driver. `serve` runs it on the caller's thread, `start`
+//! on a thread of its own; `shutdown` (any thread) stops it at once by
+//! writing to a wake-up socket the loop polls beside the listener. Past
+//! `max_connections`, new connections wait in the kernel's accept queue
+//! (`WhenFull::Wait`) or are accepted and closed (`WhenFull::Refuse`).
+//! Dropping the server stops the loop, closes every live connection, joins
+//! every thread and closes the listener.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use crate::address::{format_sockaddr, Address};
-use crate::auth::Role;
 use crate::config::{Config, WhenFull};
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::event_conn::EventHandler;
+use crate::event_engine::EventEngine;
 use crate::listener::Listener;
 use crate::sys;
+use crate::threaded::Threaded;
 
 /// Runs once per authenticated connection, on that connection's thread.
 pub type Handler = Arc<dyn Fn(&Arc<Connection>) + Send + Sync>;
@@ -50,6 +54,39 @@ pub struct Stats {
     pub handled: u64,
 }
 
+/// What the accept loop hands connections to.
+pub(crate) trait Driver: Send + Sync {
+    /// Takes an accepted connection that passed verify and the cap.
+    fn adopt(&self, socket: Socket, peer: String);
+    /// Connections adopted that have not ended yet.
+    fn running(&self) -> usize;
+    /// Closes every live connection and joins every thread the driver has.
+    fn close_all(&self);
+}
+
+/// What drivers share with the server: settings, counters, and the way to
+/// tell the accept loop that a slot freed.
+pub(crate) struct Context {
+    pub config: Config,
+    pub handshake_failures: AtomicU64,
+    pub handled: AtomicU64,
+    wake_tx: UnixStream,
+}
+
+impl Context {
+    /// Wakes the accept loop (a connection ended, or shutdown).
+    pub fn wake(&self) {
+        // A full socket buffer already holds a wake-up: WouldBlock is fine.
+        let _ = (&self.wake_tx).write(&[1]);
+    }
+}
+
+/// How connections will be served, chosen before the server starts.
+enum Mode {
+    Threaded(Option<Handler>),
+    Event(Arc<dyn EventHandler>),
+}
+
 pub struct Server {
     shared: Arc<Shared>,
     accept_thread: Mutex<Option<JoinHandle<()>>>,
@@ -63,41 +100,17 @@ enum State {
 }
 
 struct Shared {
-    config: Config,
+    context: Arc<Context>,
     listener: Listener,
-    handler: Mutex<Option<Handler>>,
+    mode: Mutex<Mode>,
     verify: Mutex<Option<Verify>>,
+    driver: OnceLock<Box<dyn Driver>>,
     state: Mutex<State>,
     stopping: AtomicBool,
-    closing_all: AtomicBool,
-    wake_tx: UnixStream,
     wake_rx: UnixStream,
-    live: Mutex<Live>,
-    counters: Counters,
-}
-
-#[derive(Default)]
-struct Live {
-    next_id: u64,
-    conns: HashMap<u64, Arc<Connection>>,
-    threads: HashMap<u64, JoinHandle<()>>,
-    finished: Vec<u64>,
-}
-
-impl Live {
-    /// Connection threads that have not ended yet.
-    fn running(&self) -> usize {
-        self.threads.len() - self.finished.len()
-    }
-}
-
-#[derive(Default)]
-struct Counters {
     accepted: AtomicU64,
     refused_by_verify: AtomicU64,
     refused_when_full: AtomicU64,
-    handshake_failures: AtomicU64,
-    handled: AtomicU64,
 }
 
 impl Server {
@@ -114,17 +127,22 @@ impl Server {
         }
         Ok(Server {
             shared: Arc::new(Shared {
-                config: config.clone(),
+                context: Arc::new(Context {
+                    config: config.clone(),
+                    handshake_failures: AtomicU64::new(0),
+                    handled: AtomicU64::new(0),
+                    wake_tx,
+                }),
                 listener,
-                handler: Mutex::new(None),
+                mode: Mutex::new(Mode::Threaded(None)),
                 verify: Mutex::new(None),
+                driver: OnceLock::new(),
                 state: Mutex::new(State::Idle),
                 stopping: AtomicBool::new(false),
-                closing_all: AtomicBool::new(false),
-                wake_tx,
                 wake_rx,
-                live: Mutex::new(Live::default()),
-                counters: Counters::default(),
+                accepted: AtomicU64::new(0),
+                refused_by_verify: AtomicU64::new(0),
+                refused_when_full: AtomicU64::new(0),
             }),
             accept_thread: Mutex::new(None),
         })
@@ -134,14 +152,19 @@ impl Server {
         self.shared.listener.local_addr()
     }
 
-    pub fn listener_fd(&self) -> i32 {
-        self.shared.listener.socket().as_raw_fd()
-    }
-
-    /// Sets the handler; only before the server starts.
+    /// Serves each connection on a thread of its own with `handler`. Only
+    /// before the server starts.
     pub fn set_handler(&self, handler: Handler) -> Result<()> {
         self.shared.expect_idle("set the handler")?;
-        *lock(&self.shared.handler) = Some(handler);
+        *lock(&self.shared.mode) = Mode::Threaded(Some(handler));
+        Ok(())
+    }
+
+    /// Serves every connection from the event-driven I/O threads with
+    /// `handler`'s callbacks. Only before the server starts.
+    pub fn set_event_handler(&self, handler: Arc<dyn EventHandler>) -> Result<()> {
+        self.shared.expect_idle("set the event handler")?;
+        *lock(&self.shared.mode) = Mode::Event(handler);
         Ok(())
     }
 
@@ -175,8 +198,7 @@ impl Server {
     }
 
     /// Stops accepting, from any thread, and returns at once. Live
-    /// connections go on until their handlers return or the server is
-    /// dropped.
+    /// connections go on until they end or the server is dropped.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         {
@@ -185,18 +207,18 @@ impl Server {
                 *state = State::Stopped;
             }
         }
-        self.shared.wake();
+        self.shared.context.wake();
     }
 
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
+        let s = &self.shared;
         Stats {
-            accepted: c.accepted.load(Ordering::Relaxed),
-            active: lock(&self.shared.live).running() as u64,
-            refused_by_verify: c.refused_by_verify.load(Ordering::Relaxed),
-            refused_when_full: c.refused_when_full.load(Ordering::Relaxed),
-            handshake_failures: c.handshake_failures.load(Ordering::Relaxed),
-            handled: c.handled.load(Ordering::Relaxed),
+            accepted: s.accepted.load(Ordering::Relaxed),
+            active: s.driver.get().map_or(0, |d| d.running()) as u64,
+            refused_by_verify: s.refused_by_verify.load(Ordering::Relaxed),
+            refused_when_full: s.refused_when_full.load(Ordering::Relaxed),
+            handshake_failures: s.context.handshake_failures.load(Ordering::Relaxed),
+            handled: s.context.handled.load(Ordering::Relaxed),
         }
     }
 }
@@ -207,21 +229,8 @@ impl Drop for Server {
         if let Some(thread) = lock(&self.accept_thread).take() {
             let _ = thread.join();
         }
-        let shared = &self.shared;
-        shared.closing_all.store(true, Ordering::SeqCst);
-        let threads: Vec<JoinHandle<()>> = {
-            let mut live = lock(&shared.live);
-            for conn in live.conns.values() {
-                conn.close_for_shutdown();
-            }
-            live.threads.drain().map(|(_, t)| t).collect()
-        };
-        let me = thread::current().id();
-        for t in threads {
-            // A handler that drops its own server cannot join itself.
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
+        if let Some(driver) = self.shared.driver.get() {
+            driver.close_all();
         }
     }
 }
@@ -237,27 +246,42 @@ impl Shared {
         Ok(())
     }
 
+    /// Moves from idle to serving and creates the driver for the mode.
     fn begin(&self) -> Result<()> {
         let mut state = lock(&self.state);
         match *state {
-            State::Idle => {
-                *state = State::Serving;
-                Ok(())
+            State::Idle => {}
+            State::Serving => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the server is already serving",
+                ))
             }
-            State::Serving => Err(Error::new(
-                ErrorKind::InvalidState,
-                "the server is already serving",
-            )),
-            State::Stopped => Err(Error::new(
-                ErrorKind::Shutdown,
-                "the server was shut down; create a new one to serve again",
-            )),
+            State::Stopped => {
+                return Err(Error::new(
+                    ErrorKind::Shutdown,
+                    "the server was shut down; create a new one to serve again",
+                ))
+            }
         }
+        let driver: Box<dyn Driver> = match &*lock(&self.mode) {
+            Mode::Threaded(handler) => {
+                Box::new(Threaded::new(self.context.clone(), handler.clone()))
+            }
+            Mode::Event(handler) => {
+                Box::new(EventEngine::start(self.context.clone(), handler.clone())?)
+            }
+        };
+        let _ = self.driver.set(driver);
+        *state = State::Serving;
+        Ok(())
     }
 
-    fn wake(&self) {
-        // A full socket buffer already holds a wake-up: WouldBlock is fine.
-        let _ = (&self.wake_tx).write(&[1]);
+    fn driver(&self) -> &dyn Driver {
+        self.driver
+            .get()
+            .expect("begin() created the driver")
+            .as_ref()
     }
 
     fn drain_wakeups(&self) {
@@ -265,15 +289,17 @@ impl Shared {
         while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
     }
 
-    fn accept_loop(self: &Arc<Self>) {
+    fn is_full(&self) -> bool {
+        self.driver().running() >= self.context.config.max_connections
+    }
+
+    fn accept_loop(&self) {
         let listen_fd = self.listener.socket().as_raw_fd();
         let wake_fd = self.wake_rx.as_raw_fd();
         while !self.stopping.load(Ordering::SeqCst) {
-            self.reap_finished();
-            let full = lock(&self.live).running() >= self.config.max_connections;
             // When full and waiting, leave new connections in the kernel's
             // queue: poll only the wake-up socket until a slot frees.
-            let listening = !(full && self.config.when_full == WhenFull::Wait);
+            let listening = !(self.is_full() && self.context.config.when_full == WhenFull::Wait);
             let fds: &[i32] = if listening {
                 &[wake_fd, listen_fd]
             } else {
@@ -297,19 +323,19 @@ impl Shared {
     }
 
     /// Accepts until the queue is empty, the server is full or stopping.
-    fn accept_ready(self: &Arc<Self>) {
+    fn accept_ready(&self) {
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let full = lock(&self.live).running() >= self.config.max_connections;
-            if full && self.config.when_full == WhenFull::Wait {
+            let full = self.is_full();
+            if full && self.context.config.when_full == WhenFull::Wait {
                 return;
             }
             match self.listener.socket().accept() {
                 Ok((socket, peer)) => {
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.admit(socket, &format_sockaddr(&peer), full);
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.admit(socket, format_sockaddr(&peer), full);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -330,105 +356,27 @@ impl Shared {
         }
     }
 
-    /// Verify, cap, then a thread for the connection.
-    fn admit(self: &Arc<Self>, socket: Socket, peer: &str, full: bool) {
+    /// Verify, the cap, then the driver. A refused socket is dropped, which
+    /// closes it.
+    fn admit(&self, socket: Socket, peer: String, full: bool) {
         let verify = lock(&self.verify).clone();
         if let Some(verify) = verify {
-            if !verify(peer) {
-                self.counters
-                    .refused_by_verify
-                    .fetch_add(1, Ordering::Relaxed);
+            if !verify(&peer) {
+                self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
         if full {
-            self.counters
-                .refused_when_full
-                .fetch_add(1, Ordering::Relaxed);
+            self.refused_when_full.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut live = lock(&self.live);
-        let id = live.next_id;
-        live.next_id += 1;
-        let shared = self.clone();
-        let spawned = thread::Builder::new()
-            .name("sockserv-conn".into())
-            .spawn(move || shared.run_connection(id, socket));
-        // Out of threads: the socket went down with the closure and the
-        // client sees the connection close.
-        if let Ok(thread) = spawned {
-            live.threads.insert(id, thread);
-        }
-    }
-
-    fn run_connection(self: Arc<Self>, id: u64, socket: Socket) {
-        let _finish = Finish { shared: &self, id };
-        let conn = match Connection::new(socket, &self.config) {
-            Ok(conn) => Arc::new(conn),
-            Err(_) => return,
-        };
-        {
-            let mut live = lock(&self.live);
-            live.conns.insert(id, conn.clone());
-            // The server may have closed the others just before we got here.
-            if self.closing_all.load(Ordering::SeqCst) {
-                conn.close_for_shutdown();
-            }
-        }
-        if !self.config.keys.is_empty() {
-            let keys = self.config.keys.clone();
-            if conn
-                .handshake(Role::Server, keys, self.config.handshake_timeout)
-                .is_err()
-            {
-                self.counters
-                    .handshake_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let handler = lock(&self.handler).clone();
-        if let Some(handler) = handler {
-            handler(&conn);
-        }
-        self.counters.handled.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Joins the threads of connections that have ended.
-    fn reap_finished(&self) {
-        let done: Vec<JoinHandle<()>> = {
-            let mut live = lock(&self.live);
-            let ids = std::mem::take(&mut live.finished);
-            ids.iter()
-                .filter_map(|id| live.threads.remove(id))
-                .collect()
-        };
-        for thread in done {
-            let _ = thread.join();
-        }
+        self.driver().adopt(socket, peer);
     }
 }
 
-/// Runs when a connection thread ends, however it ends (a panicking
-/// handler included): unregisters the connection and wakes the accept loop
-/// so it can reap the thread and take a new connection.
-struct Finish<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for Finish<'_> {
-    fn drop(&mut self) {
-        let mut live = lock(&self.shared.live);
-        live.conns.remove(&self.id);
-        live.finished.push(self.id);
-        drop(live);
-        self.shared.wake();
-    }
-}
-
-/// Locks, ignoring poisoning: every update under these locks is a single
-/// insert, remove or assignment, so a panic cannot leave them half-done.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks, ignoring poisoning: every update under the server's locks is a
+/// single insert, remove or assignment, so a panic cannot leave one
+/// half-done.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

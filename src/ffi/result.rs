@@ -66,6 +66,9 @@ pub enum sockserv_result {
     SOCKSERV_ERR_IO = 17,
     /// An internal error (a Rust panic) was caught at the API boundary.
     SOCKSERV_ERR_PANIC = 18,
+    /// The operation would block: an event-mode connection's send queue is
+    /// over its limit (the peer is not reading). Try again later.
+    SOCKSERV_ERR_WOULD_BLOCK = 19,
 }
 
 pub(super) fn result_of(kind: ErrorKind) -> sockserv_result {
@@ -89,6 +92,7 @@ pub(super) fn result_of(kind: ErrorKind) -> sockserv_result {
         ErrorKind::Broken => SOCKSERV_ERR_BROKEN,
         ErrorKind::Io => SOCKSERV_ERR_IO,
         ErrorKind::Panic => SOCKSERV_ERR_PANIC,
+        ErrorKind::WouldBlock => SOCKSERV_ERR_WOULD_BLOCK,
     }
 }
 

@@ -1,0 +1,201 @@
+//! The handle of an event-driven connection, shared by its I/O thread, the
+//! callbacks and any thread that sends on it. Sending never blocks: frames
+//! are queued and the I/O thread writes them, many per system call.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::event_loop::Inbox;
+use crate::frame::encode_header;
+use crate::server::lock;
+
+/// The callbacks of an event-driven server. They run on the I/O thread
+/// that owns the connection: while one runs, that thread's other
+/// connections wait, so they must not block (hand long work to a thread of
+/// your own and reply with [`EventConn::send`], which any thread may call).
+pub trait EventHandler: Send + Sync {
+    /// The connection passed the handshake (or needs none).
+    fn on_open(&self, conn: &Arc<EventConn>);
+    /// One whole frame, borrowed for the call.
+    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]);
+    /// The connection ended: exactly once for every opened connection.
+    /// `None` is a close asked for with [`EventConn::close`].
+    fn on_close(&self, conn: &Arc<EventConn>, reason: Option<&Error>);
+}
+
+/// What to do with a send while the connection's queue is over its limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenBackedUp {
+    /// Refuse the send with `WouldBlock`; the connection stays.
+    Refuse,
+    /// Close the connection: the peer is not reading.
+    Close,
+}
+
+pub struct EventConn {
+    id: u64,
+    token: usize,
+    inbox: Arc<Inbox>,
+    peer: String,
+    local: String,
+    fd: i32,
+    /// Encoded frames queued by `send`, not yet taken by the I/O thread.
+    out: Mutex<Vec<u8>>,
+    /// Bytes queued and not yet written (in `out` and the I/O thread's
+    /// write buffer).
+    queued: AtomicUsize,
+    max_queued: usize,
+    when_backed_up: WhenBackedUp,
+    /// A flush of this connection is already requested.
+    flush_requested: AtomicBool,
+    closed: AtomicBool,
+    close_requested: AtomicBool,
+    /// A word for the embedding layer (the C API keeps its handle here).
+    pub slot: AtomicUsize,
+}
+
+pub(crate) struct EventConnParts {
+    pub id: u64,
+    pub token: usize,
+    pub inbox: Arc<Inbox>,
+    pub peer: String,
+    pub local: String,
+    pub fd: i32,
+    pub max_queued: usize,
+    pub when_backed_up: WhenBackedUp,
+}
+
+impl EventConn {
+    pub(crate) fn new(p: EventConnParts) -> EventConn {
+        EventConn {
+            id: p.id,
+            token: p.token,
+            inbox: p.inbox,
+            peer: p.peer,
+            local: p.local,
+            fd: p.fd,
+            out: Mutex::new(Vec::new()),
+            queued: AtomicUsize::new(0),
+            max_queued: p.max_queued,
+            when_backed_up: p.when_backed_up,
+            flush_requested: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            close_requested: AtomicBool::new(false),
+            slot: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues one frame; the I/O thread writes it. Never blocks. Past the
+    /// queue limit: `WouldBlock`, or the connection is closed (settable).
+    /// A frame larger than the limit is taken when nothing else is queued.
+    pub fn send(&self, payload: &[u8]) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) || self.close_requested.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("the connection with {} is closed", self.peer),
+            ));
+        }
+        let header = encode_header(payload.len() as u64);
+        let frame_len = header.as_bytes().len() + payload.len();
+        {
+            let mut out = lock(&self.out);
+            let queued = self.queued.load(Ordering::Acquire);
+            if queued > 0 && queued + frame_len > self.max_queued {
+                drop(out);
+                return Err(self.backed_up(queued));
+            }
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(payload);
+            self.queued.fetch_add(frame_len, Ordering::AcqRel);
+        }
+        if !self.flush_requested.swap(true, Ordering::AcqRel) {
+            self.inbox.flush(self.token, self.id);
+        }
+        Ok(())
+    }
+
+    fn backed_up(&self, queued: usize) -> Error {
+        let detail = format!(
+            "{queued} bytes are already queued for {} (limit {}): the peer is not reading",
+            self.peer, self.max_queued
+        );
+        if self.when_backed_up == WhenBackedUp::Close {
+            self.close();
+            return Error::new(
+                ErrorKind::Closed,
+                format!("{detail}; the connection was closed"),
+            );
+        }
+        Error::new(ErrorKind::WouldBlock, detail)
+    }
+
+    /// Asks the I/O thread to close the connection once what is queued has
+    /// been written; `on_close` follows with no error. Any thread.
+    pub fn close(&self) {
+        if !self.close_requested.swap(true, Ordering::AcqRel) {
+            self.inbox.close(self.token, self.id);
+        }
+    }
+
+    pub fn peer_addr(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn local_addr(&self) -> &str {
+        &self.local
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    /// Bytes queued for sending and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    // The I/O thread's side.
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn max_queued(&self) -> usize {
+        self.max_queued
+    }
+
+    pub(crate) fn close_requested(&self) -> bool {
+        self.close_requested.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Moves the queued frames into `into` (empty), clearing the request
+    /// first so a send racing with this one asks again.
+    pub(crate) fn take_queued(&self, into: &mut Vec<u8>) {
+        self.flush_requested.store(false, Ordering::Release);
+        std::mem::swap(&mut *lock(&self.out), into);
+    }
+
+    /// Queues bytes the I/O thread itself produces (handshake frames),
+    /// ignoring the limit.
+    pub(crate) fn queue_internal(&self, payload: &[u8]) {
+        let header = encode_header(payload.len() as u64);
+        let mut out = lock(&self.out);
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        self.queued
+            .fetch_add(header.as_bytes().len() + payload.len(), Ordering::AcqRel);
+    }
+
+    pub(crate) fn written(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
