@@ -175,15 +175,17 @@ impl IoThread {
                 if event.token() == WAKER {
                     continue;
                 }
-                if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.on_readable(token);
+                if event.is_read_closed() || event.is_error() {
+                    self.on_readable(token, true);
+                } else if event.is_readable() {
+                    self.on_readable(token, false);
                 }
                 if event.is_writable() {
                     self.flush(token);
                 }
             }
             for token in std::mem::take(&mut self.read_again) {
-                self.on_readable(token);
+                self.on_readable(token, true);
             }
             if self.run_commands() {
                 break;
@@ -323,7 +325,11 @@ impl IoThread {
         }
     }
 
-    fn on_readable(&mut self, token: usize) {
+    /// Reads and delivers. `drain`: read until the kernel says there is no
+    /// more; otherwise a short read is taken to mean the socket is empty
+    /// (saving a system call), which is true unless an end of stream is
+    /// already pending behind the data, with no new edge to come.
+    fn on_readable(&mut self, token: usize, drain: bool) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -357,7 +363,7 @@ impl IoThread {
                     outcome = dispatch(shared, conn, buf);
                     // A short read drained the socket: the next data brings a
                     // new edge. A full one may have left more behind.
-                    if outcome.is_err() || conn.read_paused || n < spare_len {
+                    if outcome.is_err() || conn.read_paused || (n < spare_len && !drain) {
                         break;
                     }
                     more = turn + 1 == READS_PER_TURN;
@@ -428,7 +434,7 @@ impl IoThread {
         conn.recv = buf;
         let paused = conn.read_paused;
         match outcome {
-            Ok(()) if !paused => self.on_readable(token),
+            Ok(()) if !paused => self.on_readable(token, true),
             Ok(()) => self.flush(token),
             Err(reason) => self.close(token, reason),
         }

@@ -39,9 +39,18 @@ fn read_to_close(s: &mut std::net::TcpStream) -> Vec<u8> {
 }
 
 #[test]
-fn every_bad_input_gets_its_error_and_the_rest_goes_on() {
+fn threaded_every_bad_input_gets_its_error_and_the_rest_goes_on() {
+    bad_inputs(Mode::Threaded);
+}
+
+#[test]
+fn event_every_bad_input_gets_its_error_and_the_rest_goes_on() {
+    bad_inputs(Mode::Event);
+}
+
+fn bad_inputs(mode: Mode) {
     let config = hostile_config();
-    let (server, errors) = recording_echo_server(&config);
+    let (server, errors) = recording_echo_server(&config, mode);
     let canary = Canary::start(&server, &config);
     let failures = |s: &Server| s.stats().handshake_failures;
 
@@ -158,7 +167,7 @@ fn every_bad_input_gets_its_error_and_the_rest_goes_on() {
     assert!(exchanged > 0);
     let fresh = connect(server.local_addr(), &config).unwrap();
     roundtrip(&fresh, b"still serving");
-    eprintln!("canary exchanged {exchanged} frames during the bad inputs");
+    eprintln!("{mode:?}: the canary exchanged {exchanged} frames during the bad inputs");
 }
 
 #[test]

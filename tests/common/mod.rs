@@ -100,28 +100,56 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// An echo server that records the error each connection ended with.
-pub fn recording_echo_server(
-    config: &Config,
-) -> (Server, Arc<std::sync::Mutex<Vec<sockserv::Error>>>) {
-    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+/// Which driver a test's server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Threaded,
+    Event,
+}
+
+pub type Errors = Arc<std::sync::Mutex<Vec<sockserv::Error>>>;
+
+/// Event-mode echo that records each connection's closing error.
+struct RecordingEvents(Errors);
+
+impl sockserv::EventHandler for RecordingEvents {
+    fn on_open(&self, _: &Arc<sockserv::EventConn>) {}
+    fn on_frame(&self, conn: &Arc<sockserv::EventConn>, frame: &[u8]) {
+        let _ = conn.send(frame);
+    }
+    fn on_close(&self, _: &Arc<sockserv::EventConn>, reason: Option<&sockserv::Error>) {
+        if let Some(e) = reason {
+            self.0.lock().unwrap().push(e.clone());
+        }
+    }
+}
+
+/// An echo server in `mode` that records the error each connection ended
+/// with.
+pub fn recording_echo_server(config: &Config, mode: Mode) -> (Server, Errors) {
+    let errors: Errors = Arc::default();
     let server = Server::bind("tcp://127.0.0.1:0", config).unwrap();
     let seen = errors.clone();
-    server
-        .set_handler(Arc::new(move |conn: &Arc<Connection>| loop {
-            match conn.recv_with(|f| f.to_vec()) {
-                Ok(frame) => {
-                    if conn.send(&frame).is_err() {
+    match mode {
+        Mode::Threaded => server
+            .set_handler(Arc::new(move |conn: &Arc<Connection>| loop {
+                match conn.recv_with(|f| f.to_vec()) {
+                    Ok(frame) => {
+                        if conn.send(&frame).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        seen.lock().unwrap().push(e);
                         return;
                     }
                 }
-                Err(e) => {
-                    seen.lock().unwrap().push(e);
-                    return;
-                }
-            }
-        }))
-        .unwrap();
+            }))
+            .unwrap(),
+        Mode::Event => server
+            .set_event_handler(Arc::new(RecordingEvents(seen)))
+            .unwrap(),
+    }
     server.start().unwrap();
     (server, errors)
 }
@@ -190,4 +218,56 @@ impl Drop for Canary {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// An event-mode echo handler that counts opens and closes and records
+/// every close reason.
+#[derive(Default)]
+pub struct EventEcho {
+    pub opened: std::sync::atomic::AtomicUsize,
+    pub closed: std::sync::atomic::AtomicUsize,
+    pub reasons: std::sync::Mutex<Vec<Option<sockserv::Error>>>,
+}
+
+impl sockserv::EventHandler for EventEcho {
+    fn on_open(&self, _: &Arc<sockserv::EventConn>) {
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn on_frame(&self, conn: &Arc<sockserv::EventConn>, frame: &[u8]) {
+        let _ = conn.send(frame);
+    }
+    fn on_close(&self, _: &Arc<sockserv::EventConn>, reason: Option<&sockserv::Error>) {
+        self.reasons.lock().unwrap().push(reason.cloned());
+        self.closed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A started event-mode server with `handler` on `addr`.
+pub fn event_server(
+    addr: &str,
+    config: &Config,
+    handler: Arc<dyn sockserv::EventHandler>,
+) -> Server {
+    let server = Server::bind(addr, config).unwrap();
+    server.set_event_handler(handler).unwrap();
+    server.start().unwrap();
+    server
+}
+
+/// Raises the soft limit on open files to the hard limit (tests that hold
+/// thousands of sockets).
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the rlimit struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
 }
