@@ -183,6 +183,11 @@ typedef enum sockserv_result {
      * An internal error (a Rust panic) was caught at the API boundary.
      */
     SOCKSERV_ERR_PANIC = 18,
+    /**
+     * The operation would block: an event-mode connection's send queue is
+     * over its limit (the peer is not reading). Try again later.
+     */
+    SOCKSERV_ERR_WOULD_BLOCK = 19,
 } sockserv_result;
 
 /**
@@ -194,7 +199,9 @@ typedef struct sockserv_config sockserv_config;
 /**
  * A framed connection (opaque). Sending is safe from several threads at
  * once (frames never interleave), and one thread may receive while others
- * send; receive from one thread at a time.
+ * send; receive from one thread at a time. Event-mode connections (lent by
+ * an event-driven server) deliver frames to `on_frame` instead, and their
+ * sends queue without blocking.
  */
 typedef struct sockserv_conn sockserv_conn;
 
@@ -212,6 +219,36 @@ typedef struct sockserv_server sockserv_server;
  * C++ exception or longjmp out.
  */
 typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Event mode: a connection passed the handshake (or needs none). `conn`
+ * stays valid until `on_close` for it returns; other threads may send on
+ * it until then. Runs on the connection's I/O thread.
+ */
+typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Event mode: one whole frame; `data` (`len` bytes) is valid during the
+ * call only. Runs on the connection's I/O thread, which serves nothing
+ * else meanwhile: do not block (hand long work to a thread of yours and
+ * reply with `sockserv_conn_send` from there).
+ */
+typedef void (*sockserv_frame_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  const uint8_t *data,
+                                  size_t len);
+
+/**
+ * Event mode: the connection ended; called exactly once for every
+ * connection `on_open` saw, after which `conn` is freed. `reason` is
+ * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
+ * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
+ * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
+ * it; `sockserv_last_error` gives the detail during the call.
+ */
+typedef void (*sockserv_close_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  enum sockserv_result reason);
 
 /**
  * Decides whether to serve a peer, before the handshake: `peer_addr` is
@@ -336,6 +373,36 @@ enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config,
 enum sockserv_result sockserv_config_set_keepalive(struct sockserv_config *config, bool on);
 
 /**
+ * Event mode: the number of I/O threads (default 0: one per core).
+ */
+enum sockserv_result sockserv_config_set_io_threads(struct sockserv_config *config, size_t threads);
+
+/**
+ * Event mode: the most bytes a connection may have queued for sending
+ * (default 8 MiB, at least 1). Past it, `sockserv_conn_send` returns
+ * `SOCKSERV_ERR_WOULD_BLOCK` (a frame larger than the limit is still taken
+ * when nothing else is queued); reading from that peer pauses once half
+ * the limit is queued and resumes below a quarter, so a peer that does not
+ * read cannot grow the server's memory.
+ */
+enum sockserv_result sockserv_config_set_max_queued_bytes(struct sockserv_config *config,
+                                                          size_t max_bytes);
+
+/**
+ * Event mode: close a connection whose queue is over the limit instead of
+ * refusing the send (default off).
+ */
+enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_config *config,
+                                                              bool on);
+
+/**
+ * Event mode: close connections that receive nothing for this long
+ * (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
+ */
+enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config *config,
+                                                         uint32_t timeout_ms);
+
+/**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
  * "unix://PATH"), trying each resolved address within the connect
  * timeout, then runs the handshake when `config` has a key. `config` is
@@ -361,11 +428,19 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
                                            struct sockserv_conn **conn_out);
 
 /**
- * Sends `data` (`len` bytes; NULL allowed when 0) as one frame. Blocks
- * until the kernel took all of it, or the timeout (see
- * `sockserv_conn_set_timeout_ms`) passes: a send that timed out part-way
- * closes the connection (`SOCKSERV_ERR_BROKEN` after), as the stream would
- * be out of sync.
+ * Sends `data` (`len` bytes; NULL allowed when 0) as one frame.
+ *
+ * Blocking connections: returns when the kernel took all of it, or the
+ * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
+ * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
+ * stream would be out of sync.
+ *
+ * Event-mode connections: never blocks, from any thread (inside
+ * `on_frame` too): the frame is copied into the connection's queue and its
+ * I/O thread writes it. When the queue holds more than the limit
+ * (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
+ * with `sockserv_config_set_close_when_backed_up` the connection is closed
+ * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
  */
 enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
                                         const uint8_t *data,
@@ -463,6 +538,15 @@ enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *con
                                                  uint32_t count);
 
 /**
+ * Closes the connection from any thread. Event mode: what was queued is
+ * written first (for up to 5 s), then the socket is closed and `on_close`
+ * runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
+ * waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
+ * (a client connection must still be freed with `sockserv_conn_free`).
+ */
+enum sockserv_result sockserv_conn_close(const struct sockserv_conn *conn);
+
+/**
  * Attaches a pointer of yours to the connection (not used by sockserv).
  */
 enum sockserv_result sockserv_conn_set_userdata(const struct sockserv_conn *conn, void *userdata);
@@ -550,6 +634,19 @@ enum sockserv_result sockserv_server_new(const char *addr,
 enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
                                                  sockserv_handler_fn handler,
                                                  void *userdata);
+
+/**
+ * Makes the server event-driven: instead of a thread per connection, a
+ * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
+ * and call `on_open`, `on_frame` for each whole frame, and `on_close`
+ * (any may be NULL). Only before the server starts; replaces a handler
+ * set with `sockserv_server_set_handler`.
+ */
+enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
+                                                        sockserv_open_fn on_open,
+                                                        sockserv_frame_fn on_frame,
+                                                        sockserv_close_fn on_close,
+                                                        void *userdata);
 
 /**
  * Sets the function that accepts or refuses each peer by address (NULL:

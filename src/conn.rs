@@ -252,7 +252,16 @@ impl Connection {
     }
 
     /// Closes the stream in both directions from any thread, waking a thread
-    /// blocked on it; later calls fail with `Shutdown`.
+    /// blocked on it; later calls fail with `Broken`.
+    pub fn close(&self) {
+        self.break_stream(format!(
+            "the connection with {} was closed locally",
+            self.peer
+        ));
+    }
+
+    /// Like [`Connection::close`], for a server shutting down: later calls
+    /// fail with `Shutdown`.
     pub fn close_for_shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);

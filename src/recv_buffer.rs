@@ -134,11 +134,6 @@ mod tests {
     use super::*;
     use crate::frame::encode_header;
 
-    fn push(buf: &mut RecvBuffer, bytes: &[u8]) {
-        buf.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
-        buf.commit(bytes.len());
-    }
-
     fn framed(payload: &[u8]) -> Vec<u8> {
         let mut v = encode_header(payload.len() as u64).as_bytes().to_vec();
         v.extend_from_slice(payload);
@@ -151,7 +146,7 @@ mod tests {
         let mut stream = framed(b"one");
         stream.extend(framed(b""));
         stream.extend(framed(b"three"));
-        push(&mut buf, &stream);
+        buf.extend(&stream);
         let mut got = Vec::new();
         while let Decoded::Frame(r) = buf.next_frame(100).unwrap() {
             got.push(buf.bytes(r).to_vec());
@@ -164,9 +159,9 @@ mod tests {
     fn reports_what_is_missing() {
         let mut buf = RecvBuffer::with_capacity(0);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(4));
-        push(&mut buf, &[0, 0]);
+        buf.extend(&[0, 0]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(2));
-        push(&mut buf, &[0, 10, 1]);
+        buf.extend(&[0, 10, 1]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(9));
         push(&mut buf, &[0xff; 4]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(5));
@@ -175,14 +170,14 @@ mod tests {
     #[test]
     fn long_marker_waits_for_its_eight_bytes() {
         let mut buf = RecvBuffer::with_capacity(0);
-        push(&mut buf, &[0xff, 0xff, 0xff, 0xff, 0]);
+        buf.extend(&[0xff, 0xff, 0xff, 0xff, 0]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(7));
     }
 
     #[test]
     fn unconsume_returns_the_same_frame() {
         let mut buf = RecvBuffer::with_capacity(0);
-        push(&mut buf, &framed(b"abc"));
+        buf.extend(&framed(b"abc"));
         let Decoded::Frame(r) = buf.next_frame(100).unwrap() else {
             panic!("frame expected")
         };
@@ -193,8 +188,8 @@ mod tests {
     #[test]
     fn spare_compacts_before_growing() {
         let mut buf = RecvBuffer::with_capacity(8);
-        push(&mut buf, &framed(b"ab"));
-        push(&mut buf, &[0, 0]);
+        buf.extend(&framed(b"ab"));
+        buf.extend(&[0, 0]);
         assert!(matches!(buf.next_frame(100).unwrap(), Decoded::Frame(_)));
         let len = buf.spare(6).len();
         assert_eq!((len, buf.capacity()), (6, 8));

@@ -115,10 +115,11 @@ impl EventHandler for Flooder {
 }
 
 fn flood_config(limit: usize, close: bool) -> Config {
-    let mut config = Config::default();
-    config.max_queued_bytes = limit;
-    config.close_when_backed_up = close;
-    config
+    Config {
+        max_queued_bytes: limit,
+        close_when_backed_up: close,
+        ..Config::default()
+    }
 }
 
 #[test]
@@ -245,8 +246,10 @@ impl EventHandler for Relay {
 
 #[test]
 fn a_callback_can_send_to_another_connection() {
-    let mut config = Config::default();
-    config.io_threads = 2;
+    let config = Config {
+        io_threads: 2,
+        ..Config::default()
+    };
     let handler = Arc::new(Relay::default());
     let server = event_server("tcp://127.0.0.1:0", &config, handler.clone());
     let a = connect(server.local_addr(), &config).unwrap();
@@ -360,8 +363,10 @@ impl EventHandler for Blocker {
 /// connections of its own I/O thread; the other threads' go on.
 #[test]
 fn a_blocking_callback_stalls_only_its_own_io_thread() {
-    let mut config = Config::default();
-    config.io_threads = 2;
+    let config = Config {
+        io_threads: 2,
+        ..Config::default()
+    };
     let handler = Arc::new(Blocker {
         release: AtomicBool::new(false),
         blocked: AtomicUsize::new(0),

@@ -245,6 +245,67 @@ pub unsafe extern "C" fn sockserv_config_set_keepalive(
     })
 }
 
+/// Event mode: the number of I/O threads (default 0: one per core).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_io_threads(
+    config: *mut sockserv_config,
+    threads: usize,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.io_threads = threads;
+        Ok(())
+    })
+}
+
+/// Event mode: the most bytes a connection may have queued for sending
+/// (default 8 MiB, at least 1). Past it, `sockserv_conn_send` returns
+/// `SOCKSERV_ERR_WOULD_BLOCK` (a frame larger than the limit is still taken
+/// when nothing else is queued); reading from that peer pauses once half
+/// the limit is queued and resumes below a quarter, so a peer that does not
+/// read cannot grow the server's memory.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_max_queued_bytes(
+    config: *mut sockserv_config,
+    max_bytes: usize,
+) -> sockserv_result {
+    with_config(config, |c| {
+        if max_bytes == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "max queued bytes must be at least 1",
+            ));
+        }
+        c.max_queued_bytes = max_bytes;
+        Ok(())
+    })
+}
+
+/// Event mode: close a connection whose queue is over the limit instead of
+/// refusing the send (default off).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_close_when_backed_up(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.close_when_backed_up = on;
+        Ok(())
+    })
+}
+
+/// Event mode: close connections that receive nothing for this long
+/// (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_idle_timeout_ms(
+    config: *mut sockserv_config,
+    timeout_ms: u32,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.idle_timeout = (timeout_ms > 0).then(|| ms(timeout_ms));
+        Ok(())
+    })
+}
+
 fn ms(timeout_ms: u32) -> Duration {
     Duration::from_millis(timeout_ms.into())
 }

@@ -17,15 +17,58 @@ use crate::auth::Role;
 use crate::config::Config;
 use crate::conn::{Connection, RecvInto};
 use crate::error::{Error, ErrorKind, Result};
+use crate::event_conn::EventConn;
 
 /// A framed connection (opaque). Sending is safe from several threads at
 /// once (frames never interleave), and one thread may receive while others
-/// send; receive from one thread at a time.
+/// send; receive from one thread at a time. Event-mode connections (lent by
+/// an event-driven server) deliver frames to `on_frame` instead, and their
+/// sends queue without blocking.
 pub struct sockserv_conn {
-    pub(super) conn: Arc<Connection>,
+    pub(super) kind: ConnKind,
     pub(super) userdata: AtomicPtr<c_void>,
-    /// Lent to a handler: the server closes it, `sockserv_conn_free` ignores it.
+    /// Lent by a server: the server closes it, `sockserv_conn_free` ignores it.
     pub(super) server_owned: bool,
+}
+
+pub(super) enum ConnKind {
+    Blocking(Arc<Connection>),
+    Event(Arc<EventConn>),
+}
+
+impl sockserv_conn {
+    pub(super) fn lent(kind: ConnKind) -> sockserv_conn {
+        sockserv_conn {
+            kind,
+            userdata: AtomicPtr::new(std::ptr::null_mut()),
+            server_owned: true,
+        }
+    }
+
+    /// The blocking connection, or why `doing` is not for event mode.
+    fn blocking(&self, doing: &str) -> Result<&Connection> {
+        match &self.kind {
+            ConnKind::Blocking(conn) => Ok(conn),
+            ConnKind::Event(_) => Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("{doing} is not available on an event-mode connection (frames arrive in on_frame)"),
+            )),
+        }
+    }
+
+    fn peer_addr(&self) -> &str {
+        match &self.kind {
+            ConnKind::Blocking(conn) => conn.peer_addr(),
+            ConnKind::Event(conn) => conn.peer_addr(),
+        }
+    }
+
+    fn local_addr(&self) -> &str {
+        match &self.kind {
+            ConnKind::Blocking(conn) => conn.local_addr(),
+            ConnKind::Event(conn) => conn.local_addr(),
+        }
+    }
 }
 
 /// `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
@@ -35,7 +78,7 @@ pub const SOCKSERV_ROLE_CLIENT: c_int = 1;
 
 fn new_handle(conn: Connection) -> *mut sockserv_conn {
     Box::into_raw(Box::new(sockserv_conn {
-        conn: Arc::new(conn),
+        kind: ConnKind::Blocking(Arc::new(conn)),
         userdata: AtomicPtr::new(std::ptr::null_mut()),
         server_owned: false,
     }))
@@ -137,11 +180,19 @@ fn invalid(detail: String) -> Error {
     Error::new(ErrorKind::InvalidArgument, detail)
 }
 
-/// Sends `data` (`len` bytes; NULL allowed when 0) as one frame. Blocks
-/// until the kernel took all of it, or the timeout (see
-/// `sockserv_conn_set_timeout_ms`) passes: a send that timed out part-way
-/// closes the connection (`SOCKSERV_ERR_BROKEN` after), as the stream would
-/// be out of sync.
+/// Sends `data` (`len` bytes; NULL allowed when 0) as one frame.
+///
+/// Blocking connections: returns when the kernel took all of it, or the
+/// timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
+/// out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
+/// stream would be out of sync.
+///
+/// Event-mode connections: never blocks, from any thread (inside
+/// `on_frame` too): the frame is copied into the connection's queue and its
+/// I/O thread writes it. When the queue holds more than the limit
+/// (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
+/// with `sockserv_config_set_close_when_backed_up` the connection is closed
+/// and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_send(
     conn: *const sockserv_conn,
@@ -151,7 +202,10 @@ pub unsafe extern "C" fn sockserv_conn_send(
     with_conn(conn, |c| {
         // SAFETY: caller contract: `data` has `len` readable bytes.
         let data = unsafe { bytes(data, len, "data") }?;
-        c.conn.send(data)
+        match &c.kind {
+            ConnKind::Blocking(conn) => conn.send(data),
+            ConnKind::Event(conn) => conn.send(data),
+        }
     })
 }
 
@@ -168,7 +222,8 @@ pub unsafe extern "C" fn sockserv_conn_recv(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let (data, len) = unsafe { (out(data, "data")?, out(len, "len")?) };
-        let (ptr, n) = c.conn.recv_with(|frame| (frame.as_ptr(), frame.len()))?;
+        let conn = c.blocking("sockserv_conn_recv")?;
+        let (ptr, n) = conn.recv_with(|frame| (frame.as_ptr(), frame.len()))?;
         data.put(ptr);
         len.put(n);
         Ok(())
@@ -188,7 +243,7 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
     with_conn(conn, |c| {
         // SAFETY: caller contract: `buf` has `cap` writable bytes.
         let (buf, len) = unsafe { (bytes_mut(buf, cap, "buf")?, out(len, "len")?) };
-        match c.conn.recv_into(buf)? {
+        match c.blocking("sockserv_conn_recv_into")?.recv_into(buf)? {
             RecvInto::Copied(n) => {
                 len.put(n);
                 Ok(())
@@ -218,7 +273,7 @@ pub unsafe extern "C" fn sockserv_conn_poll(
         // SAFETY: caller contract (see the module docs of ffi).
         let readable = unsafe { out(readable, "readable") }?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        readable.put(c.conn.poll(timeout)?);
+        readable.put(c.blocking("sockserv_conn_poll")?.poll(timeout)?);
         Ok(())
     })
 }
@@ -235,7 +290,7 @@ pub unsafe extern "C" fn sockserv_conn_peer_addr(
 ) -> sockserv_result {
     // SAFETY: caller contract: `buf` has `len` writable bytes.
     with_conn(conn, |c| unsafe {
-        copy_str(c.conn.peer_addr(), buf, len, needed)
+        copy_str(c.peer_addr(), buf, len, needed)
     })
 }
 
@@ -249,7 +304,7 @@ pub unsafe extern "C" fn sockserv_conn_local_addr(
 ) -> sockserv_result {
     // SAFETY: caller contract: `buf` has `len` writable bytes.
     with_conn(conn, |c| unsafe {
-        copy_str(c.conn.local_addr(), buf, len, needed)
+        copy_str(c.local_addr(), buf, len, needed)
     })
 }
 
@@ -263,7 +318,11 @@ pub unsafe extern "C" fn sockserv_conn_fd(
 ) -> sockserv_result {
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
-        unsafe { out(fd, "fd") }?.put(c.conn.fd());
+        let fd_out = unsafe { out(fd, "fd") }?;
+        fd_out.put(match &c.kind {
+            ConnKind::Blocking(conn) => conn.fd(),
+            ConnKind::Event(conn) => conn.fd(),
+        });
         Ok(())
     })
 }
@@ -277,7 +336,7 @@ pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
     timeout_ms: u32,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        c.conn
+        c.blocking("sockserv_conn_set_timeout_ms")?
             .set_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())));
         Ok(())
     })
@@ -292,7 +351,10 @@ pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let timeout_ms = unsafe { out(timeout_ms, "timeout_ms") }?;
-        let ms = c.conn.timeout().map_or(0, |t| t.as_millis());
+        let ms = c
+            .blocking("sockserv_conn_get_timeout_ms")?
+            .timeout()
+            .map_or(0, |t| t.as_millis());
         timeout_ms.put(u32::try_from(ms).unwrap_or(u32::MAX));
         Ok(())
     })
@@ -304,7 +366,9 @@ pub unsafe extern "C" fn sockserv_conn_set_nodelay(
     conn: *const sockserv_conn,
     on: bool,
 ) -> sockserv_result {
-    with_conn(conn, |c| c.conn.set_nodelay(on))
+    with_conn(conn, |c| {
+        c.blocking("sockserv_conn_set_nodelay")?.set_nodelay(on)
+    })
 }
 
 /// Reads TCP_NODELAY into `*on`.
@@ -316,7 +380,7 @@ pub unsafe extern "C" fn sockserv_conn_get_nodelay(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let on = unsafe { out(on, "on") }?;
-        on.put(c.conn.nodelay()?);
+        on.put(c.blocking("sockserv_conn_get_nodelay")?.nodelay()?);
         Ok(())
     })
 }
@@ -334,11 +398,27 @@ pub unsafe extern "C" fn sockserv_conn_set_keepalive(
     count: u32,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        c.conn.set_keepalive(on)?;
+        let conn = c.blocking("sockserv_conn_set_keepalive")?;
+        conn.set_keepalive(on)?;
         if on && idle_s > 0 && interval_s > 0 && count > 0 {
             let secs = |s: u32| Duration::from_secs(s.into());
-            c.conn
-                .set_keepalive_timing(secs(idle_s), secs(interval_s), count)?;
+            conn.set_keepalive_timing(secs(idle_s), secs(interval_s), count)?;
+        }
+        Ok(())
+    })
+}
+
+/// Closes the connection from any thread. Event mode: what was queued is
+/// written first (for up to 5 s), then the socket is closed and `on_close`
+/// runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
+/// waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
+/// (a client connection must still be freed with `sockserv_conn_free`).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sockserv_result {
+    with_conn(conn, |c| {
+        match &c.kind {
+            ConnKind::Blocking(conn) => conn.close(),
+            ConnKind::Event(conn) => conn.close(),
         }
         Ok(())
     })

@@ -71,7 +71,7 @@ pub enum sockserv_result {
     SOCKSERV_ERR_WOULD_BLOCK = 19,
 }
 
-pub(super) fn result_of(kind: ErrorKind) -> sockserv_result {
+pub(crate) fn result_of(kind: ErrorKind) -> sockserv_result {
     use sockserv_result::*;
     match kind {
         ErrorKind::NullParameter => SOCKSERV_ERR_NULL_PARAMETER,
