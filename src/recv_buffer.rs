@@ -163,7 +163,7 @@ mod tests {
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(2));
         buf.extend(&[0, 10, 1]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(9));
-        push(&mut buf, &[0xff; 4]);
+        buf.extend(&[0xff; 4]);
         assert_eq!(buf.next_frame(100).unwrap(), Decoded::NeedMore(5));
     }
 
