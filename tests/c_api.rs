@@ -741,6 +741,21 @@ fn library_exports_exactly_the_header_functions() {
     assert_eq!(exported, declared, "exports and header declarations differ");
 }
 
+/// api_test.c calls every function of the header (with NULLs, at least), so
+/// a function added to the API without a C test shows up here.
+#[test]
+fn api_test_calls_every_header_function() {
+    let source = std::fs::read_to_string(root().join("tests/c/api_test.c")).expect("api_test.c");
+    let missing: Vec<String> = header_functions()
+        .into_iter()
+        .filter(|name| !source.contains(&format!("{name}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tests/c/api_test.c never calls {missing:?}: add their NULL and error checks"
+    );
+}
+
 /// Names of the functions declared in include/sockserv.h.
 fn header_functions() -> Vec<String> {
     let header = std::fs::read_to_string(root().join("include/sockserv.h")).expect("header");

@@ -92,8 +92,8 @@ static int expect_rc_(sockserv_result got, sockserv_result want, const char *exp
     checks++;
     if (got != want) {
         failures++;
-        fprintf(stderr, "%s:%d: FAILED: %s\n  returned %s, expected %s\n  last error: %s\n", file,
-                line, expr, code_name(got), code_name(want), detail());
+        fprintf(stderr, "%s:%d: FAILED: %s\n  returned %s (%d), expected %s\n  last error: %s\n",
+                file, line, expr, code_name(got), (int)got, code_name(want), detail());
         return 0;
     }
     return 1;
@@ -267,18 +267,22 @@ static void test_strerror(void)
 {
     const char *unknown = sockserv_strerror(-1);
     CHECK(unknown != NULL && strcmp(unknown, "unknown sockserv result code") == 0);
-    for (int code = SOCKSERV_OK; code <= SOCKSERV_ERR_PANIC; code++) {
+    /* The known codes run from 0 up to the first unknown one; counted, not
+       hard-coded, so codes added later are covered too. */
+    int count = 0;
+    while (count < 1000 && strcmp(sockserv_strerror(count), unknown) != 0)
+        count++;
+    CHECK(count > SOCKSERV_ERR_PANIC);
+    for (int code = 0; code < count; code++) {
         const char *text = sockserv_strerror(code);
-        if (!CHECK(text != NULL && *text != '\0'))
-            continue;
-        CHECK(strcmp(text, unknown) != 0);
+        CHECK(text != NULL && *text != '\0');
         /* Each code has its own text. */
-        for (int other = SOCKSERV_OK; other < code; other++)
+        for (int other = 0; other < code; other++)
             CHECK(strcmp(text, sockserv_strerror(other)) != 0);
     }
     CHECK(strcmp(sockserv_strerror(SOCKSERV_OK), "success") == 0);
     CHECK(strstr(sockserv_strerror(SOCKSERV_ERR_AUTH_FAILED), "authentication failed") != NULL);
-    const int unknown_codes[] = {SOCKSERV_ERR_PANIC + 1, 1000, INT_MAX, INT_MIN};
+    const int unknown_codes[] = {count, count + 1, 1000, INT_MAX, INT_MIN};
     for (size_t i = 0; i < sizeof unknown_codes / sizeof unknown_codes[0]; i++)
         CHECK(strcmp(sockserv_strerror(unknown_codes[i]), unknown) == 0);
 }
