@@ -1,0 +1,784 @@
+//! The C side: C programs compiled against the committed header and the
+//! library this `cargo test` just built, run as real processes.
+//!
+//! - `tests/c/api_test.c` checks the whole C API from C (also under valgrind);
+//!   `tests/c/header_cxx.cpp` compiles the header as C++11.
+//! - The examples in `c_examples/` (built with their own Makefile) talk to
+//!   each other: the right key, a wrong key, SIGTERM and SIGINT.
+//! - The shared library exports exactly the functions the header declares.
+//!
+//! Where the library comes from: `cargo test` builds the lib target with all
+//! its crate types in one rustc run, so `libsockserv.so` sits beside the
+//! rlib this test links, in `target/<profile>/deps/` (it is not copied up to
+//! `target/<profile>/` by `cargo test`, only by `cargo build`). Programs are
+//! compiled into `target/tmp/c-tests/`, never into the source tree.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+const KEY: &str = "c-api-test-key";
+/// How long a program may run natively, and under valgrind.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const VALGRIND_LIMIT: Duration = Duration::from_secs(300);
+/// How long to wait for a child's output pipes to close after it exited.
+const PIPE_LIMIT: Duration = Duration::from_secs(5);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory of the libsockserv.so built with this test binary.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    let lib = deps.join("libsockserv.so");
+    let built = modified(&lib).unwrap_or_else(|| {
+        panic!(
+            "{} is missing: `cargo test` should build the cdylib beside the rlib",
+            lib.display()
+        )
+    });
+    // A source newer than the library means it is not the one under test.
+    for source in rust_sources(&root().join("src")) {
+        let changed = modified(&source).expect("source mtime");
+        assert!(
+            changed <= built,
+            "{} is older than {}: the library under test is stale",
+            lib.display(),
+            source.display()
+        );
+    }
+    deps
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn rust_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read src/").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(rust_sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Everything compiled once per test run (tests share it).
+struct Built {
+    lib_dir: PathBuf,
+    api_test: PathBuf,
+    header_cxx: PathBuf,
+    leak_control: PathBuf,
+    examples: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let lib_dir = lib_dir();
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-tests");
+        std::fs::create_dir_all(&out).expect("create target/tmp/c-tests");
+        let c = |name: &str| compile(Lang::C, &lib_dir, &root().join("tests/c").join(name), &out);
+        let api_test = c("api_test.c");
+        let leak_control = c("leak_control.c");
+        let header_cxx = compile(
+            Lang::Cxx11,
+            &lib_dir,
+            &root().join("tests/c/header_cxx.cpp"),
+            &out,
+        );
+        // The examples are built by their own Makefile, against this library.
+        let examples = out.join("examples");
+        let make = run(
+            make_examples(&lib_dir, &examples).arg("all"),
+            RUN_LIMIT,
+            "make -C c_examples all",
+        );
+        assert_success(&make, "building c_examples with make");
+        Built {
+            lib_dir,
+            api_test,
+            header_cxx,
+            leak_control,
+            examples,
+        }
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Lang {
+    C,
+    Cxx11,
+}
+
+/// Compiles one source file into `out`, with every warning an error.
+fn compile(lang: Lang, lib_dir: &Path, source: &Path, out: &Path) -> PathBuf {
+    let exe = out.join(source.file_stem().expect("file name"));
+    let (compiler, flags): (String, &[&str]) = match lang {
+        Lang::C => (
+            std::env::var("CC").unwrap_or_else(|_| "cc".into()),
+            &["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"],
+        ),
+        Lang::Cxx11 => (
+            std::env::var("CXX").unwrap_or_else(|_| "c++".into()),
+            &["-std=c++11", "-Wall", "-Wextra", "-Wpedantic", "-Werror"],
+        ),
+    };
+    let mut cmd = Command::new(&compiler);
+    cmd.args(flags)
+        .args(["-g", "-O0", "-I"])
+        .arg(root().join("include"))
+        .arg(source)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(lib_dir)
+        // The rpath lets the program find this very library when run.
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-lsockserv", "-pthread"]);
+    let output = run(&mut cmd, RUN_LIMIT, &compiler);
+    assert_success(&output, &format!("compiling {}", source.display()));
+    exe
+}
+
+fn make_examples(lib_dir: &Path, build: &Path) -> Command {
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(root().join("c_examples"))
+        .arg(format!("LIBDIR={}", lib_dir.display()))
+        .arg(format!("BUILD={}", build.display()));
+    cmd
+}
+
+// ---------------------------------------------------------------------------
+// Processes: every child is killed and reaped when its guard drops, also when
+// a test fails half-way; every wait is bounded.
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ChildGuard {
+    /// Waits at most `limit` for the child to exit.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.0.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) takes no pointers; the pid is our child's, not yet
+        // reaped (we hold its Child), so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+}
+
+/// A pipe read to the end on a thread, so a chatty child never blocks.
+struct Drain {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    thread: JoinHandle<()>,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> Drain {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let thread = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => sink.lock().unwrap().extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    });
+    Drain { bytes, thread }
+}
+
+impl Drain {
+    /// What was read, once the pipe closed or `limit` passed: a grandchild
+    /// that still holds the pipe open must not hang the test.
+    fn collect(self, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        while !self.thread.is_finished() && Instant::now() < end {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let bytes = self.bytes.lock().unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Runs a command to completion within `limit`, capturing its output.
+fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut guard = ChildGuard(child);
+    let stdout = drain(guard.0.stdout.take().expect("stdout"));
+    let stderr = drain(guard.0.stderr.take().expect("stderr"));
+    let status = guard.wait_for(limit);
+    drop(guard); // kills it if it is still running, so the pipes close
+    let output = Output {
+        status: status.unwrap_or_default(),
+        stdout: stdout.collect(PIPE_LIMIT).into_bytes(),
+        stderr: stderr.collect(PIPE_LIMIT).into_bytes(),
+    };
+    assert!(
+        status.is_some(),
+        "{what} did not finish within {limit:?}\n{}",
+        show(&output)
+    );
+    output
+}
+
+fn show(output: &Output) -> String {
+    format!(
+        "status: {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(output.status.success(), "{what} failed\n{}", show(output));
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("sockserv-c-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The example server as a child process.
+
+struct EchoServer {
+    child: ChildGuard,
+    addr: String,
+    stderr: Option<Drain>,
+}
+
+impl EchoServer {
+    /// Starts `echo_server ADDR` (under `wrapper`, e.g. valgrind, if given)
+    /// with the key in SOCKSERV_KEY, and reads the address it prints.
+    fn start(addr: &str, wrapper: &[String], limit: Duration) -> EchoServer {
+        let exe = built().examples.join("echo_server");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&exe);
+                cmd
+            }
+            None => Command::new(&exe),
+        };
+        let child = cmd
+            .arg(addr)
+            .env("SOCKSERV_KEY", KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start echo_server");
+        let mut child = ChildGuard(child);
+        let lines = read_lines(child.0.stdout.take().expect("stdout"));
+        let stderr = drain(child.0.stderr.take().expect("stderr"));
+        let Ok(first) = lines.recv_timeout(limit) else {
+            drop(child); // kill it, so its stderr pipe closes
+            panic!(
+                "echo_server printed no address within {limit:?}; stderr:\n{}",
+                stderr.collect(PIPE_LIMIT)
+            )
+        };
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        EchoServer {
+            child,
+            addr,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Sends `signal` and waits for a clean exit; returns the server's stderr.
+    fn stop(mut self, signal: libc::c_int, limit: Duration) -> (ExitStatus, String) {
+        self.child.signal(signal);
+        let status = self.child.wait_for(limit);
+        let stderr = self.stderr.take().expect("stderr").collect(PIPE_LIMIT);
+        let status = status
+            .unwrap_or_else(|| panic!("echo_server did not stop within {limit:?}:\n{stderr}"));
+        (status, stderr)
+    }
+}
+
+/// Reads lines on a thread and hands them over a channel, so the reader can
+/// wait for one with a timeout.
+fn read_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Runs an example client (`echo_client` or `raii_client`).
+fn client(name: &str, wrapper: &[String], key_env: Option<&str>, args: &[&str]) -> Output {
+    let exe = built().examples.join(name);
+    assert!(exe.exists(), "{} was not built", exe.display());
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(&exe);
+            cmd
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args(args).env_remove("SOCKSERV_KEY");
+    if let Some(key) = key_env {
+        cmd.env("SOCKSERV_KEY", key);
+    }
+    run(&mut cmd, VALGRIND_LIMIT, name)
+}
+
+// ---------------------------------------------------------------------------
+// valgrind
+
+/// The valgrind command, or None (said loudly) when it is not installed.
+/// A distinct exit code (99) tells valgrind's findings from the program's
+/// own failures (a client refused with a wrong key exits 1 on purpose).
+fn valgrind(log_dir: &Path, test: &str) -> Option<Vec<String>> {
+    let found = Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        // Straight to fd 2, not eprintln!: libtest captures that, and a
+        // skipped check must be seen even when the test passes.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {test}: valgrind is not installed \
+             (apt-get install valgrind); CI must install it ***\n"
+        );
+        return None;
+    }
+    Some(vec![
+        "valgrind".into(),
+        "--leak-check=full".into(),
+        "--errors-for-leak-kinds=definite".into(),
+        "--error-exitcode=99".into(),
+        format!("--log-file={}/valgrind-%p.log", log_dir.display()),
+    ])
+}
+
+/// The valgrind logs in `dir`, checked: no errors, no definite leaks.
+/// Returns their summary lines, for the test output.
+fn check_valgrind_logs(dir: &Path) -> String {
+    let mut summary = String::new();
+    let mut logs = 0;
+    for entry in std::fs::read_dir(dir).expect("log dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("valgrind-") {
+            continue;
+        }
+        logs += 1;
+        let log = std::fs::read_to_string(entry.path()).expect("read valgrind log");
+        assert!(
+            log.contains("ERROR SUMMARY: 0 errors"),
+            "valgrind found errors ({name}):\n{log}"
+        );
+        assert!(
+            !log.contains("definitely lost: ") || log.contains("definitely lost: 0 bytes"),
+            "valgrind found a definite leak ({name}):\n{log}"
+        );
+        let command = log.lines().find(|l| l.contains("Command:")).unwrap_or("");
+        summary.push_str(command);
+        summary.push('\n');
+        for line in log.lines().filter(|l| {
+            l.contains("ERROR SUMMARY")
+                || l.contains("definitely lost:")
+                || l.contains("All heap blocks were freed")
+        }) {
+            summary.push_str(line);
+            summary.push('\n');
+        }
+    }
+    assert!(logs > 0, "no valgrind logs in {}", dir.display());
+    summary
+}
+
+// ---------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn c_api_test_program_passes() {
+    let dir = TempDir::new("api");
+    let output = run(
+        Command::new(&built().api_test).arg(&dir.0),
+        RUN_LIMIT,
+        "api_test",
+    );
+    assert_success(&output, "api_test");
+    let out = stdout(&output);
+    let last = out.lines().last().unwrap_or("");
+    // Guard against a run that silently checked little.
+    let count: usize = last
+        .strip_prefix("api_test: ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line:\n{}", show(&output)));
+    assert!(count > 800, "only {count} checks ran:\n{}", show(&output));
+    assert!(last.ends_with(", 0 failed"), "{last}");
+}
+
+#[test]
+fn header_compiles_and_links_as_cxx11() {
+    let output = run(
+        &mut Command::new(&built().header_cxx),
+        RUN_LIMIT,
+        "header_cxx",
+    );
+    assert_success(&output, "header_cxx");
+    assert!(stdout(&output).starts_with("header_cxx: ok"));
+}
+
+#[test]
+fn examples_exchange_with_the_right_key_and_stop_on_sigint() {
+    let server = EchoServer::start("tcp://127.0.0.1:0", &[], RUN_LIMIT);
+    assert!(
+        server.addr.starts_with("tcp://127.0.0.1:"),
+        "{}",
+        server.addr
+    );
+    assert!(!server.addr.ends_with(":0"), "port 0 was not replaced");
+
+    let out = client(
+        "echo_client",
+        &[],
+        Some(KEY),
+        &[&server.addr, "hello", "framed world", ""],
+    );
+    assert_success(&out, "echo_client");
+    assert_eq!(stdout(&out), "hello\nframed world\n\n");
+
+    // The C++ client, its key given with -k.
+    let out = client(
+        "raii_client",
+        &[],
+        None,
+        &["-k", KEY, &server.addr, "from C++"],
+    );
+    assert_success(&out, "raii_client");
+    assert_eq!(stdout(&out), "from C++\n");
+
+    let (status, stderr) = server.stop(libc::SIGINT, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "echo_server exited with {status:?}:\n{stderr}"
+    );
+    assert!(stderr.contains("SIGINT received"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_key_is_refused_clearly_and_the_server_keeps_serving() {
+    let server = EchoServer::start("tcp://127.0.0.1:0", &[], RUN_LIMIT);
+
+    for (name, args) in [
+        (
+            "echo_client",
+            ["-k", "not-the-key", server.addr.as_str(), "hello"],
+        ),
+        (
+            "raii_client",
+            ["-k", "not-the-key", server.addr.as_str(), "hello"],
+        ),
+    ] {
+        let out = client(name, &[], None, &args);
+        assert_eq!(out.status.code(), Some(1), "{name}\n{}", show(&out));
+        assert_eq!(stdout(&out), "", "{name} printed an echo");
+        let err = stderr(&out);
+        assert!(
+            err.contains("authentication failed: the keys do not match"),
+            "{name}: unclear message:\n{err}"
+        );
+        assert!(
+            err.contains(&server.addr),
+            "{name} does not name the address:\n{err}"
+        );
+    }
+    // The key from the environment, wrong too.
+    let out = client("echo_client", &[], Some("also wrong"), &[&server.addr, "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+
+    // The server is unharmed: the right key still works.
+    let out = client("echo_client", &[], Some(KEY), &[&server.addr, "still here"]);
+    assert_success(&out, "echo_client after the refusals");
+    assert_eq!(stdout(&out), "still here\n");
+
+    let (status, stderr) = server.stop(libc::SIGTERM, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "echo_server exited with {status:?}:\n{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_unix_server_and_removes_its_socket() {
+    let dir = TempDir::new("unix");
+    let path = dir.0.join("echo.sock");
+    let addr = format!("unix://{}", path.display());
+    let server = EchoServer::start(&addr, &[], RUN_LIMIT);
+    assert_eq!(server.addr, addr);
+    assert!(path.exists(), "no socket file at {}", path.display());
+
+    let out = client("echo_client", &[], Some(KEY), &[&addr, "over unix"]);
+    assert_success(&out, "echo_client over unix");
+    assert_eq!(stdout(&out), "over unix\n");
+
+    let (status, stderr) = server.stop(libc::SIGTERM, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "echo_server exited with {status:?}:\n{stderr}"
+    );
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(!path.exists(), "the socket file was left behind");
+}
+
+#[test]
+fn bad_usage_and_bad_addresses_fail_with_a_message() {
+    let out = client("echo_client", &[], None, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(stderr(&out).contains("usage:"));
+    let out = client("echo_client", &[], Some(KEY), &["tcp:/nonsense", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("the address could not be parsed"),
+        "{}",
+        show(&out)
+    );
+    let out = run(
+        &mut Command::new(built().examples.join("echo_server")),
+        RUN_LIMIT,
+        "echo_server",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn makefile_demo_runs() {
+    let b = built();
+    let output = run(
+        make_examples(&b.lib_dir, &b.examples).arg("demo"),
+        RUN_LIMIT,
+        "make -C c_examples demo",
+    );
+    assert_success(&output, "make demo");
+    let out = stdout(&output);
+    for expected in [
+        "listening on tcp://127.0.0.1:",
+        "hello\nframed world\n",
+        "authentication failed: the keys do not match",
+        "still serving",
+        "the server exited with status 0",
+        "== demo OK ==",
+    ] {
+        assert!(
+            out.contains(expected) || stderr(&output).contains(expected),
+            "the demo lacks {expected:?}\n{}",
+            show(&output)
+        );
+    }
+}
+
+#[test]
+fn valgrind_api_test_program() {
+    let dir = TempDir::new("vg-api");
+    let Some(vg) = valgrind(&dir.0, "valgrind_api_test_program") else {
+        return;
+    };
+    let output = run(
+        Command::new(&vg[0])
+            .args(&vg[1..])
+            .arg(&built().api_test)
+            .arg(&dir.0),
+        VALGRIND_LIMIT,
+        "api_test under valgrind",
+    );
+    assert_success(&output, "api_test under valgrind");
+    eprintln!("{}", check_valgrind_logs(&dir.0));
+}
+
+#[test]
+fn valgrind_examples_exchange() {
+    let dir = TempDir::new("vg-examples");
+    let Some(vg) = valgrind(&dir.0, "valgrind_examples_exchange") else {
+        return;
+    };
+    let server = EchoServer::start("tcp://127.0.0.1:0", &vg, VALGRIND_LIMIT);
+    let out = client(
+        "echo_client",
+        &vg,
+        Some(KEY),
+        &[&server.addr, "hello", "again"],
+    );
+    assert_success(&out, "echo_client under valgrind");
+    assert_eq!(stdout(&out), "hello\nagain\n");
+    let out = client("echo_client", &vg, Some("wrong"), &[&server.addr, "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = client("raii_client", &vg, Some(KEY), &[&server.addr, "from C++"]);
+    assert_success(&out, "raii_client under valgrind");
+    let (status, stderr) = server.stop(libc::SIGTERM, Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "echo_server under valgrind exited with {status:?}:\n{stderr}"
+    );
+    eprintln!("{}", check_valgrind_logs(&dir.0));
+}
+
+/// The control: the same valgrind command fails on a program that leaks.
+#[test]
+fn valgrind_catches_a_deliberate_leak() {
+    let dir = TempDir::new("vg-leak");
+    let Some(vg) = valgrind(&dir.0, "valgrind_catches_a_deliberate_leak") else {
+        return;
+    };
+    let output = run(
+        Command::new(&vg[0])
+            .args(&vg[1..])
+            .arg(&built().leak_control),
+        VALGRIND_LIMIT,
+        "leak_control under valgrind",
+    );
+    assert_eq!(output.status.code(), Some(99), "{}", show(&output));
+    let logs: String = std::fs::read_dir(&dir.0)
+        .expect("log dir")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("definitely lost"), "{logs}");
+    assert!(logs.contains("sockserv_config_new"), "{logs}");
+}
+
+#[test]
+fn library_exports_exactly_the_header_functions() {
+    let lib = built().lib_dir.join("libsockserv.so");
+    let output = run(
+        Command::new("nm").args(["-D", "--defined-only"]).arg(&lib),
+        RUN_LIMIT,
+        "nm (binutils)",
+    );
+    assert_success(&output, "nm -D");
+    // Lines are "ADDRESS TYPE NAME"; --defined-only leaves out the symbols
+    // the library imports (glibc's, versioned like memcpy@GLIBC_2.14).
+    let mut exported: Vec<String> = stdout(&output)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect();
+    exported.sort();
+    exported.dedup();
+    let strays: Vec<&String> = exported
+        .iter()
+        .filter(|n| !n.starts_with("sockserv_"))
+        .collect();
+    assert!(strays.is_empty(), "exported without the prefix: {strays:?}");
+
+    let mut declared = header_functions();
+    declared.sort();
+    assert_eq!(exported, declared, "exports and header declarations differ");
+}
+
+/// api_test.c calls every function of the header (with NULLs, at least), so
+/// a function added to the API without a C test shows up here.
+#[test]
+fn api_test_calls_every_header_function() {
+    let source = std::fs::read_to_string(root().join("tests/c/api_test.c")).expect("api_test.c");
+    let missing: Vec<String> = header_functions()
+        .into_iter()
+        .filter(|name| !source.contains(&format!("{name}(")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "tests/c/api_test.c never calls {missing:?}: add their NULL and error checks"
+    );
+}
+
+/// Names of the functions declared in include/sockserv.h.
+fn header_functions() -> Vec<String> {
+    let header = std::fs::read_to_string(root().join("include/sockserv.h")).expect("header");
+    let mut names = Vec::new();
+    for line in header.lines() {
+        let code = line.trim_start();
+        if code.starts_with("/*") || code.starts_with('*') || code.starts_with("//") {
+            continue;
+        }
+        if code.starts_with("typedef") || code.starts_with('#') {
+            continue;
+        }
+        // The identifier just before the first "(".
+        if let Some(paren) = code.find('(') {
+            let name = code[..paren]
+                .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("");
+            if name.starts_with("sockserv_") {
+                names.push(name.to_string());
+            }
+        }
+    }
+    assert!(names.len() > 40, "found only {names:?} in the header");
+    names
+}
