@@ -388,6 +388,10 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_config_set_reuse_port(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_nodelay(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_keepalive(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_io_threads(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_max_queued_bytes(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_close_when_backed_up(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_idle_timeout_ms(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
 
     /* Clients; outputs stay untouched on failure. */
     sockserv_conn *conn = UNTOUCHED;
@@ -421,6 +425,7 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_conn_get_nodelay(NULL, &flag), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_keepalive(NULL, true, 1, 1, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_userdata(NULL, config), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_close(NULL), SOCKSERV_ERR_NULL_PARAMETER);
     CHECK(sockserv_conn_get_userdata(NULL) == NULL);
 
     /* Servers. */
@@ -432,6 +437,8 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_server_set_handler(NULL, echo_handler, NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_DETAIL("server is NULL");
     EXPECT_RC(sockserv_server_set_verify(NULL, verify_peer, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_set_event_handlers(NULL, NULL, NULL, NULL, NULL),
+              SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_server_local_addr(NULL, text, sizeof text, &size),
               SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_server_serve(NULL), SOCKSERV_ERR_NULL_PARAMETER);
@@ -508,6 +515,12 @@ static void test_config_setters(void)
     EXPECT_RC(sockserv_config_set_reuse_port(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_nodelay(c, false), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_keepalive(c, true), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_max_queued_bytes(c, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_max_queued_bytes(c, 1), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_io_threads(c, 0), SOCKSERV_OK); /* 0: one per core */
+    EXPECT_RC(sockserv_config_set_io_threads(c, 2), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_idle_timeout_ms(c, 0), SOCKSERV_OK); /* 0: never */
+    EXPECT_RC(sockserv_config_set_close_when_backed_up(c, true), SOCKSERV_OK);
     sockserv_config_free(c);
 }
 
@@ -682,6 +695,8 @@ static void test_exchange(const char *listen_addr)
     /* Callbacks are set before starting, and a server starts once. */
     EXPECT_RC(sockserv_server_set_handler(server, echo_handler, &st), SOCKSERV_ERR_INVALID_STATE);
     EXPECT_RC(sockserv_server_set_verify(server, NULL, NULL), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(sockserv_server_set_event_handlers(server, NULL, NULL, NULL, NULL),
+              SOCKSERV_ERR_INVALID_STATE);
     EXPECT_RC(sockserv_server_start(server), SOCKSERV_ERR_INVALID_STATE);
     EXPECT_RC(sockserv_server_serve(server), SOCKSERV_ERR_INVALID_STATE);
 
@@ -1070,6 +1085,11 @@ static void test_from_fd(void)
         int fd = -1;
         EXPECT_RC(sockserv_conn_fd(s.conn, &fd), SOCKSERV_OK);
         CHECK(fd == s.fd);
+        /* Blocking mode: close shuts the socket down at once; the peer sees
+           the end, later calls are BROKEN, and the handle is still freed. */
+        EXPECT_RC(sockserv_conn_close(c.conn), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_send(c.conn, (const uint8_t *)"x", 1), SOCKSERV_ERR_BROKEN);
+        EXPECT_RC(sockserv_conn_recv(s.conn, &data, &len), SOCKSERV_ERR_CLOSED);
         sockserv_conn_free(s.conn); /* closes the fds */
         sockserv_conn_free(c.conn);
     }
