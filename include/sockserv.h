@@ -659,8 +659,9 @@ enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *se
 /**
  * Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
  * bytes, NUL-terminated; `*needed` receives the size it takes, NUL
- * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE`.
- * `SOCKSERV_ADDRSTRLEN` bytes are always enough.
+ * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
+ * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
+ * enough.
  */
 enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
                                                 char *buf,

@@ -7,7 +7,7 @@ use crate::address::Address;
 use crate::auth::Role;
 use crate::config::Config;
 use crate::conn::Connection;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 
 /// Connects to `addr` (`tcp://HOST:PORT` or `unix://PATH`). Each resolved
 /// address is tried in turn; the error of the last one is reported.
@@ -27,6 +27,13 @@ pub fn connect(addr: &str, config: &Config) -> Result<Connection> {
         match attempt {
             Ok(socket) => {
                 return Connection::establish(socket, config, Role::Client).map_err(|(e, _)| e)
+            }
+            // A Unix path with no socket behind it: nobody accepts there.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                last_error = Some(Error::new(
+                    ErrorKind::ConnectionRefused,
+                    format!("connecting to {addr}: no socket at that path"),
+                ))
             }
             Err(e) => last_error = Some(Error::io(format_args!("connecting to {addr}"), &e)),
         }

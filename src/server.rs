@@ -197,10 +197,18 @@ impl Server {
         Ok(())
     }
 
-    /// Stops accepting, from any thread, and returns at once. Live
+    /// Stops accepting, from any thread, and returns at once: the listener
+    /// stops listening (new clients are refused, queued ones reset). Live
     /// connections go on until they end or the server is dropped.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // On Linux, shutting down a listening socket's read side makes the
+        // kernel refuse new connections, for TCP and Unix alike.
+        let _ = self
+            .shared
+            .listener
+            .socket()
+            .shutdown(std::net::Shutdown::Read);
         {
             let mut state = lock(&self.shared.state);
             if *state == State::Idle {

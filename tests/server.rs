@@ -126,6 +126,11 @@ fn shutdown_wakes_serve_at_once() {
     assert!(result.is_ok());
     eprintln!("serve returned {:?} after shutdown", asked.elapsed());
     thread.join().unwrap();
+    // New clients are refused rather than left hanging in the queue.
+    assert_eq!(
+        kind(connect(server.local_addr(), &Config::default())),
+        ErrorKind::ConnectionRefused
+    );
     // A stopped server does not serve again.
     assert_eq!(kind(server.serve()), ErrorKind::Shutdown);
 }
@@ -169,9 +174,13 @@ fn unix_socket_files_stale_live_and_foreign() {
     // A live one is not.
     let e = Server::bind(&addr, &Config::default()).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::AddressInUse, "{e}");
-    // The file goes with the server.
+    // The file goes with the server; then nobody is there.
     drop(server);
     assert!(!path.exists());
+    assert_eq!(
+        kind(connect(&addr, &Config::default())),
+        ErrorKind::ConnectionRefused
+    );
     // A file that is not a socket is left alone.
     std::fs::write(&path, b"precious").unwrap();
     let e = Server::bind(&addr, &Config::default()).err().unwrap();
