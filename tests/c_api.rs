@@ -782,3 +782,30 @@ fn header_functions() -> Vec<String> {
     assert!(names.len() > 40, "found only {names:?} in the header");
     names
 }
+
+/// The complete C program in the README compiles with -Werror against the
+/// header and does what the README says.
+#[test]
+fn readme_c_program_compiles_and_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let program = readme
+        .split("```c\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```c block in README.md");
+    assert!(
+        program.contains("int main("),
+        "the first C block is the complete program"
+    );
+    let dir = TempDir::new("readme");
+    let source = dir.0.join("readme_program.c");
+    std::fs::write(&source, program).expect("write the README program");
+    let exe = compile(Lang::C, &built().lib_dir, &source, &dir.0);
+    let output = run(&mut Command::new(exe), RUN_LIMIT, "readme_program");
+    assert_success(&output, "the README's C program");
+    assert!(
+        stdout(&output).contains("echoed hello"),
+        "{}",
+        show(&output)
+    );
+}
