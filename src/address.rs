@@ -11,7 +11,7 @@ use socket2::SockAddr;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The longest Unix socket path the kernel takes (`sun_path` minus its NUL).
-const MAX_UNIX_PATH: usize = 107;
+pub(crate) const MAX_UNIX_PATH: usize = 107;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
@@ -32,30 +32,8 @@ impl Address {
             )
         };
         if let Some(rest) = text.strip_prefix("tcp://") {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| bad("expected tcp://HOST:PORT"))?;
-            let host = match host.strip_prefix('[') {
-                Some(v6) => v6
-                    .strip_suffix(']')
-                    .ok_or_else(|| bad("an IPv6 host must be written in brackets, [::1]"))?,
-                None if host.contains(':') => {
-                    return Err(bad("an IPv6 host must be written in brackets, [::1]"))
-                }
-                None => host,
-            };
-            if host.is_empty() {
-                return Err(bad(
-                    "the host is empty (use 0.0.0.0 or [::] for every interface)",
-                ));
-            }
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| bad("the port must be a number from 0 to 65535"))?;
-            Ok(Address::Tcp {
-                host: host.to_string(),
-                port,
-            })
+            let (host, port) = parse_host_port(rest, "tcp", &bad)?;
+            Ok(Address::Tcp { host, port })
         } else if let Some(path) = text.strip_prefix("unix://") {
             if path.is_empty() {
                 return Err(bad("the socket path is empty"));
@@ -68,7 +46,7 @@ impl Address {
             }
             Ok(Address::Unix(PathBuf::from(path)))
         } else if text.starts_with("udp://") || text.starts_with("unixgram://") {
-            Err(bad("datagram addresses are not stream addresses; sockserv's stream servers and clients take tcp:// or unix://"))
+            Err(bad("datagram addresses are not stream addresses; sockserv's stream servers and clients take tcp:// or unix:// (datagrams: sockserv_dgram_*)"))
         } else {
             Err(bad("expected tcp://HOST:PORT or unix://PATH"))
         }
@@ -97,6 +75,36 @@ impl Address {
             Address::Unix(path) => Ok(vec![unix_sockaddr(path, self)?]),
         }
     }
+}
+
+/// Splits the `HOST:PORT` after `scheme://` (IPv6 hosts in brackets, which
+/// are removed). Shared by stream and datagram addresses.
+pub(crate) fn parse_host_port(
+    rest: &str,
+    scheme: &str,
+    bad: &dyn Fn(&str) -> Error,
+) -> Result<(String, u16)> {
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| bad(&format!("expected {scheme}://HOST:PORT")))?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .ok_or_else(|| bad("an IPv6 host must be written in brackets, [::1]"))?,
+        None if host.contains(':') => {
+            return Err(bad("an IPv6 host must be written in brackets, [::1]"))
+        }
+        None => host,
+    };
+    if host.is_empty() {
+        return Err(bad(
+            "the host is empty (use 0.0.0.0 or [::] for every interface)",
+        ));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad("the port must be a number from 0 to 65535"))?;
+    Ok((host.to_string(), port))
 }
 
 impl fmt::Display for Address {
