@@ -188,6 +188,12 @@ typedef enum sockserv_result {
      * over its limit (the peer is not reading). Try again later.
      */
     SOCKSERV_ERR_WOULD_BLOCK = 19,
+    /**
+     * A datagram is larger than the maximum datagram size (or, received,
+     * than the receive buffer): a send sent nothing; a received one was
+     * discarded. The detail gives both sizes.
+     */
+    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
 } sockserv_result;
 
 /**

@@ -27,10 +27,11 @@ pub enum ErrorKind {
     Io,
     Panic,
     WouldBlock,
+    DatagramTooLarge,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::NullParameter,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidAddress,
@@ -50,6 +51,7 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::Panic,
         ErrorKind::WouldBlock,
+        ErrorKind::DatagramTooLarge,
     ];
 
     /// Static text for the kind; the detail of one failure is in [`Error`].
@@ -74,6 +76,9 @@ impl ErrorKind {
             ErrorKind::Io => "an operating system error occurred",
             ErrorKind::Panic => "an internal error (panic) was caught at the API boundary",
             ErrorKind::WouldBlock => "the operation would block: try again later",
+            ErrorKind::DatagramTooLarge => {
+                "a datagram is larger than the maximum datagram size: not sent, or discarded"
+            }
         }
     }
 }

@@ -69,6 +69,10 @@ pub enum sockserv_result {
     /// The operation would block: an event-mode connection's send queue is
     /// over its limit (the peer is not reading). Try again later.
     SOCKSERV_ERR_WOULD_BLOCK = 19,
+    /// A datagram is larger than the maximum datagram size
+    /// (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
+    /// received one was discarded. The detail gives both sizes.
+    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
 }
 
 pub(crate) fn result_of(kind: ErrorKind) -> sockserv_result {
@@ -93,6 +97,7 @@ pub(crate) fn result_of(kind: ErrorKind) -> sockserv_result {
         ErrorKind::Io => SOCKSERV_ERR_IO,
         ErrorKind::Panic => SOCKSERV_ERR_PANIC,
         ErrorKind::WouldBlock => SOCKSERV_ERR_WOULD_BLOCK,
+        ErrorKind::DatagramTooLarge => SOCKSERV_ERR_DATAGRAM_TOO_LARGE,
     }
 }
 
