@@ -14,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod datagram_address;
 pub mod datagram_auth;
 mod deadlines;
 pub mod error;
