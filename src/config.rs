@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Keys;
+use crate::datagram::DatagramConfig;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The default and the largest accepted maximum frame size.
@@ -49,6 +50,8 @@ pub struct Config {
     pub close_when_backed_up: bool,
     /// Event mode: close connections that receive nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// Datagram sockets and servers (udp://, unixgram://).
+    pub datagram: DatagramConfig,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             close_when_backed_up: false,
             idle_timeout: None,
+            datagram: DatagramConfig::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The few system calls that neither std nor socket2 offer safely: poll(2)
-//! with a deadline and recv(2) with flags into an initialised buffer.
+//! with a deadline, and recv(2) and recvfrom(2) with flags into an
+//! initialised buffer.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -87,5 +88,35 @@ pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> 
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// recvfrom(2) into `buf` with `flags`, returning the byte count and the
+/// sender. With MSG_TRUNC the count is the datagram's real length, also when
+/// it was longer than `buf` (the rest is discarded by the kernel).
+pub fn recv_from(
+    fd: RawFd,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, socket2::SockAddr)> {
+    // SAFETY: try_init hands us zeroed storage and its length to fill, as
+    // recvfrom does; `buf` is a valid, writable, initialised region of
+    // `buf.len()` bytes for the duration of the call.
+    unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let n = libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                flags,
+                storage.cast(),
+                len,
+            );
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        })
     }
 }
