@@ -46,6 +46,69 @@
 #define SOCKSERV_ROLE_CLIENT 1
 
 /**
+ * The largest maximum datagram size: the largest UDP payload over IPv4.
+ */
+#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
+
+/**
+ * The default maximum datagram size (Python socketserver's
+ * `max_packet_size`).
+ */
+#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
+
+/**
+ * Bytes a sealed datagram (sent with a key) carries beyond its payload:
+ * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+ */
+#define SOCKSERV_DATAGRAM_OVERHEAD 57
+
+/**
+ * `sockserv_dgram_stat`: datagrams sent.
+ */
+#define SOCKSERV_DGRAM_STAT_SENT 0
+
+/**
+ * Datagrams delivered to a receive or to a server's handler.
+ */
+#define SOCKSERV_DGRAM_STAT_RECEIVED 1
+
+/**
+ * Received datagrams over the maximum size, discarded.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_LARGE 2
+
+/**
+ * With a key: datagrams dropped as shorter than header and tag.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_SHORT 3
+
+/**
+ * With a key: datagrams dropped for an unknown version byte.
+ */
+#define SOCKSERV_DGRAM_STAT_BAD_VERSION 4
+
+/**
+ * With a key: datagrams dropped because the tag matches no key.
+ */
+#define SOCKSERV_DGRAM_STAT_BAD_TAG 5
+
+/**
+ * With a key: datagrams dropped as older than the window allows.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_OLD 6
+
+/**
+ * With a key: datagrams dropped as sent from further in the future than
+ * the window allows.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_NEW 7
+
+/**
+ * With a key: datagrams dropped as replays of one already accepted.
+ */
+#define SOCKSERV_DGRAM_STAT_REPLAYED 8
+
+/**
  * The version of this header; `sockserv_version()` gives the library's.
  * Incompatible ABI changes bump MAJOR.
  */
@@ -189,9 +252,9 @@ typedef enum sockserv_result {
      */
     SOCKSERV_ERR_WOULD_BLOCK = 19,
     /**
-     * A datagram is larger than the maximum datagram size (or, received,
-     * than the receive buffer): a send sent nothing; a received one was
-     * discarded. The detail gives both sizes.
+     * A datagram is larger than the maximum datagram size
+     * (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
+     * received one was discarded. The detail gives both sizes.
      */
     SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
 } sockserv_result;
@@ -212,10 +275,43 @@ typedef struct sockserv_config sockserv_config;
 typedef struct sockserv_conn sockserv_conn;
 
 /**
+ * A datagram socket (opaque): made by `sockserv_dgram_open` or
+ * `sockserv_dgram_connect` (yours to free), or lent by a datagram server.
+ * Sends may come from several threads at once; receive from one thread at
+ * a time.
+ */
+typedef struct sockserv_dgram sockserv_dgram;
+
+/**
+ * A datagram server (opaque): one thread receives on a bound socket and
+ * runs the handler for each datagram. Its functions may be called from any
+ * thread, except `sockserv_dgram_server_free`, which must be the last call.
+ */
+typedef struct sockserv_dgram_server sockserv_dgram_server;
+
+/**
  * A listening server (opaque). Its functions may be called from any
  * thread, except `sockserv_server_free`, which must be the last call.
  */
 typedef struct sockserv_server sockserv_server;
+
+/**
+ * Handles one datagram, on the server's thread, one datagram at a time:
+ * `data` (`len` bytes) is the payload and `from` the sender's address
+ * ("udp://127.0.0.1:40000", "udp://[::1]:40000", "unixgram:///path",
+ * "unixgram://@name"; "unixgram://" for an unbound sender, which cannot be
+ * answered), both valid during the call only. Reply with
+ * `sockserv_dgram_send_to(sock, from, ...)`: `sock` is the server's socket,
+ * valid until the server is freed. Such sends never wait: a Unix peer
+ * whose queue is full gets nothing (`SOCKSERV_ERR_WOULD_BLOCK`), as a UDP
+ * peer would. The server receives nothing else meanwhile: hand long work
+ * to a thread of yours. Must not throw a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_dgram_handler_fn)(void *userdata,
+                                          struct sockserv_dgram *sock,
+                                          const uint8_t *data,
+                                          size_t len,
+                                          const char *from);
 
 /**
  * Handles one connection, on a thread of its own, after the handshake
@@ -569,6 +665,235 @@ void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
  * server closes those), are ignored.
  */
 void sockserv_conn_free(struct sockserv_conn *conn);
+
+/**
+ * The largest datagram payload sent or received, in bytes (default
+ * `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
+ * `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
+ * `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
+ * received is discarded with that code (a server counts it). With a key
+ * the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
+ */
+enum sockserv_result sockserv_config_set_max_datagram_size(struct sockserv_config *config,
+                                                           size_t max_bytes);
+
+/**
+ * With a key: how far a datagram's timestamp may be from the receiver's
+ * clock, either way, in milliseconds (default 30000; 0 is refused). Older
+ * or newer datagrams are dropped and counted.
+ */
+enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_config *config,
+                                                            uint32_t window_ms);
+
+/**
+ * With a key: how many accepted datagrams a socket remembers to refuse
+ * their replays (default 65536, at least 1; about 50 bytes each). They
+ * are forgotten once outside the window; when the memory is full the
+ * oldest is forgotten and nothing that old is accepted any more, so a
+ * replay is never let in.
+ */
+enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
+                                                                  size_t capacity);
+
+/**
+ * Opens a datagram socket (connect-less, like `socket(SOCK_DGRAM)`).
+ * `local_addr` binds it: "udp://0.0.0.0:0", "udp://[::1]:5000",
+ * "unixgram:///tmp/me.sock" (a stale file is replaced, and the file is
+ * removed when the socket is freed), "unixgram://@name" (Linux abstract
+ * namespace, no file). NULL leaves it unbound: the first
+ * `sockserv_dgram_send_to` creates it in the destination's family, on an
+ * ephemeral UDP port, or for Unix datagrams on an autobound abstract name
+ * (a Unix socket must be bound for replies to reach it). `config` (copied;
+ * NULL: defaults) gives the key, the maximum size and the initial timeout
+ * (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
+ */
+enum sockserv_result sockserv_dgram_open(const char *local_addr,
+                                         const struct sockserv_config *config,
+                                         struct sockserv_dgram **sock_out);
+
+/**
+ * Opens a datagram socket connected to `addr` ("udp://HOST:PORT",
+ * "unixgram://PATH", "unixgram://@NAME"): `sockserv_dgram_send` sends
+ * there, and only datagrams from there are received. A Unix socket is
+ * autobound to an abstract name first, so the peer can answer. UDP
+ * "connects" without a packet: a closed port shows as
+ * `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
+ * nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
+ */
+enum sockserv_result sockserv_dgram_connect(const char *addr,
+                                            const struct sockserv_config *config,
+                                            struct sockserv_dgram **sock_out);
+
+/**
+ * Sends `data` (`len` bytes; NULL allowed when 0) as one datagram to `to`
+ * (an address string, e.g. the `from` a handler or
+ * `sockserv_dgram_recv_from` gave), sealed when the socket has a key.
+ * Over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, nothing sent.
+ * A Unix peer whose queue is full makes it wait up to the timeout
+ * (`SOCKSERV_ERR_TIMED_OUT`); a Unix path nobody is bound to gives
+ * `SOCKSERV_ERR_CONNECTION_REFUSED`. UDP gives no news of delivery.
+ */
+enum sockserv_result sockserv_dgram_send_to(const struct sockserv_dgram *sock,
+                                            const char *to,
+                                            const uint8_t *data,
+                                            size_t len);
+
+/**
+ * Sends `data` as one datagram to the connected peer (see
+ * `sockserv_dgram_connect`); `SOCKSERV_ERR_INVALID_STATE` if not connected.
+ */
+enum sockserv_result sockserv_dgram_send(const struct sockserv_dgram *sock,
+                                         const uint8_t *data,
+                                         size_t len);
+
+/**
+ * Receives the next datagram, like `recvfrom`: its payload is copied into
+ * `buf` (`cap` bytes) and its size written to `*len`; the sender's address
+ * is copied into `from` (`from_cap` bytes, NUL-terminated;
+ * `SOCKSERV_ADDRSTRLEN` is enough) and its size, NUL included, to
+ * `*from_needed`. Waits up to the socket's timeout
+ * (`SOCKSERV_ERR_TIMED_OUT`). With a key, datagrams that fail the checks
+ * are dropped, counted (`sockserv_dgram_stat`) and the wait goes on.
+ *
+ * If the payload or the address does not fit:
+ * `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` and `*from_needed` get the
+ * sizes needed, and the datagram stays queued for the next receive. A
+ * datagram over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, both
+ * sizes and the sender in `sockserv_last_error`, and it is discarded
+ * (never cut short silently). Not on a server's socket
+ * (`SOCKSERV_ERR_INVALID_STATE`: datagrams go to its handler), nor on a
+ * socket that has no address yet.
+ */
+enum sockserv_result sockserv_dgram_recv_from(const struct sockserv_dgram *sock,
+                                              uint8_t *buf,
+                                              size_t cap,
+                                              size_t *len,
+                                              char *from,
+                                              size_t from_cap,
+                                              size_t *from_needed);
+
+/**
+ * Receives the next datagram's payload into `buf` like
+ * `sockserv_dgram_recv_from`, without the sender (for connected sockets).
+ * Too small: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is the size needed
+ * and the datagram stays queued.
+ */
+enum sockserv_result sockserv_dgram_recv(const struct sockserv_dgram *sock,
+                                         uint8_t *buf,
+                                         size_t cap,
+                                         size_t *len);
+
+/**
+ * Writes the socket's bound address ("udp://0.0.0.0:40000",
+ * "unixgram://@00a1f") like `sockserv_server_local_addr`.
+ * `SOCKSERV_ERR_INVALID_STATE` for a socket opened with NULL that has not
+ * sent yet.
+ */
+enum sockserv_result sockserv_dgram_local_addr(const struct sockserv_dgram *sock,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *needed);
+
+/**
+ * The socket's file descriptor, for poll/select or options sockserv does
+ * not wrap; it stays owned by the socket. Do not read from it directly
+ * when a key is set (the datagrams would not be checked).
+ * `SOCKSERV_ERR_INVALID_STATE` for a socket that has no address yet.
+ */
+enum sockserv_result sockserv_dgram_fd(const struct sockserv_dgram *sock, int *fd);
+
+/**
+ * Sets the timeout of each later send and receive (0: wait for ever).
+ * Sends from a server's socket never wait, whatever it is set to.
+ */
+enum sockserv_result sockserv_dgram_set_timeout_ms(const struct sockserv_dgram *sock,
+                                                   uint32_t timeout_ms);
+
+/**
+ * Reads the timeout set by `sockserv_dgram_set_timeout_ms` (0: none).
+ */
+enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *sock,
+                                                   uint32_t *timeout_ms);
+
+/**
+ * Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
+ * for a server, of its socket (`sockserv_dgram_server_socket`).
+ */
+enum sockserv_result sockserv_dgram_stat(const struct sockserv_dgram *sock,
+                                         int stat,
+                                         uint64_t *value);
+
+/**
+ * Closes and frees a socket from `sockserv_dgram_open` or
+ * `sockserv_dgram_connect` (a Unix socket file it bound is removed). NULL,
+ * and a server's socket (freed with its server), are ignored.
+ */
+void sockserv_dgram_free(struct sockserv_dgram *sock);
+
+/**
+ * Creates a datagram server bound to `addr` ("udp://127.0.0.1:5353",
+ * "udp://[::1]:0", "unixgram:///run/app.sock", "unixgram://@name"), like
+ * Python's UDPServer and UnixDatagramServer. Port 0 picks a free port
+ * (read it with `sockserv_dgram_server_local_addr`). `config` is copied;
+ * NULL means the defaults. A stale Unix socket file is replaced; the file
+ * is removed when the server is freed. Free with
+ * `sockserv_dgram_server_free`.
+ */
+enum sockserv_result sockserv_dgram_server_new(const char *addr,
+                                               const struct sockserv_config *config,
+                                               struct sockserv_dgram_server **server_out);
+
+/**
+ * Sets the function run for each datagram (NULL: none; datagrams are
+ * received, counted and dropped). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`.
+ */
+enum sockserv_result sockserv_dgram_server_set_handler(const struct sockserv_dgram_server *server,
+                                                       sockserv_dgram_handler_fn handler,
+                                                       void *userdata);
+
+/**
+ * The server's socket, lent (do not free it; it lives until
+ * `sockserv_dgram_server_free`): for its counters (`sockserv_dgram_stat`),
+ * and to send from other threads than the handler's.
+ */
+enum sockserv_result sockserv_dgram_server_socket(const struct sockserv_dgram_server *server,
+                                                  struct sockserv_dgram **sock_out);
+
+/**
+ * Writes the bound address ("udp://127.0.0.1:40123") like
+ * `sockserv_server_local_addr`.
+ */
+enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgram_server *server,
+                                                      char *buf,
+                                                      size_t len,
+                                                      size_t *needed);
+
+/**
+ * Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
+ * returns `SOCKSERV_OK`. A server serves once.
+ */
+enum sockserv_result sockserv_dgram_server_serve(const struct sockserv_dgram_server *server);
+
+/**
+ * Serves on a background thread and returns at once.
+ */
+enum sockserv_result sockserv_dgram_server_start(const struct sockserv_dgram_server *server);
+
+/**
+ * Stops serving, from any thread (the handler too), and returns at once;
+ * the handler call under way finishes. Datagrams still queued are dropped
+ * when the server is freed.
+ */
+enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_server *server);
+
+/**
+ * Stops the server, joins its thread, closes its socket (removing its Unix
+ * socket file) and frees it, with its socket handle. Call it after
+ * `sockserv_dgram_server_serve` has returned, never from the handler. NULL
+ * does nothing.
+ */
+void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
 
 /**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room

@@ -15,6 +15,7 @@
 
 mod config;
 mod conn;
+mod datagram;
 mod hmac;
 mod result;
 mod server;
@@ -28,6 +29,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use config::*;
 pub use conn::*;
+pub use datagram::*;
 pub use hmac::*;
 pub use result::*;
 pub use server::*;
