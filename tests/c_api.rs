@@ -809,3 +809,63 @@ fn readme_c_program_compiles_and_runs() {
         show(&output)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Datagrams: tests/c/datagram_test.c, compiled on first use.
+
+fn datagram_test() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-tests");
+        std::fs::create_dir_all(&out).expect("create target/tmp/c-tests");
+        compile(
+            Lang::C,
+            &built().lib_dir,
+            &root().join("tests/c/datagram_test.c"),
+            &out,
+        )
+    })
+}
+
+fn assert_datagram_summary(output: &Output) {
+    let out = stdout(output);
+    let last = out.lines().last().unwrap_or("");
+    let count: usize = last
+        .strip_prefix("datagram_test: ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line:\n{}", show(output)));
+    assert!(count > 200, "only {count} checks ran:\n{}", show(output));
+    assert!(last.ends_with(", 0 failed"), "{last}");
+}
+
+#[test]
+fn c_datagram_test_program_passes() {
+    let dir = TempDir::new("dgram");
+    let output = run(
+        Command::new(datagram_test()).arg(&dir.0),
+        RUN_LIMIT,
+        "datagram_test",
+    );
+    assert_success(&output, "datagram_test");
+    assert_datagram_summary(&output);
+}
+
+#[test]
+fn valgrind_datagram_test_program() {
+    let dir = TempDir::new("vg-dgram");
+    let Some(vg) = valgrind(&dir.0, "valgrind_datagram_test_program") else {
+        return;
+    };
+    let output = run(
+        Command::new(&vg[0])
+            .args(&vg[1..])
+            .arg(datagram_test())
+            .arg(&dir.0),
+        VALGRIND_LIMIT,
+        "datagram_test under valgrind",
+    );
+    assert_success(&output, "datagram_test under valgrind");
+    assert_datagram_summary(&output);
+    eprintln!("{}", check_valgrind_logs(&dir.0));
+}
