@@ -46,6 +46,9 @@ pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Accepted datagrams remembered for the replay check, at most.
 pub(crate) const DEFAULT_REPLAY_CAPACITY: usize = 65536;
 
+/// How long a send with a timeout rests between retries on a full peer.
+const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
+
 /// Datagram settings, part of [`Config`].
 #[derive(Clone, Debug)]
 pub struct DatagramConfig {
@@ -480,6 +483,7 @@ impl DgramSocket {
             } else {
                 0
             };
+        let mut retried = false;
         loop {
             let sent = match to {
                 Some(addr) => bound.socket.send_to_vectored_with_flags(bufs, addr, flags),
@@ -499,14 +503,27 @@ impl DgramSocket {
                     ));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let timed_out = || {
+                        Error::new(
+                            ErrorKind::TimedOut,
+                            format!("sending to {to_text}: the receiver's queue stayed full until the timeout"),
+                        )
+                    };
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(timed_out());
+                    }
                     let ready = sys::wait(bound.socket.as_raw_fd(), Interest::Write, deadline)
                         .map_err(|e| Error::io(format_args!("sending to {to_text}"), &e))?;
                     if !ready {
-                        return Err(Error::new(
-                            ErrorKind::TimedOut,
-                            format!("sending to {to_text}: the receiver's queue stayed full until the timeout"),
-                        ));
+                        return Err(timed_out());
                     }
+                    // An unconnected Unix socket polls writable while the
+                    // receiver's queue is full (poll sees only our own
+                    // buffer): pause between retries instead of spinning.
+                    if retried {
+                        std::thread::sleep(SEND_RETRY_PAUSE);
+                    }
+                    retried = true;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                     let wire = payload.len() + sealed.map_or(0, |_| OVERHEAD);

@@ -691,3 +691,51 @@ print(open_(reply).decode())
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from python\n");
 }
+
+#[test]
+fn a_unix_send_to_a_full_queue_times_out_and_a_server_reply_does_not_wait() {
+    let dir = TempDir::new("full");
+    // A receiver that never reads: its queue fills.
+    let sink = UnixDatagram::bind(dir.0.join("sink.sock")).unwrap();
+    let mut cfg = config(None);
+    cfg.io_timeout = Some(Duration::from_millis(100));
+    let sender = DgramSocket::unbound(&cfg);
+    let to = dir.addr("sink.sock");
+    let mut outcome = None;
+    for _ in 0..100_000 {
+        if let Err(e) = sender.send_to(&to, &[0u8; 1000]) {
+            outcome = Some(e);
+            break;
+        }
+    }
+    let err = outcome.expect("the queue never filled");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(err.detail().contains("queue"), "{err}");
+
+    // A server answering a client that does not read: its replies are
+    // refused at once (not waited on) and the server goes on serving.
+    let server = echo_server(&dir.addr("server.sock"), &config(None));
+    let deaf = DgramSocket::bind(&dir.addr("deaf.sock"), &config(None)).unwrap();
+    for _ in 0..2000 {
+        deaf.send_to(server.local_addr(), &[1u8; 1000]).unwrap();
+    }
+    let client = DgramSocket::unbound(&config(None));
+    client
+        .send_to(server.local_addr(), b"still there?")
+        .unwrap();
+    assert_eq!(client.recv().unwrap().0, b"still there?");
+    assert!(wait_until(WAIT, || server.socket().stats().received == 2001));
+    drop(sink);
+}
+
+#[test]
+fn a_connected_udp_socket_learns_of_a_closed_port() {
+    let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = format!("udp://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let s = DgramSocket::connect(&addr, &config(None)).unwrap();
+    s.send(b"anyone?").unwrap();
+    // Linux reports the ICMP port-unreachable to a connected socket.
+    let err = s.recv().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+}
