@@ -32,17 +32,21 @@ pub fn wait(fd: RawFd, interest: Interest, deadline: Option<Instant>) -> io::Res
 /// tells whether `fds[i]` is. At most 4 descriptors.
 pub fn wait_readable(fds: &[RawFd], deadline: Option<Instant>) -> io::Result<[bool; 4]> {
     assert!(fds.len() <= 4, "wait_readable takes at most 4 descriptors");
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    poll_until(&mut pfds, deadline)?;
+    // On the stack: servers call this once per wake-up.
+    let unused = libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    };
+    let mut pfds = [unused; 4];
+    for (p, &fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd;
+        p.events = libc::POLLIN;
+    }
+    let pfds = &mut pfds[..fds.len()];
+    poll_until(pfds, deadline)?;
     let mut ready = [false; 4];
-    for (r, p) in ready.iter_mut().zip(&pfds) {
+    for (r, p) in ready.iter_mut().zip(pfds.iter()) {
         *r = p.revents != 0;
     }
     Ok(ready)
