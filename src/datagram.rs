@@ -32,7 +32,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::auth::Keys;
 use crate::config::Config;
-use crate::datagram_address::{format_dgram_sockaddr, write_dgram_sockaddr, DgramAddress};
+use crate::datagram_address::{
+    format_dgram_sockaddr, literal_sockaddr, write_dgram_sockaddr, DgramAddress,
+};
 use crate::datagram_auth::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::{self, Interest};
@@ -266,7 +268,7 @@ impl DgramSocket {
         let parsed = DgramAddress::parse(addr)?;
         let target = parsed.resolve()?.remove(0);
         let socket = DgramSocket::new(config, true);
-        let mut bound = create_socket(target.domain(), &parsed)?;
+        let mut bound = create_socket(target.domain(), addr)?;
         bound
             .socket
             .connect(&target)
@@ -282,22 +284,26 @@ impl DgramSocket {
     /// Sends `payload` as one datagram to `to`.
     pub fn send_to(&self, to: &str, payload: &[u8]) -> Result<()> {
         self.check_size(payload.len())?;
-        let parsed = DgramAddress::parse(to)?;
-        let targets = parsed.resolve()?;
-        let bound = self.bound_for(&parsed, &targets[0])?;
-        let target = targets
-            .iter()
-            .find(|t| t.domain() == bound.domain)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidAddress,
-                    format!(
-                        "cannot send to {parsed} from {}: another address family",
-                        bound.local
-                    ),
-                )
-            })?;
-        self.transmit(bound, Some(target), payload, &parsed.to_string())
+        // IP literals and Unix names (every reply to a `from`) take the
+        // path without allocating; host names are resolved.
+        let targets = match literal_sockaddr(to) {
+            Some(target) => Targets::One(target),
+            None => {
+                let parsed = DgramAddress::parse(to)?;
+                Targets::Resolved(parsed.resolve()?)
+            }
+        };
+        let bound = self.bound_for(to, targets.first())?;
+        let target = targets.find(bound.domain).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidAddress,
+                format!(
+                    "cannot send to {to} from {}: another address family",
+                    bound.local
+                ),
+            )
+        })?;
+        self.transmit(bound, Some(target), payload, to)
     }
 
     /// Sends `payload` to the address the socket is connected to.
@@ -430,8 +436,9 @@ impl DgramSocket {
         })
     }
 
-    /// The socket, created now for `to`'s family if it does not exist yet.
-    fn bound_for(&self, to: &DgramAddress, target: &SockAddr) -> Result<&Bound> {
+    /// The socket, created now for `target`'s family if it does not exist
+    /// yet.
+    fn bound_for(&self, to: &str, target: &SockAddr) -> Result<&Bound> {
         if let Some(bound) = self.bound.get() {
             return Ok(bound);
         }
@@ -638,6 +645,29 @@ impl DgramSocket {
     }
 }
 
+/// Where a send may go: a literal's one address, or a name's resolved ones.
+enum Targets {
+    One(SockAddr),
+    Resolved(Vec<SockAddr>),
+}
+
+impl Targets {
+    fn first(&self) -> &SockAddr {
+        match self {
+            Targets::One(a) => a,
+            Targets::Resolved(all) => &all[0],
+        }
+    }
+
+    /// The first address a socket of `domain` can send to.
+    fn find(&self, domain: Domain) -> Option<&SockAddr> {
+        match self {
+            Targets::One(a) => (a.domain() == domain).then_some(a),
+            Targets::Resolved(all) => all.iter().find(|a| a.domain() == domain),
+        }
+    }
+}
+
 enum Took {
     Payload,
     Dropped,
@@ -682,7 +712,7 @@ fn bind_socket(addr: &DgramAddress, target: &SockAddr, config: &Config) -> Resul
 /// A socket of `domain` for talking to `to`, bound where replies can reach
 /// it: an ephemeral port on the unspecified address, or an autobound
 /// abstract Unix name (an unbound Unix socket cannot be answered).
-fn create_socket(domain: Domain, to: &DgramAddress) -> Result<Bound> {
+fn create_socket(domain: Domain, to: &str) -> Result<Bound> {
     let fail = |doing: &str, e: io::Error| {
         Error::io(format_args!("{doing} a datagram socket for {to}"), &e)
     };

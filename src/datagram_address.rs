@@ -117,6 +117,34 @@ impl fmt::Display for DgramAddress {
     }
 }
 
+/// The socket address of an address string that needs no resolving (an IP
+/// literal, a Unix path or abstract name), built without allocating: the
+/// path a server's replies take for every datagram. `None` for anything
+/// else (host names, malformed text), which [`DgramAddress::parse`] then
+/// handles or explains.
+pub fn literal_sockaddr(text: &str) -> Option<SockAddr> {
+    if let Some(rest) = text.strip_prefix("udp://") {
+        // std reads "1.2.3.4:5" and "[::1]:5" without allocating.
+        return rest
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(SockAddr::from);
+    }
+    let path = text.strip_prefix("unixgram://")?;
+    match path.strip_prefix('@') {
+        Some(name) if name.is_empty() || name.len() > MAX_UNIX_PATH => None,
+        None if path.is_empty() || path.len() > MAX_UNIX_PATH => None,
+        Some(name) => {
+            // socket2 reads a leading NUL as the abstract namespace.
+            let mut raw = [0u8; MAX_UNIX_PATH + 1];
+            raw[1..=name.len()].copy_from_slice(name.as_bytes());
+            let path = Path::new(std::ffi::OsStr::from_bytes(&raw[..=name.len()]));
+            SockAddr::unix(path).ok()
+        }
+        None => SockAddr::unix(path).ok(),
+    }
+}
+
 /// Writes a socket address in the form [`DgramAddress::parse`] reads into
 /// `out` (cleared first), reusing its allocation: the receive path calls
 /// this for every datagram.
@@ -208,6 +236,37 @@ mod tests {
         assert!(DgramAddress::parse(&long).is_err());
         let longest = format!("unixgram://@{}", "a".repeat(107));
         assert!(DgramAddress::parse(&longest).unwrap().resolve().is_ok());
+    }
+
+    #[test]
+    fn literals_need_no_parsing_and_agree_with_it() {
+        for text in [
+            "udp://127.0.0.1:9000",
+            "udp://[::1]:7",
+            "unixgram:///tmp/x.sock",
+            "unixgram://rel.sock",
+            "unixgram://@abc",
+        ] {
+            let fast = literal_sockaddr(text).unwrap();
+            let slow = DgramAddress::parse(text)
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .remove(0);
+            assert_eq!(format_dgram_sockaddr(&fast), format_dgram_sockaddr(&slow));
+            assert_eq!(fast.len(), slow.len(), "{text}");
+        }
+        for text in [
+            "udp://localhost:5",
+            "udp://1.2.3.4",
+            "unixgram://",
+            "unixgram://@",
+            "tcp://1.2.3.4:5",
+        ] {
+            assert!(literal_sockaddr(text).is_none(), "{text}");
+        }
+        let longest = format!("unixgram://@{}", "a".repeat(107));
+        assert!(literal_sockaddr(&longest).is_some());
     }
 
     #[test]
