@@ -687,7 +687,7 @@ enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_conf
 
 /**
  * With a key: how many accepted datagrams a socket remembers to refuse
- * their replays (default 65536, at least 1; about 50 bytes each). They
+ * their replays (default 65536, at least 1; about 40 bytes each). They
  * are forgotten once outside the window; when the memory is full the
  * oldest is forgotten and nothing that old is accepted any more, so a
  * replay is never let in.
