@@ -36,6 +36,26 @@
 #define SOCKSERV_WHEN_FULL_REFUSE 1
 
 /**
+ * `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
+ */
+#define SOCKSERV_PROXY_OFF 0
+
+/**
+ * A connection may start with a PROXY header (v1 or v2); if it does, the
+ * client's address it names becomes the connection's peer address. The
+ * verify callback still runs at accept time, on the socket's peer.
+ */
+#define SOCKSERV_PROXY_OPTIONAL 1
+
+/**
+ * Every connection must start with a PROXY header (the way to run behind
+ * HAProxy): verify runs on the client's address it names, before the
+ * handshake; a missing or malformed header closes the connection
+ * (`SOCKSERV_STAT_PROXY_FAILURES`).
+ */
+#define SOCKSERV_PROXY_REQUIRED 2
+
+/**
  * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
  */
 #define SOCKSERV_ROLE_SERVER 0
@@ -94,9 +114,16 @@
 #define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
 
 /**
- * Connections whose handler ran and returned.
+ * Connections whose handler ran and returned (event mode: that opened and
+ * closed).
  */
 #define SOCKSERV_STAT_HANDLED 5
+
+/**
+ * Connections closed for a missing or malformed PROXY protocol header
+ * (`SOCKSERV_PROXY_REQUIRED`).
+ */
+#define SOCKSERV_STAT_PROXY_FAILURES 6
 
 /**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
@@ -401,6 +428,13 @@ enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_co
  */
 enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config *config,
                                                          uint32_t timeout_ms);
+
+/**
+ * Servers: whether connections start with a PROXY protocol header from a
+ * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
+ * Clients ignore it.
+ */
+enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
 
 /**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",

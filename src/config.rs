@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::Keys;
 use crate::error::{Error, ErrorKind, Result};
+use crate::proxy_protocol::ProxyMode;
 
 /// The default and the largest accepted maximum frame size.
 pub const DEFAULT_MAX_FRAME_SIZE: u64 = 64 << 20;
@@ -49,6 +50,9 @@ pub struct Config {
     pub close_when_backed_up: bool,
     /// Event mode: close connections that receive nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// Servers: expect a PROXY protocol header (v1 or v2) from a load
+    /// balancer before the client's bytes.
+    pub proxy_protocol: ProxyMode,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             close_when_backed_up: false,
             idle_timeout: None,
+            proxy_protocol: ProxyMode::Off,
         }
     }
 }

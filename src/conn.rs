@@ -10,6 +10,8 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use crate::server::lock;
 use std::time::{Duration, Instant};
 
 use rand::TryRng;
@@ -20,6 +22,7 @@ use crate::auth::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, encode_header};
+use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
 use crate::sys::{self, Interest};
 
@@ -38,7 +41,12 @@ pub enum RecvInto {
 
 pub struct Connection {
     socket: Socket,
-    peer: String,
+    /// The socket's peer, and the client behind it when a PROXY protocol
+    /// header named one.
+    socket_peer: String,
+    proxied_peer: OnceLock<String>,
+    /// A PROXY protocol header is still expected before the first frame.
+    expect_proxy: Mutex<Option<ProxyMode>>,
     local: String,
     max_frame_size: u64,
     recv: Mutex<RecvBuffer>,
@@ -68,6 +76,10 @@ impl Connection {
         role: Role,
     ) -> std::result::Result<Connection, (Error, Socket)> {
         let conn = Connection::wrap(socket, config)?;
+        if role == Role::Client {
+            // Only the accepting side hears from a load balancer.
+            *lock(&conn.expect_proxy) = None;
+        }
         if config.keys.is_empty() {
             return Ok(conn);
         }
@@ -92,7 +104,12 @@ impl Connection {
             Err(e) => return Err((e, socket)),
         };
         let conn = Connection {
-            peer: format_sockaddr(&peer),
+            socket_peer: format_sockaddr(&peer),
+            proxied_peer: OnceLock::new(),
+            expect_proxy: Mutex::new(match config.proxy_protocol {
+                ProxyMode::Off => None,
+                mode => Some(mode),
+            }),
             local: format_sockaddr(&local),
             socket,
             max_frame_size: config.max_frame_size,
@@ -117,7 +134,7 @@ impl Connection {
     /// Runs the challenge-response handshake; fails with the reason, after
     /// telling the peer `#FAILURE#` where the protocol says so.
     pub fn handshake(&self, role: Role, keys: Keys, timeout: Duration) -> Result<()> {
-        let context = |e: Error| e.context(format!("handshake with {}", self.peer));
+        let context = |e: Error| e.context(format!("handshake with {}", self.peer_addr()));
         let deadline = Some(Instant::now() + timeout);
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::SysRng
@@ -195,8 +212,19 @@ impl Connection {
         self.socket.as_raw_fd()
     }
 
+    /// The peer's address; behind a proxy speaking the PROXY protocol,
+    /// the client's, once the header has been read.
     pub fn peer_addr(&self) -> &str {
-        &self.peer
+        self.proxied_peer.get().unwrap_or(&self.socket_peer)
+    }
+
+    /// Reads the PROXY protocol header now, if one is expected, within
+    /// `timeout` (a server in required mode does this before anything else,
+    /// so its verify callback sees the client's address).
+    pub fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
+        let deadline = Some(Instant::now() + timeout);
+        let mut buf = self.lock_recv();
+        self.take_proxy_header(&mut buf, deadline)
     }
 
     pub fn local_addr(&self) -> &str {
@@ -256,7 +284,7 @@ impl Connection {
     pub fn close(&self) {
         self.break_stream(format!(
             "the connection with {} was closed locally",
-            self.peer
+            self.peer_addr()
         ));
     }
 
@@ -301,13 +329,11 @@ impl Connection {
         if self.closing.load(Ordering::SeqCst) {
             return shutdown_error();
         }
-        Error::io(format_args!("{doing} {}", self.peer), err)
+        Error::io(format_args!("{doing} {}", self.peer_addr()), err)
     }
 
     fn lock_recv(&self) -> MutexGuard<'_, RecvBuffer> {
-        // A panic while holding the lock cannot leave the buffer inconsistent
-        // (every update is a single assignment), so poisoning is ignored.
-        self.recv.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.recv)
     }
 
     fn send_frame(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
@@ -321,7 +347,7 @@ impl Connection {
             } else {
                 0
             };
-        let _serial = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = lock(&self.send_lock);
         let mut sent = 0;
         while sent < total {
             let bufs = if sent < header.len() {
@@ -344,7 +370,7 @@ impl Connection {
                             total,
                             Error::new(
                                 ErrorKind::TimedOut,
-                                format!("timed out sending to {}", self.peer),
+                                format!("timed out sending to {}", self.peer_addr()),
                             ),
                         ));
                     }
@@ -363,7 +389,7 @@ impl Connection {
         }
         self.break_stream(format!(
             "a send to {} stopped after {sent} of {total} bytes of a frame, so the stream was closed",
-            self.peer
+            self.peer_addr()
         ));
         err.context(format!("{sent} of {total} bytes sent, connection closed"))
     }
@@ -376,6 +402,7 @@ impl Connection {
     ) -> Result<R> {
         self.usable()?;
         let mut buf = self.lock_recv();
+        self.take_proxy_header(&mut buf, deadline)?;
         loop {
             let missing = match buf.next_frame(max_payload) {
                 Ok(Decoded::Frame(frame)) => return Ok(f(&mut buf, frame)),
@@ -384,9 +411,9 @@ impl Connection {
                     // The rest of the stream cannot be found again: close it.
                     self.break_stream(format!(
                         "an earlier frame from {} was refused: {e}",
-                        self.peer
+                        self.peer_addr()
                     ));
-                    return Err(e.context(format!("receiving from {}", self.peer)));
+                    return Err(e.context(format!("receiving from {}", self.peer_addr())));
                 }
             };
             let spare = buf.spare(missing.max(4096));
@@ -398,6 +425,51 @@ impl Connection {
         }
     }
 
+    /// Consumes the PROXY protocol header at the start of the stream, if one
+    /// is expected, reading as needed.
+    fn take_proxy_header(&self, buf: &mut RecvBuffer, deadline: Option<Instant>) -> Result<()> {
+        let mut expect = lock(&self.expect_proxy);
+        let Some(mode) = *expect else {
+            return Ok(());
+        };
+        loop {
+            match proxy_protocol::parse(buf.pending()) {
+                Ok(Parsed::Header { len, source }) => {
+                    buf.consume(len);
+                    if let Some(source) = source {
+                        let _ = self.proxied_peer.set(format!("tcp://{source}"));
+                    }
+                    break;
+                }
+                Ok(Parsed::Absent) if mode == ProxyMode::Optional => break,
+                Ok(Parsed::Absent) => {
+                    let e = Error::new(
+                        ErrorKind::Protocol,
+                        format!(
+                            "{} sent no PROXY protocol header, which this server requires",
+                            self.peer_addr()
+                        ),
+                    );
+                    self.break_stream(e.detail().to_string());
+                    return Err(e);
+                }
+                Ok(Parsed::NeedMore) => {}
+                Err(e) => {
+                    self.break_stream(e.detail().to_string());
+                    return Err(e.context(format!("connection from {}", self.peer_addr())));
+                }
+            }
+            let spare = buf.spare(512);
+            let n = self.read_some(spare, deadline)?;
+            if n == 0 {
+                return Err(self.end_of_stream(buf.pending().len(), 1));
+            }
+            buf.commit(n);
+        }
+        *expect = None;
+        Ok(())
+    }
+
     fn end_of_stream(&self, have: usize, missing: usize) -> Error {
         if self.closing.load(Ordering::SeqCst) {
             return shutdown_error();
@@ -405,14 +477,14 @@ impl Connection {
         if have == 0 {
             return Error::new(
                 ErrorKind::Closed,
-                format!("{} closed the connection", self.peer),
+                format!("{} closed the connection", self.peer_addr()),
             );
         }
         Error::new(
             ErrorKind::TruncatedFrame,
             format!(
                 "{} closed the connection in the middle of a frame: {have} bytes received, {missing} more expected",
-                self.peer
+                self.peer_addr()
             ),
         )
     }
@@ -434,7 +506,7 @@ impl Connection {
                     if !ready {
                         return Err(Error::new(
                             ErrorKind::TimedOut,
-                            format!("timed out receiving from {}", self.peer),
+                            format!("timed out receiving from {}", self.peer_addr()),
                         ));
                     }
                 }

@@ -37,7 +37,9 @@ pub struct EventConn {
     id: u64,
     token: usize,
     inbox: Arc<Inbox>,
-    peer: String,
+    socket_peer: String,
+    /// The client behind a load balancer, from a PROXY protocol header.
+    proxied_peer: std::sync::OnceLock<String>,
     local: String,
     fd: i32,
     /// Encoded frames queued by `send`, not yet taken by the I/O thread.
@@ -72,7 +74,8 @@ impl EventConn {
             id: p.id,
             token: p.token,
             inbox: p.inbox,
-            peer: p.peer,
+            socket_peer: p.peer,
+            proxied_peer: std::sync::OnceLock::new(),
             local: p.local,
             fd: p.fd,
             out: Mutex::new(Vec::new()),
@@ -93,7 +96,7 @@ impl EventConn {
         if self.closed.load(Ordering::Acquire) || self.close_requested.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Closed,
-                format!("the connection with {} is closed", self.peer),
+                format!("the connection with {} is closed", self.peer_addr()),
             ));
         }
         let header = encode_header(payload.len() as u64);
@@ -118,7 +121,8 @@ impl EventConn {
     fn backed_up(&self, queued: usize) -> Error {
         let detail = format!(
             "{queued} bytes are already queued for {} (limit {}): the peer is not reading",
-            self.peer, self.max_queued
+            self.peer_addr(),
+            self.max_queued
         );
         if self.when_backed_up == WhenBackedUp::Close {
             self.close();
@@ -138,8 +142,10 @@ impl EventConn {
         }
     }
 
+    /// The peer's address; behind a proxy speaking the PROXY protocol,
+    /// the client's, once the header has been read.
     pub fn peer_addr(&self) -> &str {
-        &self.peer
+        self.proxied_peer.get().unwrap_or(&self.socket_peer)
     }
 
     pub fn local_addr(&self) -> &str {
@@ -171,6 +177,10 @@ impl EventConn {
 
     pub(crate) fn close_requested(&self) -> bool {
         self.close_requested.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_proxied_peer(&self, peer: String) {
+        let _ = self.proxied_peer.set(peer);
     }
 
     pub(crate) fn mark_closed(&self) {

@@ -23,6 +23,7 @@ pub mod ffi;
 pub mod frame;
 pub mod listener;
 pub mod mac;
+pub mod proxy_protocol;
 pub mod recv_buffer;
 pub mod server;
 mod sys;

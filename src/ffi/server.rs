@@ -76,8 +76,12 @@ pub const SOCKSERV_STAT_REFUSED_BY_VERIFY: c_int = 2;
 pub const SOCKSERV_STAT_REFUSED_WHEN_FULL: c_int = 3;
 /// Connections whose handshake failed (wrong key, timeout, bad messages).
 pub const SOCKSERV_STAT_HANDSHAKE_FAILURES: c_int = 4;
-/// Connections whose handler ran and returned.
+/// Connections whose handler ran and returned (event mode: that opened and
+/// closed).
 pub const SOCKSERV_STAT_HANDLED: c_int = 5;
+/// Connections closed for a missing or malformed PROXY protocol header
+/// (`SOCKSERV_PROXY_REQUIRED`).
+pub const SOCKSERV_STAT_PROXY_FAILURES: c_int = 6;
 
 /// A C `userdata` pointer, carried to the threads that run callbacks.
 #[derive(Clone, Copy)]
@@ -326,6 +330,7 @@ pub unsafe extern "C" fn sockserv_server_stat(
             SOCKSERV_STAT_REFUSED_WHEN_FULL => s.refused_when_full,
             SOCKSERV_STAT_HANDSHAKE_FAILURES => s.handshake_failures,
             SOCKSERV_STAT_HANDLED => s.handled,
+            SOCKSERV_STAT_PROXY_FAILURES => s.proxy_failures,
             other => {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,

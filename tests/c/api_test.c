@@ -392,6 +392,8 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_config_set_max_queued_bytes(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_close_when_backed_up(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_idle_timeout_ms(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(NULL, SOCKSERV_PROXY_OFF),
+              SOCKSERV_ERR_NULL_PARAMETER);
 
     /* Clients; outputs stay untouched on failure. */
     sockserv_conn *conn = UNTOUCHED;
@@ -520,6 +522,10 @@ static void test_config_setters(void)
     EXPECT_RC(sockserv_config_set_io_threads(c, 0), SOCKSERV_OK); /* 0: one per core */
     EXPECT_RC(sockserv_config_set_io_threads(c, 2), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_idle_timeout_ms(c, 0), SOCKSERV_OK); /* 0: never */
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_REQUIRED), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_OPTIONAL), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, 3), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_OFF), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_close_when_backed_up(c, true), SOCKSERV_OK);
     sockserv_config_free(c);
 }
@@ -842,6 +848,7 @@ static void test_exchange(const char *listen_addr)
     CHECK(stat_of(server, SOCKSERV_STAT_ACTIVE) == 1);
     CHECK(stat_of(server, SOCKSERV_STAT_HANDLED) == 0);
     CHECK(stat_of(server, SOCKSERV_STAT_HANDSHAKE_FAILURES) == 0);
+    CHECK(stat_of(server, SOCKSERV_STAT_PROXY_FAILURES) == 0);
 
     /* A wrong key is refused with AUTH_FAILED; the server counts it. */
     sockserv_config *wrong = config_with_key(WRONG_KEY, sizeof WRONG_KEY - 1);
