@@ -27,6 +27,7 @@ pub mod proxy_protocol;
 pub mod recv_buffer;
 pub mod server;
 mod sys;
+pub mod systemd;
 mod threaded;
 
 pub use client::connect;
