@@ -66,6 +66,52 @@
 #define SOCKSERV_ROLE_CLIENT 1
 
 /**
+ * `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
+ */
+#define SOCKSERV_OPT_NODELAY 0
+
+/**
+ * SO_KEEPALIVE, 0 or 1.
+ */
+#define SOCKSERV_OPT_KEEPALIVE 1
+
+/**
+ * TCP_KEEPIDLE: seconds of silence before the first keepalive probe.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_IDLE 2
+
+/**
+ * TCP_KEEPINTVL: seconds between keepalive probes.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_INTERVAL 3
+
+/**
+ * TCP_KEEPCNT: unanswered probes before the connection is dropped.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_COUNT 4
+
+/**
+ * SO_RCVBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_RCVBUF 5
+
+/**
+ * SO_SNDBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_SNDBUF 6
+
+/**
+ * SO_LINGER in seconds; -1 turns it off.
+ */
+#define SOCKSERV_OPT_LINGER 7
+
+/**
+ * Non-blocking mode, 0 or 1 (blocking connections only): see
+ * `sockserv_conn_set_option`.
+ */
+#define SOCKSERV_OPT_NONBLOCKING 8
+
+/**
  * The version of this header; `sockserv_version()` gives the library's.
  * Incompatible ABI changes bump MAJOR.
  */
@@ -124,6 +170,11 @@
  * (`SOCKSERV_PROXY_REQUIRED`).
  */
 #define SOCKSERV_STAT_PROXY_FAILURES 6
+
+/**
+ * The first descriptor systemd passes.
+ */
+#define LISTEN_FDS_START 3
 
 /**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
@@ -389,6 +440,13 @@ enum sockserv_result sockserv_config_set_reuse_address(struct sockserv_config *c
 enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *config, bool on);
 
 /**
+ * IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
+ * clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
+ * the system's default stands (Linux: false).
+ */
+enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config, bool on);
+
+/**
  * TCP_NODELAY on new TCP connections (default on: frames leave at once).
  */
 enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
@@ -550,7 +608,39 @@ enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *co
                                                   uint32_t *timeout_ms);
 
 /**
- * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix sockets).
+ * Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
+ * said otherwise); TCP options on a Unix socket give `SOCKSERV_ERR_IO`.
+ *
+ * `SOCKSERV_OPT_NONBLOCKING` 1: a receive with no whole frame ready
+ * returns `SOCKSERV_ERR_WOULD_BLOCK` at once (what arrived of a frame is
+ * kept), and so does a send the kernel cannot take at all. A send the
+ * kernel took part of succeeds: the rest of that frame is kept and written
+ * before anything else by the next send or `sockserv_conn_flush`, so frames
+ * are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
+ * POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+ */
+enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t value);
+
+/**
+ * Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+ */
+enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t *value);
+
+/**
+ * Non-blocking mode: writes the rest of a frame an earlier send could not
+ * finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
+ * while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
+ * the timeout.
+ */
+enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
+
+/**
+ * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
+ * sockets). The same as `SOCKSERV_OPT_NODELAY`.
  */
 enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn, bool on);
 

@@ -39,6 +39,9 @@ pub struct Config {
     pub backlog: i32,
     pub reuse_address: bool,
     pub reuse_port: bool,
+    /// IPV6_V6ONLY for `tcp://[::]:PORT` listeners: `None` keeps the
+    /// system's default (on Linux, IPv4 clients are accepted too).
+    pub v6_only: Option<bool>,
     pub nodelay: bool,
     pub keepalive: bool,
     /// Event mode: I/O threads; 0 means one per core.
@@ -68,6 +71,7 @@ impl Default for Config {
             backlog: 1024,
             reuse_address: true,
             reuse_port: false,
+            v6_only: None,
             nodelay: true,
             keepalive: false,
             io_threads: 0,

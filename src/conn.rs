@@ -15,7 +15,7 @@ use crate::server::lock;
 use std::time::{Duration, Instant};
 
 use rand::TryRng;
-use socket2::{Socket, TcpKeepalive};
+use socket2::Socket;
 
 use crate::address::format_sockaddr;
 use crate::auth::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
@@ -24,6 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, encode_header};
 use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
+use crate::sockopt::{self, SockOpt};
 use crate::sys::{self, Interest};
 
 /// The receive buffer each connection starts with; one read takes up to this.
@@ -50,7 +51,10 @@ pub struct Connection {
     local: String,
     max_frame_size: u64,
     recv: Mutex<RecvBuffer>,
-    send_lock: Mutex<()>,
+    /// Serialises senders; holds the tail of a frame that a non-blocking
+    /// send could not finish, written before anything else.
+    send_lock: Mutex<Vec<u8>>,
+    nonblocking: AtomicBool,
     /// Milliseconds for each send and receive; 0 waits for ever.
     timeout_ms: AtomicU64,
     /// Why the stream can no longer be used (out of sync, or closed by us).
@@ -114,16 +118,18 @@ impl Connection {
             socket,
             max_frame_size: config.max_frame_size,
             recv: Mutex::new(RecvBuffer::with_capacity(RECV_BUFFER_SIZE)),
-            send_lock: Mutex::new(()),
+            send_lock: Mutex::new(Vec::new()),
+            nonblocking: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(0),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
         };
         conn.set_timeout(config.io_timeout);
         if peer.is_ipv4() || peer.is_ipv6() {
-            let options = conn
-                .set_nodelay(config.nodelay)
-                .and_then(|()| conn.set_keepalive(config.keepalive));
+            let options = sockopt::set(&conn.socket, SockOpt::NoDelay, config.nodelay.into())
+                .and_then(|()| {
+                    sockopt::set(&conn.socket, SockOpt::KeepAlive, config.keepalive.into())
+                });
             if let Err(e) = options {
                 return Err((e, conn.socket));
             }
@@ -135,7 +141,7 @@ impl Connection {
     /// telling the peer `#FAILURE#` where the protocol says so.
     pub fn handshake(&self, role: Role, keys: Keys, timeout: Duration) -> Result<()> {
         let context = |e: Error| e.context(format!("handshake with {}", self.peer_addr()));
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Wait::Until(Instant::now() + timeout);
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::SysRng
             .try_fill_bytes(&mut nonce)
@@ -166,13 +172,13 @@ impl Connection {
     /// Sends one frame: header and payload leave in one system call where
     /// the kernel takes them.
     pub fn send(&self, payload: &[u8]) -> Result<()> {
-        self.send_frame(payload, self.deadline())
+        self.send_frame(payload, self.wait())
     }
 
     /// Receives the next frame and hands it to `f`, borrowed from the
     /// connection's buffer.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
             f(buf.bytes(frame))
         })
     }
@@ -180,7 +186,7 @@ impl Connection {
     /// Receives the next frame into `out`. A frame larger than `out` is left
     /// queued and its size reported.
     pub fn recv_into(&self, out: &mut [u8]) -> Result<RecvInto> {
-        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
             let payload = buf.bytes(frame.clone());
             if payload.len() > out.len() {
                 let needed = payload.len();
@@ -222,7 +228,7 @@ impl Connection {
     /// `timeout` (a server in required mode does this before anything else,
     /// so its verify callback sees the client's address).
     pub fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
-        let deadline = Some(Instant::now() + timeout);
+        let deadline = Wait::Until(Instant::now() + timeout);
         let mut buf = self.lock_recv();
         self.take_proxy_header(&mut buf, deadline)
     }
@@ -243,40 +249,30 @@ impl Connection {
         }
     }
 
-    pub fn set_nodelay(&self, on: bool) -> Result<()> {
-        self.socket
-            .set_tcp_nodelay(on)
-            .map_err(|e| Error::io("setting TCP_NODELAY", &e))
+    /// The socket, for options (see [`crate::sockopt`]); reading or writing
+    /// it directly would break the framing.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
     }
 
-    pub fn nodelay(&self) -> Result<bool> {
-        self.socket
-            .tcp_nodelay()
-            .map_err(|e| Error::io("reading TCP_NODELAY", &e))
+    /// Non-blocking mode: a receive with no whole frame ready, and a send
+    /// the kernel cannot take at all, fail with `WouldBlock` at once. A
+    /// frame a send started is always finished: what the kernel did not
+    /// take is kept and written first by the next send or [`Connection::flush`].
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblocking.store(on, Ordering::Relaxed);
     }
 
-    /// Turns SO_KEEPALIVE on or off, with the kernel's probe timings.
-    pub fn set_keepalive(&self, on: bool) -> Result<()> {
-        self.socket
-            .set_keepalive(on)
-            .map_err(|e| Error::io("setting SO_KEEPALIVE", &e))
+    pub fn is_nonblocking(&self) -> bool {
+        self.nonblocking.load(Ordering::Relaxed)
     }
 
-    /// Turns keepalive on with explicit timings: first probe after `idle`,
-    /// then every `interval`, giving up after `count` unanswered probes.
-    pub fn set_keepalive_timing(
-        &self,
-        idle: Duration,
-        interval: Duration,
-        count: u32,
-    ) -> Result<()> {
-        let params = TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(interval)
-            .with_retries(count);
-        self.socket
-            .set_tcp_keepalive(&params)
-            .map_err(|e| Error::io("setting TCP keepalive timings", &e))
+    /// Writes the tail of a frame a non-blocking send left behind:
+    /// `WouldBlock` while some remains (poll the fd for writability).
+    pub fn flush(&self) -> Result<()> {
+        self.usable()?;
+        let mut pending = lock(&self.send_lock);
+        self.write_pending(&mut pending, self.wait())
     }
 
     /// Closes the stream in both directions from any thread, waking a thread
@@ -304,8 +300,39 @@ impl Connection {
         self.socket
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        self.timeout().map(|t| Instant::now() + t)
+    /// How long this call may wait: not at all in non-blocking mode, else
+    /// the timeout, else for ever.
+    fn wait(&self) -> Wait {
+        if self.is_nonblocking() {
+            return Wait::Never;
+        }
+        match self.timeout() {
+            Some(t) => Wait::Until(Instant::now() + t),
+            None => Wait::Forever,
+        }
+    }
+
+    /// Waits for the socket to be ready, as `wait` allows.
+    fn ready(&self, interest: Interest, wait: Wait, doing: &str) -> Result<()> {
+        let deadline = match wait {
+            Wait::Never => {
+                return Err(Error::new(
+                    ErrorKind::WouldBlock,
+                    format!("{doing} {} would block", self.peer_addr()),
+                ))
+            }
+            Wait::Forever => None,
+            Wait::Until(deadline) => Some(deadline),
+        };
+        let ready = sys::wait(self.fd(), interest, deadline)
+            .map_err(|e| self.fail(&format!("waiting for {doing}"), &e))?;
+        if !ready {
+            return Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("timed out {doing} {}", self.peer_addr()),
+            ));
+        }
+        Ok(())
     }
 
     fn usable(&self) -> Result<()> {
@@ -336,18 +363,13 @@ impl Connection {
         lock(&self.recv)
     }
 
-    fn send_frame(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
+    fn send_frame(&self, payload: &[u8], wait: Wait) -> Result<()> {
         self.usable()?;
+        let mut pending = lock(&self.send_lock);
+        self.write_pending(&mut pending, wait)?;
         let header = encode_header(payload.len() as u64);
         let header = header.as_bytes();
         let total = header.len() + payload.len();
-        let flags = libc::MSG_NOSIGNAL
-            | if deadline.is_some() {
-                libc::MSG_DONTWAIT
-            } else {
-                0
-            };
-        let _serial = lock(&self.send_lock);
         let mut sent = 0;
         while sent < total {
             let bufs = if sent < header.len() {
@@ -358,24 +380,53 @@ impl Connection {
                     IoSlice::new(&[]),
                 ]
             };
-            match self.socket.send_vectored_with_flags(&bufs, flags) {
+            match self
+                .socket
+                .send_vectored_with_flags(&bufs, libc::MSG_NOSIGNAL | wait.flags())
+            {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
-                    let ready = sys::wait(self.fd(), Interest::Write, deadline)
-                        .map_err(|e| self.fail("waiting to send to", &e))?;
-                    if !ready {
-                        return Err(self.torn_send(
-                            sent,
-                            total,
-                            Error::new(
-                                ErrorKind::TimedOut,
-                                format!("timed out sending to {}", self.peer_addr()),
-                            ),
-                        ));
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if wait == Wait::Never && sent > 0 {
+                        // Keep the rest of the frame: the stream stays whole.
+                        let rest = sent.saturating_sub(header.len());
+                        pending.extend_from_slice(&header[sent.min(header.len())..]);
+                        pending.extend_from_slice(&payload[rest..]);
+                        return Ok(());
+                    }
+                    if let Err(e) = self.ready(Interest::Write, wait, "sending to") {
+                        return Err(self.torn_send(sent, total, e));
                     }
                 }
                 Err(e) => return Err(self.torn_send(sent, total, self.fail("sending to", &e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` (the tail of an earlier frame) as `wait` allows.
+    fn write_pending(&self, pending: &mut Vec<u8>, wait: Wait) -> Result<()> {
+        while !pending.is_empty() {
+            match self
+                .socket
+                .send_with_flags(pending, libc::MSG_NOSIGNAL | wait.flags())
+            {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.ready(Interest::Write, wait, "sending to") {
+                        if wait != Wait::Never {
+                            // A frame already begun cannot be taken back.
+                            return Err(self.torn_send(1, 1 + pending.len(), e));
+                        }
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    return Err(self.torn_send(1, 1 + pending.len(), self.fail("sending to", &e)))
+                }
             }
         }
         Ok(())
@@ -397,7 +448,7 @@ impl Connection {
     fn recv_frame<R>(
         &self,
         max_payload: u64,
-        deadline: Option<Instant>,
+        deadline: Wait,
         f: impl FnOnce(&mut RecvBuffer, std::ops::Range<usize>) -> R,
     ) -> Result<R> {
         self.usable()?;
@@ -427,7 +478,7 @@ impl Connection {
 
     /// Consumes the PROXY protocol header at the start of the stream, if one
     /// is expected, reading as needed.
-    fn take_proxy_header(&self, buf: &mut RecvBuffer, deadline: Option<Instant>) -> Result<()> {
+    fn take_proxy_header(&self, buf: &mut RecvBuffer, deadline: Wait) -> Result<()> {
         let mut expect = lock(&self.expect_proxy);
         let Some(mode) = *expect else {
             return Ok(());
@@ -489,29 +540,37 @@ impl Connection {
         )
     }
 
-    /// One recv(2) into `spare`, waiting at most until `deadline`.
-    fn read_some(&self, spare: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
-        let flags = if deadline.is_some() {
-            libc::MSG_DONTWAIT
-        } else {
-            0
-        };
+    /// One recv(2) into `spare`, waiting as `wait` allows.
+    fn read_some(&self, spare: &mut [u8], wait: Wait) -> Result<usize> {
         loop {
-            match sys::recv(self.fd(), spare, flags) {
+            match sys::recv(self.fd(), spare, wait.flags()) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
-                    let ready = sys::wait(self.fd(), Interest::Read, deadline)
-                        .map_err(|e| self.fail("waiting to receive from", &e))?;
-                    if !ready {
-                        return Err(Error::new(
-                            ErrorKind::TimedOut,
-                            format!("timed out receiving from {}", self.peer_addr()),
-                        ));
-                    }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.ready(Interest::Read, wait, "receiving from")?;
                 }
                 Err(e) => return Err(self.fail("receiving from", &e)),
             }
+        }
+    }
+}
+
+/// How long a send or receive may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Forever,
+    Until(Instant),
+    /// Non-blocking mode.
+    Never,
+}
+
+impl Wait {
+    /// Blocking calls only when waiting for ever; otherwise the socket is
+    /// polled, so every wait is bounded.
+    fn flags(self) -> libc::c_int {
+        match self {
+            Wait::Forever => 0,
+            Wait::Until(_) | Wait::Never => libc::MSG_DONTWAIT,
         }
     }
 }

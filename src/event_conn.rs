@@ -2,8 +2,11 @@
 //! callbacks and any thread that sends on it. Sending never blocks: frames
 //! are queued and the I/O thread writes them, many per system call.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use socket2::Socket;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_loop::Inbox;
@@ -41,7 +44,7 @@ pub struct EventConn {
     /// The client behind a load balancer, from a PROXY protocol header.
     proxied_peer: std::sync::OnceLock<String>,
     local: String,
-    fd: i32,
+    socket: Socket,
     /// Encoded frames queued by `send`, not yet taken by the I/O thread.
     out: Mutex<Vec<u8>>,
     /// Bytes queued and not yet written (in `out` and the I/O thread's
@@ -63,7 +66,7 @@ pub(crate) struct EventConnParts {
     pub inbox: Arc<Inbox>,
     pub peer: String,
     pub local: String,
-    pub fd: i32,
+    pub socket: Socket,
     pub max_queued: usize,
     pub when_backed_up: WhenBackedUp,
 }
@@ -77,7 +80,7 @@ impl EventConn {
             socket_peer: p.peer,
             proxied_peer: std::sync::OnceLock::new(),
             local: p.local,
-            fd: p.fd,
+            socket: p.socket,
             out: Mutex::new(Vec::new()),
             queued: AtomicUsize::new(0),
             max_queued: p.max_queued,
@@ -152,8 +155,14 @@ impl EventConn {
         &self.local
     }
 
+    /// The socket's descriptor: open as long as this handle lives, so
+    /// options can be read and set (`socket()`), but never read or write it.
     pub fn fd(&self) -> i32 {
-        self.fd
+        self.socket.as_raw_fd()
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
     }
 
     /// Bytes queued for sending and not yet written.
@@ -183,8 +192,11 @@ impl EventConn {
         let _ = self.proxied_peer.set(peer);
     }
 
+    /// The I/O thread let go of the connection: the stream is shut down in
+    /// both directions (the descriptor closes with the last handle).
     pub(crate) fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
     /// Moves the queued frames into `into` (empty), clearing the request

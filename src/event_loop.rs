@@ -102,7 +102,7 @@ pub(crate) struct EngineShared {
 }
 
 struct Conn {
-    socket: Socket,
+    /// Shared with callbacks and senders; owns the socket.
     handle: Arc<EventConn>,
     /// A partial frame left over from the last read.
     recv: RecvBuffer,
@@ -269,7 +269,7 @@ impl IoThread {
             inbox: self.inbox.clone(),
             peer,
             local: format_sockaddr(&local),
-            fd,
+            socket,
             max_queued: config.max_queued_bytes,
             when_backed_up: if config.close_when_backed_up {
                 WhenBackedUp::Close
@@ -283,7 +283,6 @@ impl IoThread {
             mode => Some(mode),
         };
         entry.insert(Conn {
-            socket,
             handle,
             recv: RecvBuffer::default(),
             proxy,
@@ -352,7 +351,7 @@ impl IoThread {
         for turn in 0..READS_PER_TURN {
             let spare = buf.spare(16 * 1024);
             let spare_len = spare.len();
-            match sys::recv(conn.socket.as_raw_fd(), spare, 0) {
+            match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {
                     outcome = Err(Some(end_of_stream(conn, buf)));
                     break;
@@ -458,8 +457,10 @@ impl IoThread {
         let Some(conn) = self.conns.try_remove(token) else {
             return;
         };
-        let fd = conn.socket.as_raw_fd();
+        let fd = conn.handle.fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // Handles may outlive the connection (and keep the descriptor
+        // open): the peer must see the end now.
         conn.handle.mark_closed();
         let context = &self.shared.context;
         if conn.opened {
@@ -653,7 +654,11 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
             }
         }
         let rest = &conn.writing[conn.written..];
-        match conn.socket.send_with_flags(rest, libc::MSG_NOSIGNAL) {
+        match conn
+            .handle
+            .socket()
+            .send_with_flags(rest, libc::MSG_NOSIGNAL)
+        {
             Ok(n) => {
                 conn.written += n;
                 conn.handle.written(n);

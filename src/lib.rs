@@ -26,6 +26,7 @@ pub mod mac;
 pub mod proxy_protocol;
 pub mod recv_buffer;
 pub mod server;
+pub mod sockopt;
 mod sys;
 pub mod systemd;
 mod threaded;

@@ -113,6 +113,11 @@ fn bind_tcp(addr: &Address, config: &Config) -> Result<Listener> {
     socket
         .set_reuse_port(config.reuse_port)
         .map_err(|e| fail("setting SO_REUSEPORT for", e))?;
+    if let (Some(only), Domain::IPV6) = (config.v6_only, domain) {
+        socket
+            .set_only_v6(only)
+            .map_err(|e| fail("setting IPV6_V6ONLY for", e))?;
+    }
     socket.bind(&target).map_err(|e| fail("binding", e))?;
     socket
         .listen(config.backlog)

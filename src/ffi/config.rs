@@ -221,6 +221,20 @@ pub unsafe extern "C" fn sockserv_config_set_reuse_port(
     })
 }
 
+/// IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
+/// clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
+/// the system's default stands (Linux: false).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_v6_only(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.v6_only = Some(on);
+        Ok(())
+    })
+}
+
 /// TCP_NODELAY on new TCP connections (default on: frames leave at once).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_nodelay(
