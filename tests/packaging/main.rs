@@ -1,6 +1,7 @@
 //! Packaging and the other-language front ends, checked the way a user
-//! meets them: the C++17 wrapper (cxx). A missing optional tool prints a
-//! loud SKIPPED line.
+//! meets them: the ABI baseline (abi) and the C++17 wrapper (cxx). A
+//! missing optional tool prints a loud SKIPPED line.
 
+mod abi;
 mod cxx;
 mod proc;
