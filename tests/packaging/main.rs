@@ -1,9 +1,11 @@
 //! Packaging and the other-language front ends, checked the way a user
 //! meets them: the ABI baseline (abi), `make install` and programs built
-//! against the install with pkg-config and CMake (install), and the C++17
-//! wrapper (cxx). A missing optional tool prints a loud SKIPPED line.
+//! against the install with pkg-config and CMake (install), the C++17
+//! wrapper (cxx), and the Python binding's pytest suite (python). A missing
+//! optional tool prints a loud SKIPPED line.
 
 mod abi;
 mod cxx;
 mod install;
 mod proc;
+mod python;
