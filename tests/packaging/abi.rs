@@ -224,6 +224,15 @@ fn compare(baseline: &Abi, current: &Abi) -> Verdict {
     Verdict::Compatible(added)
 }
 
+/// How many functions include/sockserv.h declares.
+pub fn header_function_count() -> usize {
+    parse_header(&header())
+        .items
+        .keys()
+        .filter(|k| k.starts_with("function "))
+        .count()
+}
+
 fn header() -> String {
     std::fs::read_to_string(root().join("include/sockserv.h")).expect("include/sockserv.h")
 }
