@@ -270,7 +270,10 @@ typedef enum sockserv_result {
 
 /**
  * Settings for servers and clients (opaque). Create with
- * `sockserv_config_new`, free with `sockserv_config_free`.
+ * `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
+ * not change one from two threads at once (reading it in `_new` calls from
+ * several threads is fine). Setters refuse out-of-range values with
+ * `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
  */
 typedef struct sockserv_config sockserv_config;
 
@@ -301,7 +304,10 @@ typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
 /**
  * Event mode: a connection passed the handshake (or needs none). `conn`
  * stays valid until `on_close` for it returns; other threads may send on
- * it until then. Runs on the connection's I/O thread.
+ * it until then. Runs on the connection's I/O thread; with several I/O
+ * threads, callbacks for different connections run at the same time, so
+ * `userdata` must be safe to share between threads. Like every callback:
+ * must not throw a C++ exception or longjmp out.
  */
 typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
 
@@ -512,7 +518,9 @@ enum sockserv_result sockserv_connect(const char *addr,
  * the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
  * `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
  * then frames over it. On success the connection owns `fd` and closes it
- * when freed; on failure `fd` is left open and still yours.
+ * when freed; on failure `fd` is left open and still yours. A
+ * non-blocking `fd` works too (sockserv waits with poll(2)); for
+ * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
  */
 enum sockserv_result sockserv_conn_from_fd(int fd,
                                            const struct sockserv_config *config,
@@ -525,7 +533,9 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
  * Blocking connections: returns when the kernel took all of it, or the
  * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
  * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
- * stream would be out of sync.
+ * stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
+ * went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
+ * `_IO`.
  *
  * Event-mode connections: never blocks, from any thread (inside
  * `on_frame` too): the frame is copied into the connection's queue and its
@@ -542,7 +552,12 @@ enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
  * Receives the next frame, whole, without copying: `*data` and `*len`
  * point into the connection's buffer, valid until the next receive or
  * poll on this connection or its free. `*data` is not NULL, even for an
- * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames.
+ * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
+ * other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
+ * connection is then closed), `_TIMED_OUT` (what arrived is kept),
+ * `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
+ * `_INVALID_STATE` on an event-mode connection (frames arrive in
+ * `on_frame`).
  */
 enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
                                         const uint8_t **data,
@@ -551,7 +566,8 @@ enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
 /**
  * Receives the next frame into `buf` (`cap` bytes) and writes its size to
  * `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
- * the size needed, and the frame stays queued for the next receive.
+ * the size needed, and the frame stays queued for the next receive. Other
+ * codes as `sockserv_conn_recv`.
  */
 enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
                                              uint8_t *buf,
@@ -562,7 +578,8 @@ enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
  * Waits up to `timeout_ms` (negative: for ever, 0: just check) for
  * something to receive: `*readable` is true when a frame is buffered or
  * data, end of stream or an error is waiting on the socket (so a receive
- * will not wait for the first byte).
+ * will not wait for the first byte). Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
  */
 enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
                                         int timeout_ms,
@@ -596,7 +613,9 @@ enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd)
 /**
  * Sets the timeout of each later send and receive (0: wait for ever), like
  * Python's settimeout. A receive that times out keeps what arrived of a
- * frame, and the connection stays usable.
+ * frame, and the connection stays usable. Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
+ * `sockserv_config_set_idle_timeout_ms`).
  */
 enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *conn,
                                                   uint32_t timeout_ms);
@@ -690,7 +709,8 @@ void sockserv_conn_free(struct sockserv_conn *conn);
 
 /**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
- * for 32 bytes. Any key length
+ * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
+ * non-zero length. Any key length
  * works, 0 included; NULL is allowed for a length of 0.
  */
 enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
@@ -753,7 +773,8 @@ enum sockserv_result sockserv_server_new(const char *addr,
 /**
  * Sets the function run for each authenticated connection (NULL: none;
  * the connection is closed after the handshake). Only before the server
- * starts, else `SOCKSERV_ERR_INVALID_STATE`.
+ * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
+ * until `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
                                                  sockserv_handler_fn handler,
@@ -763,8 +784,10 @@ enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *s
  * Makes the server event-driven: instead of a thread per connection, a
  * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
  * and call `on_open`, `on_frame` for each whole frame, and `on_close`
- * (any may be NULL). Only before the server starts; replaces a handler
- * set with `sockserv_server_set_handler`.
+ * (any may be NULL). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+ * `sockserv_server_set_handler`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
                                                         sockserv_open_fn on_open,
@@ -774,7 +797,9 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
 
 /**
  * Sets the function that accepts or refuses each peer by address (NULL:
- * accept all). Only before the server starts.
+ * accept all). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
                                                 sockserv_verify_fn verify,
@@ -795,24 +820,31 @@ enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *se
 /**
  * Serves on the calling thread until `sockserv_server_shutdown`, then
  * returns `SOCKSERV_OK` (handlers still running go on). Like
- * `serve_forever`. A server serves once: after shutdown, create a new one.
+ * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
+ * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
+ * a new one).
  */
 enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
 
 /**
- * Serves on a background thread and returns at once.
+ * Serves on a background thread and returns at once. The same codes as
+ * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
+ * started.
  */
 enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
 
 /**
  * Stops accepting, from any thread (a handler too), and returns at once:
- * `sockserv_server_serve` returns promptly. Live connections go on until
- * their handlers return or the server is freed.
+ * `sockserv_server_serve` returns promptly, and the listener refuses new
+ * clients. Live connections go on until their handlers return or the
+ * server is freed. Not async-signal-safe: from a signal, wake a thread of
+ * yours (sigwait, a self-pipe) and call it there.
  */
 enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
 
 /**
- * Reads one counter (`SOCKSERV_STAT_*`) into `*value`.
+ * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
+ * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
  */
 enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
                                           int stat,
@@ -823,8 +855,8 @@ enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
  * connection (a handler blocked in send or receive gets
  * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
  * thread, closes the listener and removes its Unix socket file. Call it
- * after `sockserv_server_serve` has returned, never from a handler. NULL
- * does nothing.
+ * after `sockserv_server_serve` has returned, never from a handler, verify
+ * or event callback (it would wait for itself). NULL does nothing.
  */
 void sockserv_server_free(struct sockserv_server *server);
 

@@ -11,7 +11,10 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::proxy_protocol::ProxyMode;
 
 /// Settings for servers and clients (opaque). Create with
-/// `sockserv_config_new`, free with `sockserv_config_free`.
+/// `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
+/// not change one from two threads at once (reading it in `_new` calls from
+/// several threads is fine). Setters refuse out-of-range values with
+/// `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
 pub struct sockserv_config {
     pub(super) inner: Config,
 }

@@ -131,7 +131,9 @@ pub unsafe extern "C" fn sockserv_connect(
 /// the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
 /// `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
 /// then frames over it. On success the connection owns `fd` and closes it
-/// when freed; on failure `fd` is left open and still yours.
+/// when freed; on failure `fd` is left open and still yours. A
+/// non-blocking `fd` works too (sockserv waits with poll(2)); for
+/// non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_from_fd(
     fd: c_int,
@@ -193,7 +195,9 @@ fn invalid(detail: String) -> Error {
 /// Blocking connections: returns when the kernel took all of it, or the
 /// timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
 /// out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
-/// stream would be out of sync.
+/// stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
+/// went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
+/// `_IO`.
 ///
 /// Event-mode connections: never blocks, from any thread (inside
 /// `on_frame` too): the frame is copied into the connection's queue and its
@@ -220,7 +224,12 @@ pub unsafe extern "C" fn sockserv_conn_send(
 /// Receives the next frame, whole, without copying: `*data` and `*len`
 /// point into the connection's buffer, valid until the next receive or
 /// poll on this connection or its free. `*data` is not NULL, even for an
-/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames.
+/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
+/// other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
+/// connection is then closed), `_TIMED_OUT` (what arrived is kept),
+/// `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
+/// `_INVALID_STATE` on an event-mode connection (frames arrive in
+/// `on_frame`).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv(
     conn: *const sockserv_conn,
@@ -240,7 +249,8 @@ pub unsafe extern "C" fn sockserv_conn_recv(
 
 /// Receives the next frame into `buf` (`cap` bytes) and writes its size to
 /// `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
-/// the size needed, and the frame stays queued for the next receive.
+/// the size needed, and the frame stays queued for the next receive. Other
+/// codes as `sockserv_conn_recv`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv_into(
     conn: *const sockserv_conn,
@@ -270,7 +280,8 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
 /// Waits up to `timeout_ms` (negative: for ever, 0: just check) for
 /// something to receive: `*readable` is true when a frame is buffered or
 /// data, end of stream or an error is waiting on the socket (so a receive
-/// will not wait for the first byte).
+/// will not wait for the first byte). Blocking connections only
+/// (`SOCKSERV_ERR_INVALID_STATE` in event mode).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_poll(
     conn: *const sockserv_conn,
@@ -337,7 +348,9 @@ pub unsafe extern "C" fn sockserv_conn_fd(
 
 /// Sets the timeout of each later send and receive (0: wait for ever), like
 /// Python's settimeout. A receive that times out keeps what arrived of a
-/// frame, and the connection stays usable.
+/// frame, and the connection stays usable. Blocking connections only
+/// (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
+/// `sockserv_config_set_idle_timeout_ms`).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
     conn: *const sockserv_conn,
