@@ -3,6 +3,10 @@
  *
  *     SOCKSERV_KEY=secret ./echo_server tcp://127.0.0.1:9000
  *     ./echo_server -k secret unix:///tmp/echo.sock
+ *     ./echo_server -k secret systemd://       (socket activation)
+ *     ./echo_server -k secret -r -p -v tcp://127.0.0.1:9000
+ *         (-r: SO_REUSEPORT, several servers on one port; -p: behind a
+ *          load balancer sending the PROXY protocol; -v: log each client)
  *
  * Clients must prove they know the key (HMAC-SHA256 challenge-response)
  * before the handler sees them. Once bound, the server prints one line,
@@ -34,7 +38,14 @@ static void report(const char *what, sockserv_result rc)
  */
 static void echo_handler(void *userdata, sockserv_conn *conn)
 {
-    (void)userdata;
+    const int *verbose = userdata;
+    if (*verbose) {
+        /* Behind a proxy (-p) this is the client's address, not the proxy's. */
+        char peer[SOCKSERV_ADDRSTRLEN];
+        size_t needed;
+        if (sockserv_conn_peer_addr(conn, peer, sizeof peer, &needed) == SOCKSERV_OK)
+            fprintf(stderr, "echo_server: connection from %s\n", peer);
+    }
     for (;;) {
         const uint8_t *data;
         size_t len;
@@ -77,19 +88,25 @@ static void *wait_for_stop_signal(void *arg)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: echo_server [-k KEY] ADDR   (or the key in SOCKSERV_KEY)\n"
-                    "  e.g. echo_server tcp://127.0.0.1:9000\n");
+    fprintf(stderr, "usage: echo_server [-k KEY] [-r] [-p] [-v] ADDR   (or the key in SOCKSERV_KEY)\n"
+                    "  e.g. echo_server tcp://127.0.0.1:9000\n"
+                    "  -r  SO_REUSEPORT   -p  require the PROXY protocol   -v  log each client\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
     const char *key = getenv("SOCKSERV_KEY");
+    int reuse_port = 0, proxy = 0, verbose = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "k:")) != -1) {
-        if (opt != 'k')
-            return usage();
-        key = optarg;
+    while ((opt = getopt(argc, argv, "k:rpv")) != -1) {
+        switch (opt) {
+        case 'k': key = optarg; break;
+        case 'r': reuse_port = 1; break;
+        case 'p': proxy = 1; break;
+        case 'v': verbose = 1; break;
+        default: return usage();
+        }
     }
     if (optind != argc - 1)
         return usage();
@@ -121,6 +138,9 @@ int main(int argc, char **argv)
     } else {
         fprintf(stderr, "echo_server: no key (-k or SOCKSERV_KEY): anyone may connect\n");
     }
+    sockserv_config_set_reuse_port(config, reuse_port);
+    if (proxy)
+        sockserv_config_set_proxy_protocol(config, SOCKSERV_PROXY_REQUIRED);
 
     sockserv_server *server;
     rc = sockserv_server_new(addr, config, &server);
@@ -129,7 +149,7 @@ int main(int argc, char **argv)
         report(addr, rc);
         return 1;
     }
-    rc = sockserv_server_set_handler(server, echo_handler, NULL);
+    rc = sockserv_server_set_handler(server, echo_handler, &verbose);
     if (rc) {
         report("handler", rc);
         sockserv_server_free(server);

@@ -36,6 +36,26 @@
 #define SOCKSERV_WHEN_FULL_REFUSE 1
 
 /**
+ * `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
+ */
+#define SOCKSERV_PROXY_OFF 0
+
+/**
+ * A connection may start with a PROXY header (v1 or v2); if it does, the
+ * client's address it names becomes the connection's peer address. The
+ * verify callback still runs at accept time, on the socket's peer.
+ */
+#define SOCKSERV_PROXY_OPTIONAL 1
+
+/**
+ * Every connection must start with a PROXY header (the way to run behind
+ * HAProxy): verify runs on the client's address it names, before the
+ * handshake; a missing or malformed header closes the connection
+ * (`SOCKSERV_STAT_PROXY_FAILURES`).
+ */
+#define SOCKSERV_PROXY_REQUIRED 2
+
+/**
  * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
  */
 #define SOCKSERV_ROLE_SERVER 0
@@ -44,6 +64,52 @@
  * `sockserv_conn_from_fd`: the socket was connected (it answers first).
  */
 #define SOCKSERV_ROLE_CLIENT 1
+
+/**
+ * `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
+ */
+#define SOCKSERV_OPT_NODELAY 0
+
+/**
+ * SO_KEEPALIVE, 0 or 1.
+ */
+#define SOCKSERV_OPT_KEEPALIVE 1
+
+/**
+ * TCP_KEEPIDLE: seconds of silence before the first keepalive probe.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_IDLE 2
+
+/**
+ * TCP_KEEPINTVL: seconds between keepalive probes.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_INTERVAL 3
+
+/**
+ * TCP_KEEPCNT: unanswered probes before the connection is dropped.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_COUNT 4
+
+/**
+ * SO_RCVBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_RCVBUF 5
+
+/**
+ * SO_SNDBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_SNDBUF 6
+
+/**
+ * SO_LINGER in seconds; -1 turns it off.
+ */
+#define SOCKSERV_OPT_LINGER 7
+
+/**
+ * Non-blocking mode, 0 or 1 (blocking connections only): see
+ * `sockserv_conn_set_option`.
+ */
+#define SOCKSERV_OPT_NONBLOCKING 8
 
 /**
  * The largest maximum datagram size: the largest UDP payload over IPv4.
@@ -157,9 +223,21 @@
 #define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
 
 /**
- * Connections whose handler ran and returned.
+ * Connections whose handler ran and returned (event mode: that opened and
+ * closed).
  */
 #define SOCKSERV_STAT_HANDLED 5
+
+/**
+ * Connections closed for a missing or malformed PROXY protocol header
+ * (`SOCKSERV_PROXY_REQUIRED`).
+ */
+#define SOCKSERV_STAT_PROXY_FAILURES 6
+
+/**
+ * The first descriptor systemd passes.
+ */
+#define LISTEN_FDS_START 3
 
 /**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
@@ -261,7 +339,10 @@ typedef enum sockserv_result {
 
 /**
  * Settings for servers and clients (opaque). Create with
- * `sockserv_config_new`, free with `sockserv_config_free`.
+ * `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
+ * not change one from two threads at once (reading it in `_new` calls from
+ * several threads is fine). Setters refuse out-of-range values with
+ * `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
  */
 typedef struct sockserv_config sockserv_config;
 
@@ -325,7 +406,10 @@ typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
 /**
  * Event mode: a connection passed the handshake (or needs none). `conn`
  * stays valid until `on_close` for it returns; other threads may send on
- * it until then. Runs on the connection's I/O thread.
+ * it until then. Runs on the connection's I/O thread; with several I/O
+ * threads, callbacks for different connections run at the same time, so
+ * `userdata` must be safe to share between threads. Like every callback:
+ * must not throw a C++ exception or longjmp out.
  */
 typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
 
@@ -464,6 +548,13 @@ enum sockserv_result sockserv_config_set_reuse_address(struct sockserv_config *c
 enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *config, bool on);
 
 /**
+ * IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
+ * clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
+ * the system's default stands (Linux: false).
+ */
+enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config, bool on);
+
+/**
  * TCP_NODELAY on new TCP connections (default on: frames leave at once).
  */
 enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
@@ -505,6 +596,13 @@ enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config 
                                                          uint32_t timeout_ms);
 
 /**
+ * Servers: whether connections start with a PROXY protocol header from a
+ * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
+ * Clients ignore it.
+ */
+enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
+
+/**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
  * "unix://PATH"), trying each resolved address within the connect
  * timeout, then runs the handshake when `config` has a key. `config` is
@@ -522,7 +620,9 @@ enum sockserv_result sockserv_connect(const char *addr,
  * the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
  * `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
  * then frames over it. On success the connection owns `fd` and closes it
- * when freed; on failure `fd` is left open and still yours.
+ * when freed; on failure `fd` is left open and still yours. A
+ * non-blocking `fd` works too (sockserv waits with poll(2)); for
+ * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
  */
 enum sockserv_result sockserv_conn_from_fd(int fd,
                                            const struct sockserv_config *config,
@@ -535,7 +635,9 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
  * Blocking connections: returns when the kernel took all of it, or the
  * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
  * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
- * stream would be out of sync.
+ * stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
+ * went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
+ * `_IO`.
  *
  * Event-mode connections: never blocks, from any thread (inside
  * `on_frame` too): the frame is copied into the connection's queue and its
@@ -552,7 +654,12 @@ enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
  * Receives the next frame, whole, without copying: `*data` and `*len`
  * point into the connection's buffer, valid until the next receive or
  * poll on this connection or its free. `*data` is not NULL, even for an
- * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames.
+ * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
+ * other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
+ * connection is then closed), `_TIMED_OUT` (what arrived is kept),
+ * `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
+ * `_INVALID_STATE` on an event-mode connection (frames arrive in
+ * `on_frame`).
  */
 enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
                                         const uint8_t **data,
@@ -561,7 +668,8 @@ enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
 /**
  * Receives the next frame into `buf` (`cap` bytes) and writes its size to
  * `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
- * the size needed, and the frame stays queued for the next receive.
+ * the size needed, and the frame stays queued for the next receive. Other
+ * codes as `sockserv_conn_recv`.
  */
 enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
                                              uint8_t *buf,
@@ -572,7 +680,8 @@ enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
  * Waits up to `timeout_ms` (negative: for ever, 0: just check) for
  * something to receive: `*readable` is true when a frame is buffered or
  * data, end of stream or an error is waiting on the socket (so a receive
- * will not wait for the first byte).
+ * will not wait for the first byte). Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
  */
 enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
                                         int timeout_ms,
@@ -606,7 +715,9 @@ enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd)
 /**
  * Sets the timeout of each later send and receive (0: wait for ever), like
  * Python's settimeout. A receive that times out keeps what arrived of a
- * frame, and the connection stays usable.
+ * frame, and the connection stays usable. Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
+ * `sockserv_config_set_idle_timeout_ms`).
  */
 enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *conn,
                                                   uint32_t timeout_ms);
@@ -618,7 +729,39 @@ enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *co
                                                   uint32_t *timeout_ms);
 
 /**
- * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix sockets).
+ * Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
+ * said otherwise); TCP options on a Unix socket give `SOCKSERV_ERR_IO`.
+ *
+ * `SOCKSERV_OPT_NONBLOCKING` 1: a receive with no whole frame ready
+ * returns `SOCKSERV_ERR_WOULD_BLOCK` at once (what arrived of a frame is
+ * kept), and so does a send the kernel cannot take at all. A send the
+ * kernel took part of succeeds: the rest of that frame is kept and written
+ * before anything else by the next send or `sockserv_conn_flush`, so frames
+ * are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
+ * POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+ */
+enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t value);
+
+/**
+ * Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+ */
+enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t *value);
+
+/**
+ * Non-blocking mode: writes the rest of a frame an earlier send could not
+ * finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
+ * while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
+ * the timeout.
+ */
+enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
+
+/**
+ * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
+ * sockets). The same as `SOCKSERV_OPT_NODELAY`.
  */
 enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn, bool on);
 
@@ -897,7 +1040,8 @@ void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
 
 /**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
- * for 32 bytes. Any key length
+ * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
+ * non-zero length. Any key length
  * works, 0 included; NULL is allowed for a length of 0.
  */
 enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
@@ -960,7 +1104,8 @@ enum sockserv_result sockserv_server_new(const char *addr,
 /**
  * Sets the function run for each authenticated connection (NULL: none;
  * the connection is closed after the handshake). Only before the server
- * starts, else `SOCKSERV_ERR_INVALID_STATE`.
+ * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
+ * until `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
                                                  sockserv_handler_fn handler,
@@ -970,8 +1115,10 @@ enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *s
  * Makes the server event-driven: instead of a thread per connection, a
  * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
  * and call `on_open`, `on_frame` for each whole frame, and `on_close`
- * (any may be NULL). Only before the server starts; replaces a handler
- * set with `sockserv_server_set_handler`.
+ * (any may be NULL). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+ * `sockserv_server_set_handler`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
                                                         sockserv_open_fn on_open,
@@ -981,7 +1128,9 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
 
 /**
  * Sets the function that accepts or refuses each peer by address (NULL:
- * accept all). Only before the server starts.
+ * accept all). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
  */
 enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
                                                 sockserv_verify_fn verify,
@@ -1002,24 +1151,31 @@ enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *se
 /**
  * Serves on the calling thread until `sockserv_server_shutdown`, then
  * returns `SOCKSERV_OK` (handlers still running go on). Like
- * `serve_forever`. A server serves once: after shutdown, create a new one.
+ * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
+ * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
+ * a new one).
  */
 enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
 
 /**
- * Serves on a background thread and returns at once.
+ * Serves on a background thread and returns at once. The same codes as
+ * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
+ * started.
  */
 enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
 
 /**
  * Stops accepting, from any thread (a handler too), and returns at once:
- * `sockserv_server_serve` returns promptly. Live connections go on until
- * their handlers return or the server is freed.
+ * `sockserv_server_serve` returns promptly, and the listener refuses new
+ * clients. Live connections go on until their handlers return or the
+ * server is freed. Not async-signal-safe: from a signal, wake a thread of
+ * yours (sigwait, a self-pipe) and call it there.
  */
 enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
 
 /**
- * Reads one counter (`SOCKSERV_STAT_*`) into `*value`.
+ * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
+ * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
  */
 enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
                                           int stat,
@@ -1030,8 +1186,8 @@ enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
  * connection (a handler blocked in send or receive gets
  * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
  * thread, closes the listener and removes its Unix socket file. Call it
- * after `sockserv_server_serve` has returned, never from a handler. NULL
- * does nothing.
+ * after `sockserv_server_serve` has returned, never from a handler, verify
+ * or event callback (it would wait for itself). NULL does nothing.
  */
 void sockserv_server_free(struct sockserv_server *server);
 

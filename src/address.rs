@@ -1,6 +1,9 @@
 //! Addresses as strings: `tcp://127.0.0.1:9000`, `tcp://[::1]:0`,
 //! `tcp://localhost:9000`, `unix:///run/app.sock`, `unix://relative.sock`.
-//! The same form is used to report peer and local addresses.
+//! The same form is used to report peer and local addresses. Servers also
+//! take sockets they inherit: `fd://3` (a listening descriptor, as inetd
+//! passes) and `systemd://`, `systemd://1` or `systemd://NAME` (socket
+//! activation: by position or by the name in LISTEN_FDNAMES).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -21,6 +24,16 @@ pub enum Address {
         port: u16,
     },
     Unix(PathBuf),
+    /// An inherited listening socket.
+    Fd(i32),
+    /// A socket passed by systemd: by index, or by name.
+    Systemd(SystemdSocket),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemdSocket {
+    Index(usize),
+    Name(String),
 }
 
 impl Address {
@@ -45,6 +58,22 @@ impl Address {
                 )));
             }
             Ok(Address::Unix(PathBuf::from(path)))
+        } else if let Some(fd) = text.strip_prefix("fd://") {
+            let fd = fd
+                .parse::<i32>()
+                .ok()
+                .filter(|fd| *fd >= 0)
+                .ok_or_else(|| bad("expected fd://N with N a file descriptor number"))?;
+            Ok(Address::Fd(fd))
+        } else if let Some(which) = text.strip_prefix("systemd://") {
+            Ok(Address::Systemd(match which {
+                "" => SystemdSocket::Index(0),
+                n if n.bytes().all(|b| b.is_ascii_digit()) => SystemdSocket::Index(
+                    n.parse()
+                        .map_err(|_| bad("the systemd socket index is too large"))?,
+                ),
+                name => SystemdSocket::Name(name.to_string()),
+            }))
         } else if text.starts_with("udp://") || text.starts_with("unixgram://") {
             Err(bad("datagram addresses are not stream addresses; sockserv's stream servers and clients take tcp:// or unix:// (datagrams: sockserv_dgram_*)"))
         } else {
@@ -73,6 +102,10 @@ impl Address {
                 Ok(addrs)
             }
             Address::Unix(path) => Ok(vec![unix_sockaddr(path, self)?]),
+            Address::Fd(_) | Address::Systemd(_) => Err(Error::new(
+                ErrorKind::InvalidAddress,
+                format!("{self} names an inherited listening socket, not a place to connect to; adopt a connected socket with sockserv_conn_from_fd"),
+            )),
         }
     }
 }
@@ -113,6 +146,9 @@ impl fmt::Display for Address {
             Address::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Address::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
             Address::Unix(path) => write!(f, "unix://{}", path.display()),
+            Address::Fd(fd) => write!(f, "fd://{fd}"),
+            Address::Systemd(SystemdSocket::Index(i)) => write!(f, "systemd://{i}"),
+            Address::Systemd(SystemdSocket::Name(name)) => write!(f, "systemd://{name}"),
         }
     }
 }
@@ -194,6 +230,9 @@ mod tests {
             "http://x:1",
             "udp://127.0.0.1:5",
             "127.0.0.1:80",
+            "fd://",
+            "fd://-1",
+            "fd://x",
         ] {
             let err = Address::parse(text).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidAddress, "{text}");

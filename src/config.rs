@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::auth::Keys;
 use crate::datagram::DatagramConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::proxy_protocol::ProxyMode;
 
 /// The default and the largest accepted maximum frame size.
 pub const DEFAULT_MAX_FRAME_SIZE: u64 = 64 << 20;
@@ -39,6 +40,9 @@ pub struct Config {
     pub backlog: i32,
     pub reuse_address: bool,
     pub reuse_port: bool,
+    /// IPV6_V6ONLY for `tcp://[::]:PORT` listeners: `None` keeps the
+    /// system's default (on Linux, IPv4 clients are accepted too).
+    pub v6_only: Option<bool>,
     pub nodelay: bool,
     pub keepalive: bool,
     /// Event mode: I/O threads; 0 means one per core.
@@ -50,6 +54,9 @@ pub struct Config {
     pub close_when_backed_up: bool,
     /// Event mode: close connections that receive nothing for this long.
     pub idle_timeout: Option<Duration>,
+    /// Servers: expect a PROXY protocol header (v1 or v2) from a load
+    /// balancer before the client's bytes.
+    pub proxy_protocol: ProxyMode,
     /// Datagram sockets and servers (udp://, unixgram://).
     pub datagram: DatagramConfig,
 }
@@ -67,12 +74,14 @@ impl Default for Config {
             backlog: 1024,
             reuse_address: true,
             reuse_port: false,
+            v6_only: None,
             nodelay: true,
             keepalive: false,
             io_threads: 0,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             close_when_backed_up: false,
             idle_timeout: None,
+            proxy_protocol: ProxyMode::Off,
             datagram: DatagramConfig::default(),
         }
     }

@@ -10,17 +10,21 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use crate::server::lock;
 use std::time::{Duration, Instant};
 
 use rand::TryRng;
-use socket2::{Socket, TcpKeepalive};
+use socket2::Socket;
 
 use crate::address::format_sockaddr;
 use crate::auth::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, encode_header};
+use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
+use crate::sockopt::{self, SockOpt};
 use crate::sys::{self, Interest};
 
 /// The receive buffer each connection starts with; one read takes up to this.
@@ -38,11 +42,19 @@ pub enum RecvInto {
 
 pub struct Connection {
     socket: Socket,
-    peer: String,
+    /// The socket's peer, and the client behind it when a PROXY protocol
+    /// header named one.
+    socket_peer: String,
+    proxied_peer: OnceLock<String>,
+    /// A PROXY protocol header is still expected before the first frame.
+    expect_proxy: Mutex<Option<ProxyMode>>,
     local: String,
     max_frame_size: u64,
     recv: Mutex<RecvBuffer>,
-    send_lock: Mutex<()>,
+    /// Serialises senders; holds the tail of a frame that a non-blocking
+    /// send could not finish, written before anything else.
+    send_lock: Mutex<Vec<u8>>,
+    nonblocking: AtomicBool,
     /// Milliseconds for each send and receive; 0 waits for ever.
     timeout_ms: AtomicU64,
     /// Why the stream can no longer be used (out of sync, or closed by us).
@@ -68,6 +80,10 @@ impl Connection {
         role: Role,
     ) -> std::result::Result<Connection, (Error, Socket)> {
         let conn = Connection::wrap(socket, config)?;
+        if role == Role::Client {
+            // Only the accepting side hears from a load balancer.
+            *lock(&conn.expect_proxy) = None;
+        }
         if config.keys.is_empty() {
             return Ok(conn);
         }
@@ -92,21 +108,28 @@ impl Connection {
             Err(e) => return Err((e, socket)),
         };
         let conn = Connection {
-            peer: format_sockaddr(&peer),
+            socket_peer: format_sockaddr(&peer),
+            proxied_peer: OnceLock::new(),
+            expect_proxy: Mutex::new(match config.proxy_protocol {
+                ProxyMode::Off => None,
+                mode => Some(mode),
+            }),
             local: format_sockaddr(&local),
             socket,
             max_frame_size: config.max_frame_size,
             recv: Mutex::new(RecvBuffer::with_capacity(RECV_BUFFER_SIZE)),
-            send_lock: Mutex::new(()),
+            send_lock: Mutex::new(Vec::new()),
+            nonblocking: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(0),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
         };
         conn.set_timeout(config.io_timeout);
         if peer.is_ipv4() || peer.is_ipv6() {
-            let options = conn
-                .set_nodelay(config.nodelay)
-                .and_then(|()| conn.set_keepalive(config.keepalive));
+            let options = sockopt::set(&conn.socket, SockOpt::NoDelay, config.nodelay.into())
+                .and_then(|()| {
+                    sockopt::set(&conn.socket, SockOpt::KeepAlive, config.keepalive.into())
+                });
             if let Err(e) = options {
                 return Err((e, conn.socket));
             }
@@ -117,8 +140,8 @@ impl Connection {
     /// Runs the challenge-response handshake; fails with the reason, after
     /// telling the peer `#FAILURE#` where the protocol says so.
     pub fn handshake(&self, role: Role, keys: Keys, timeout: Duration) -> Result<()> {
-        let context = |e: Error| e.context(format!("handshake with {}", self.peer));
-        let deadline = Some(Instant::now() + timeout);
+        let context = |e: Error| e.context(format!("handshake with {}", self.peer_addr()));
+        let deadline = Wait::Until(Instant::now() + timeout);
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::SysRng
             .try_fill_bytes(&mut nonce)
@@ -149,13 +172,13 @@ impl Connection {
     /// Sends one frame: header and payload leave in one system call where
     /// the kernel takes them.
     pub fn send(&self, payload: &[u8]) -> Result<()> {
-        self.send_frame(payload, self.deadline())
+        self.send_frame(payload, self.wait())
     }
 
     /// Receives the next frame and hands it to `f`, borrowed from the
     /// connection's buffer.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
             f(buf.bytes(frame))
         })
     }
@@ -163,7 +186,7 @@ impl Connection {
     /// Receives the next frame into `out`. A frame larger than `out` is left
     /// queued and its size reported.
     pub fn recv_into(&self, out: &mut [u8]) -> Result<RecvInto> {
-        self.recv_frame(self.max_frame_size, self.deadline(), |buf, frame| {
+        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
             let payload = buf.bytes(frame.clone());
             if payload.len() > out.len() {
                 let needed = payload.len();
@@ -195,8 +218,19 @@ impl Connection {
         self.socket.as_raw_fd()
     }
 
+    /// The peer's address; behind a proxy speaking the PROXY protocol,
+    /// the client's, once the header has been read.
     pub fn peer_addr(&self) -> &str {
-        &self.peer
+        self.proxied_peer.get().unwrap_or(&self.socket_peer)
+    }
+
+    /// Reads the PROXY protocol header now, if one is expected, within
+    /// `timeout` (a server in required mode does this before anything else,
+    /// so its verify callback sees the client's address).
+    pub fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
+        let deadline = Wait::Until(Instant::now() + timeout);
+        let mut buf = self.lock_recv();
+        self.take_proxy_header(&mut buf, deadline)
     }
 
     pub fn local_addr(&self) -> &str {
@@ -215,40 +249,30 @@ impl Connection {
         }
     }
 
-    pub fn set_nodelay(&self, on: bool) -> Result<()> {
-        self.socket
-            .set_tcp_nodelay(on)
-            .map_err(|e| Error::io("setting TCP_NODELAY", &e))
+    /// The socket, for options (see [`crate::sockopt`]); reading or writing
+    /// it directly would break the framing.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
     }
 
-    pub fn nodelay(&self) -> Result<bool> {
-        self.socket
-            .tcp_nodelay()
-            .map_err(|e| Error::io("reading TCP_NODELAY", &e))
+    /// Non-blocking mode: a receive with no whole frame ready, and a send
+    /// the kernel cannot take at all, fail with `WouldBlock` at once. A
+    /// frame a send started is always finished: what the kernel did not
+    /// take is kept and written first by the next send or [`Connection::flush`].
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblocking.store(on, Ordering::Relaxed);
     }
 
-    /// Turns SO_KEEPALIVE on or off, with the kernel's probe timings.
-    pub fn set_keepalive(&self, on: bool) -> Result<()> {
-        self.socket
-            .set_keepalive(on)
-            .map_err(|e| Error::io("setting SO_KEEPALIVE", &e))
+    pub fn is_nonblocking(&self) -> bool {
+        self.nonblocking.load(Ordering::Relaxed)
     }
 
-    /// Turns keepalive on with explicit timings: first probe after `idle`,
-    /// then every `interval`, giving up after `count` unanswered probes.
-    pub fn set_keepalive_timing(
-        &self,
-        idle: Duration,
-        interval: Duration,
-        count: u32,
-    ) -> Result<()> {
-        let params = TcpKeepalive::new()
-            .with_time(idle)
-            .with_interval(interval)
-            .with_retries(count);
-        self.socket
-            .set_tcp_keepalive(&params)
-            .map_err(|e| Error::io("setting TCP keepalive timings", &e))
+    /// Writes the tail of a frame a non-blocking send left behind:
+    /// `WouldBlock` while some remains (poll the fd for writability).
+    pub fn flush(&self) -> Result<()> {
+        self.usable()?;
+        let mut pending = lock(&self.send_lock);
+        self.write_pending(&mut pending, self.wait())
     }
 
     /// Closes the stream in both directions from any thread, waking a thread
@@ -256,7 +280,7 @@ impl Connection {
     pub fn close(&self) {
         self.break_stream(format!(
             "the connection with {} was closed locally",
-            self.peer
+            self.peer_addr()
         ));
     }
 
@@ -276,8 +300,39 @@ impl Connection {
         self.socket
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        self.timeout().map(|t| Instant::now() + t)
+    /// How long this call may wait: not at all in non-blocking mode, else
+    /// the timeout, else for ever.
+    fn wait(&self) -> Wait {
+        if self.is_nonblocking() {
+            return Wait::Never;
+        }
+        match self.timeout() {
+            Some(t) => Wait::Until(Instant::now() + t),
+            None => Wait::Forever,
+        }
+    }
+
+    /// Waits for the socket to be ready, as `wait` allows.
+    fn ready(&self, interest: Interest, wait: Wait, doing: &str) -> Result<()> {
+        let deadline = match wait {
+            Wait::Never => {
+                return Err(Error::new(
+                    ErrorKind::WouldBlock,
+                    format!("{doing} {} would block", self.peer_addr()),
+                ))
+            }
+            Wait::Forever => None,
+            Wait::Until(deadline) => Some(deadline),
+        };
+        let ready = sys::wait(self.fd(), interest, deadline)
+            .map_err(|e| self.fail(&format!("waiting for {doing}"), &e))?;
+        if !ready {
+            return Err(Error::new(
+                ErrorKind::TimedOut,
+                format!("timed out {doing} {}", self.peer_addr()),
+            ));
+        }
+        Ok(())
     }
 
     fn usable(&self) -> Result<()> {
@@ -301,27 +356,20 @@ impl Connection {
         if self.closing.load(Ordering::SeqCst) {
             return shutdown_error();
         }
-        Error::io(format_args!("{doing} {}", self.peer), err)
+        Error::io(format_args!("{doing} {}", self.peer_addr()), err)
     }
 
     fn lock_recv(&self) -> MutexGuard<'_, RecvBuffer> {
-        // A panic while holding the lock cannot leave the buffer inconsistent
-        // (every update is a single assignment), so poisoning is ignored.
-        self.recv.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.recv)
     }
 
-    fn send_frame(&self, payload: &[u8], deadline: Option<Instant>) -> Result<()> {
+    fn send_frame(&self, payload: &[u8], wait: Wait) -> Result<()> {
         self.usable()?;
+        let mut pending = lock(&self.send_lock);
+        self.write_pending(&mut pending, wait)?;
         let header = encode_header(payload.len() as u64);
         let header = header.as_bytes();
         let total = header.len() + payload.len();
-        let flags = libc::MSG_NOSIGNAL
-            | if deadline.is_some() {
-                libc::MSG_DONTWAIT
-            } else {
-                0
-            };
-        let _serial = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut sent = 0;
         while sent < total {
             let bufs = if sent < header.len() {
@@ -332,24 +380,53 @@ impl Connection {
                     IoSlice::new(&[]),
                 ]
             };
-            match self.socket.send_vectored_with_flags(&bufs, flags) {
+            match self
+                .socket
+                .send_vectored_with_flags(&bufs, libc::MSG_NOSIGNAL | wait.flags())
+            {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
-                    let ready = sys::wait(self.fd(), Interest::Write, deadline)
-                        .map_err(|e| self.fail("waiting to send to", &e))?;
-                    if !ready {
-                        return Err(self.torn_send(
-                            sent,
-                            total,
-                            Error::new(
-                                ErrorKind::TimedOut,
-                                format!("timed out sending to {}", self.peer),
-                            ),
-                        ));
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if wait == Wait::Never && sent > 0 {
+                        // Keep the rest of the frame: the stream stays whole.
+                        let rest = sent.saturating_sub(header.len());
+                        pending.extend_from_slice(&header[sent.min(header.len())..]);
+                        pending.extend_from_slice(&payload[rest..]);
+                        return Ok(());
+                    }
+                    if let Err(e) = self.ready(Interest::Write, wait, "sending to") {
+                        return Err(self.torn_send(sent, total, e));
                     }
                 }
                 Err(e) => return Err(self.torn_send(sent, total, self.fail("sending to", &e))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` (the tail of an earlier frame) as `wait` allows.
+    fn write_pending(&self, pending: &mut Vec<u8>, wait: Wait) -> Result<()> {
+        while !pending.is_empty() {
+            match self
+                .socket
+                .send_with_flags(pending, libc::MSG_NOSIGNAL | wait.flags())
+            {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.ready(Interest::Write, wait, "sending to") {
+                        if wait != Wait::Never {
+                            // A frame already begun cannot be taken back.
+                            return Err(self.torn_send(1, 1 + pending.len(), e));
+                        }
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    return Err(self.torn_send(1, 1 + pending.len(), self.fail("sending to", &e)))
+                }
             }
         }
         Ok(())
@@ -363,7 +440,7 @@ impl Connection {
         }
         self.break_stream(format!(
             "a send to {} stopped after {sent} of {total} bytes of a frame, so the stream was closed",
-            self.peer
+            self.peer_addr()
         ));
         err.context(format!("{sent} of {total} bytes sent, connection closed"))
     }
@@ -371,11 +448,12 @@ impl Connection {
     fn recv_frame<R>(
         &self,
         max_payload: u64,
-        deadline: Option<Instant>,
+        deadline: Wait,
         f: impl FnOnce(&mut RecvBuffer, std::ops::Range<usize>) -> R,
     ) -> Result<R> {
         self.usable()?;
         let mut buf = self.lock_recv();
+        self.take_proxy_header(&mut buf, deadline)?;
         loop {
             let missing = match buf.next_frame(max_payload) {
                 Ok(Decoded::Frame(frame)) => return Ok(f(&mut buf, frame)),
@@ -384,9 +462,9 @@ impl Connection {
                     // The rest of the stream cannot be found again: close it.
                     self.break_stream(format!(
                         "an earlier frame from {} was refused: {e}",
-                        self.peer
+                        self.peer_addr()
                     ));
-                    return Err(e.context(format!("receiving from {}", self.peer)));
+                    return Err(e.context(format!("receiving from {}", self.peer_addr())));
                 }
             };
             let spare = buf.spare(missing.max(4096));
@@ -398,6 +476,51 @@ impl Connection {
         }
     }
 
+    /// Consumes the PROXY protocol header at the start of the stream, if one
+    /// is expected, reading as needed.
+    fn take_proxy_header(&self, buf: &mut RecvBuffer, deadline: Wait) -> Result<()> {
+        let mut expect = lock(&self.expect_proxy);
+        let Some(mode) = *expect else {
+            return Ok(());
+        };
+        loop {
+            match proxy_protocol::parse(buf.pending()) {
+                Ok(Parsed::Header { len, source }) => {
+                    buf.consume(len);
+                    if let Some(source) = source {
+                        let _ = self.proxied_peer.set(format!("tcp://{source}"));
+                    }
+                    break;
+                }
+                Ok(Parsed::Absent) if mode == ProxyMode::Optional => break,
+                Ok(Parsed::Absent) => {
+                    let e = Error::new(
+                        ErrorKind::Protocol,
+                        format!(
+                            "{} sent no PROXY protocol header, which this server requires",
+                            self.peer_addr()
+                        ),
+                    );
+                    self.break_stream(e.detail().to_string());
+                    return Err(e);
+                }
+                Ok(Parsed::NeedMore) => {}
+                Err(e) => {
+                    self.break_stream(e.detail().to_string());
+                    return Err(e.context(format!("connection from {}", self.peer_addr())));
+                }
+            }
+            let spare = buf.spare(512);
+            let n = self.read_some(spare, deadline)?;
+            if n == 0 {
+                return Err(self.end_of_stream(buf.pending().len(), 1));
+            }
+            buf.commit(n);
+        }
+        *expect = None;
+        Ok(())
+    }
+
     fn end_of_stream(&self, have: usize, missing: usize) -> Error {
         if self.closing.load(Ordering::SeqCst) {
             return shutdown_error();
@@ -405,41 +528,49 @@ impl Connection {
         if have == 0 {
             return Error::new(
                 ErrorKind::Closed,
-                format!("{} closed the connection", self.peer),
+                format!("{} closed the connection", self.peer_addr()),
             );
         }
         Error::new(
             ErrorKind::TruncatedFrame,
             format!(
                 "{} closed the connection in the middle of a frame: {have} bytes received, {missing} more expected",
-                self.peer
+                self.peer_addr()
             ),
         )
     }
 
-    /// One recv(2) into `spare`, waiting at most until `deadline`.
-    fn read_some(&self, spare: &mut [u8], deadline: Option<Instant>) -> Result<usize> {
-        let flags = if deadline.is_some() {
-            libc::MSG_DONTWAIT
-        } else {
-            0
-        };
+    /// One recv(2) into `spare`, waiting as `wait` allows.
+    fn read_some(&self, spare: &mut [u8], wait: Wait) -> Result<usize> {
         loop {
-            match sys::recv(self.fd(), spare, flags) {
+            match sys::recv(self.fd(), spare, wait.flags()) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && deadline.is_some() => {
-                    let ready = sys::wait(self.fd(), Interest::Read, deadline)
-                        .map_err(|e| self.fail("waiting to receive from", &e))?;
-                    if !ready {
-                        return Err(Error::new(
-                            ErrorKind::TimedOut,
-                            format!("timed out receiving from {}", self.peer),
-                        ));
-                    }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.ready(Interest::Read, wait, "receiving from")?;
                 }
                 Err(e) => return Err(self.fail("receiving from", &e)),
             }
+        }
+    }
+}
+
+/// How long a send or receive may wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Forever,
+    Until(Instant),
+    /// Non-blocking mode.
+    Never,
+}
+
+impl Wait {
+    /// Blocking calls only when waiting for ever; otherwise the socket is
+    /// polled, so every wait is bounded.
+    fn flags(self) -> libc::c_int {
+        match self {
+            Wait::Forever => 0,
+            Wait::Until(_) | Wait::Never => libc::MSG_DONTWAIT,
         }
     }
 }

@@ -2,8 +2,11 @@
 //! callbacks and any thread that sends on it. Sending never blocks: frames
 //! are queued and the I/O thread writes them, many per system call.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use socket2::Socket;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_loop::Inbox;
@@ -37,9 +40,11 @@ pub struct EventConn {
     id: u64,
     token: usize,
     inbox: Arc<Inbox>,
-    peer: String,
+    socket_peer: String,
+    /// The client behind a load balancer, from a PROXY protocol header.
+    proxied_peer: std::sync::OnceLock<String>,
     local: String,
-    fd: i32,
+    socket: Socket,
     /// Encoded frames queued by `send`, not yet taken by the I/O thread.
     out: Mutex<Vec<u8>>,
     /// Bytes queued and not yet written (in `out` and the I/O thread's
@@ -61,7 +66,7 @@ pub(crate) struct EventConnParts {
     pub inbox: Arc<Inbox>,
     pub peer: String,
     pub local: String,
-    pub fd: i32,
+    pub socket: Socket,
     pub max_queued: usize,
     pub when_backed_up: WhenBackedUp,
 }
@@ -72,9 +77,10 @@ impl EventConn {
             id: p.id,
             token: p.token,
             inbox: p.inbox,
-            peer: p.peer,
+            socket_peer: p.peer,
+            proxied_peer: std::sync::OnceLock::new(),
             local: p.local,
-            fd: p.fd,
+            socket: p.socket,
             out: Mutex::new(Vec::new()),
             queued: AtomicUsize::new(0),
             max_queued: p.max_queued,
@@ -93,7 +99,7 @@ impl EventConn {
         if self.closed.load(Ordering::Acquire) || self.close_requested.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Closed,
-                format!("the connection with {} is closed", self.peer),
+                format!("the connection with {} is closed", self.peer_addr()),
             ));
         }
         let header = encode_header(payload.len() as u64);
@@ -118,7 +124,8 @@ impl EventConn {
     fn backed_up(&self, queued: usize) -> Error {
         let detail = format!(
             "{queued} bytes are already queued for {} (limit {}): the peer is not reading",
-            self.peer, self.max_queued
+            self.peer_addr(),
+            self.max_queued
         );
         if self.when_backed_up == WhenBackedUp::Close {
             self.close();
@@ -138,16 +145,24 @@ impl EventConn {
         }
     }
 
+    /// The peer's address; behind a proxy speaking the PROXY protocol,
+    /// the client's, once the header has been read.
     pub fn peer_addr(&self) -> &str {
-        &self.peer
+        self.proxied_peer.get().unwrap_or(&self.socket_peer)
     }
 
     pub fn local_addr(&self) -> &str {
         &self.local
     }
 
+    /// The socket's descriptor: open as long as this handle lives, so
+    /// options can be read and set (`socket()`), but never read or write it.
     pub fn fd(&self) -> i32 {
-        self.fd
+        self.socket.as_raw_fd()
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
     }
 
     /// Bytes queued for sending and not yet written.
@@ -173,8 +188,15 @@ impl EventConn {
         self.close_requested.load(Ordering::Acquire)
     }
 
+    pub(crate) fn set_proxied_peer(&self, peer: String) {
+        let _ = self.proxied_peer.set(peer);
+    }
+
+    /// The I/O thread let go of the connection: the stream is shut down in
+    /// both directions (the descriptor closes with the last handle).
     pub(crate) fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
     /// Moves the queued frames into `into` (empty), clearing the request

@@ -26,6 +26,7 @@ use crate::auth::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::deadlines::Deadlines;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
+use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
 use crate::server::{lock, Context};
 use crate::sys;
@@ -101,11 +102,14 @@ pub(crate) struct EngineShared {
 }
 
 struct Conn {
-    socket: Socket,
+    /// Shared with callbacks and senders; owns the socket.
     handle: Arc<EventConn>,
     /// A partial frame left over from the last read.
     recv: RecvBuffer,
+    /// A PROXY protocol header still expected before the first frame.
+    proxy: Option<ProxyMode>,
     handshake: Option<Handshake>,
+    /// The deadline of the handshake (and of a required PROXY header).
     handshake_deadline: Instant,
     /// Frames taken from the handle's queue, being written.
     writing: Vec<u8>,
@@ -265,7 +269,7 @@ impl IoThread {
             inbox: self.inbox.clone(),
             peer,
             local: format_sockaddr(&local),
-            fd,
+            socket,
             max_queued: config.max_queued_bytes,
             when_backed_up: if config.close_when_backed_up {
                 WhenBackedUp::Close
@@ -274,20 +278,15 @@ impl IoThread {
             },
         }));
         let now = Instant::now();
-        let handshake = if config.keys.is_empty() {
-            None
-        } else {
-            let mut nonce = [0u8; NONCE_LEN];
-            rand::rngs::SysRng.try_fill_bytes(&mut nonce).map_err(|e| {
-                Error::new(ErrorKind::Io, format!("the OS random source failed: {e}"))
-            })?;
-            Some(Handshake::new(Role::Server, config.keys.clone(), nonce))
+        let proxy = match config.proxy_protocol {
+            ProxyMode::Off => None,
+            mode => Some(mode),
         };
         entry.insert(Conn {
-            socket,
             handle,
             recv: RecvBuffer::default(),
-            handshake,
+            proxy,
+            handshake: None,
             handshake_deadline: now + config.handshake_timeout,
             writing: Vec::new(),
             written: 0,
@@ -297,21 +296,21 @@ impl IoThread {
             closing_since: None,
         });
         let conn = &mut self.conns[token];
-        match &mut conn.handshake {
-            Some(hs) => {
-                while let Some(msg) = hs.poll_transmit() {
-                    conn.handle.queue_internal(&msg);
-                }
-                self.deadlines.push(conn.handshake_deadline, token, id);
-                self.flush(token);
-            }
-            None => {
-                let outcome = open(&self.shared, conn);
+        if !config.keys.is_empty() || proxy.is_some() {
+            self.deadlines.push(conn.handshake_deadline, token, id);
+        }
+        // With a required PROXY header, everything waits for it (and for
+        // verify on the client's address).
+        if proxy != Some(ProxyMode::Required) {
+            let outcome = start(&self.shared, conn);
+            if conn.opened {
                 self.arm_idle(token);
-                if let Err(reason) = outcome {
-                    self.close(token, reason);
-                }
             }
+            if let Err(reason) = outcome {
+                self.close(token, reason);
+                return Ok(());
+            }
+            self.flush(token);
         }
         Ok(())
     }
@@ -352,7 +351,7 @@ impl IoThread {
         for turn in 0..READS_PER_TURN {
             let spare = buf.spare(16 * 1024);
             let spare_len = spare.len();
-            match sys::recv(conn.socket.as_raw_fd(), spare, 0) {
+            match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {
                     outcome = Err(Some(end_of_stream(conn, buf)));
                     break;
@@ -458,14 +457,18 @@ impl IoThread {
         let Some(conn) = self.conns.try_remove(token) else {
             return;
         };
-        let fd = conn.socket.as_raw_fd();
+        let fd = conn.handle.fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // Handles may outlive the connection (and keep the descriptor
+        // open): the peer must see the end now.
         conn.handle.mark_closed();
         let context = &self.shared.context;
         if conn.opened {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
+        } else if conn.proxy == Some(ProxyMode::Required) {
+            context.proxy_failures.fetch_add(1, Ordering::Relaxed);
         } else if conn.handshake.is_some() {
             context.handshake_failures.fetch_add(1, Ordering::Relaxed);
         }
@@ -491,7 +494,7 @@ impl IoThread {
             let config = &self.shared.context.config;
             let (due, why) = if let Some(since) = conn.closing_since {
                 (since + CLOSE_LINGER, None)
-            } else if conn.handshake.is_some() {
+            } else if conn.handshake.is_some() || conn.proxy == Some(ProxyMode::Required) {
                 let ms = config.handshake_timeout.as_millis();
                 (
                     conn.handshake_deadline,
@@ -532,6 +535,9 @@ impl IoThread {
 /// connection's send queue is backed up (reads pause) or it is closing.
 fn dispatch(shared: &EngineShared, conn: &mut Conn, buf: &mut RecvBuffer) -> Outcome {
     let config = &shared.context.config;
+    if conn.proxy.is_some() && !take_proxy_header(shared, conn, buf)? {
+        return Ok(());
+    }
     loop {
         if conn.read_paused || conn.handle.close_requested() {
             return Ok(());
@@ -574,6 +580,67 @@ fn dispatch(shared: &EngineShared, conn: &mut Conn, buf: &mut RecvBuffer) -> Out
     }
 }
 
+/// Consumes the PROXY protocol header at the start of `buf`: `false` while
+/// more bytes are needed. In required mode, verify runs on the address it
+/// names, then the handshake starts.
+fn take_proxy_header(
+    shared: &EngineShared,
+    conn: &mut Conn,
+    buf: &mut RecvBuffer,
+) -> std::result::Result<bool, Option<Error>> {
+    let Some(mode) = conn.proxy else {
+        return Ok(true);
+    };
+    let peer = conn.handle.peer_addr().to_string();
+    match proxy_protocol::parse(buf.pending()) {
+        Ok(Parsed::NeedMore) => return Ok(false),
+        Ok(Parsed::Header { len, source }) => {
+            buf.consume(len);
+            if let Some(source) = source {
+                conn.handle.set_proxied_peer(format!("tcp://{source}"));
+            }
+        }
+        Ok(Parsed::Absent) if mode == ProxyMode::Optional => {}
+        Ok(Parsed::Absent) => {
+            return Err(Some(Error::new(
+                ErrorKind::Protocol,
+                format!("{peer} sent no PROXY protocol header, which this server requires"),
+            )))
+        }
+        Err(e) => return Err(Some(e.context(format!("connection from {peer}")))),
+    }
+    conn.proxy = None;
+    if mode == ProxyMode::Required {
+        if !shared.context.verify(conn.handle.peer_addr()) {
+            return Err(None);
+        }
+        start(shared, conn)?;
+    }
+    Ok(true)
+}
+
+/// Starts a connection: the handshake when there are keys (its challenge
+/// queued), else it is open at once.
+fn start(shared: &EngineShared, conn: &mut Conn) -> Outcome {
+    let keys = &shared.context.config.keys;
+    if keys.is_empty() {
+        return open(shared, conn);
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::SysRng.try_fill_bytes(&mut nonce).map_err(|e| {
+        Some(Error::new(
+            ErrorKind::Io,
+            format!("the OS random source failed: {e}"),
+        ))
+    })?;
+    let mut hs = Handshake::new(Role::Server, keys.clone(), nonce);
+    while let Some(msg) = hs.poll_transmit() {
+        conn.handle.queue_internal(&msg);
+    }
+    conn.handshake = Some(hs);
+    Ok(())
+}
+
 /// Writes the connection's queued frames until all are written (`true`)
 /// or the socket is full (`false`).
 fn write_queued(conn: &mut Conn) -> Result<bool> {
@@ -587,7 +654,11 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
             }
         }
         let rest = &conn.writing[conn.written..];
-        match conn.socket.send_with_flags(rest, libc::MSG_NOSIGNAL) {
+        match conn
+            .handle
+            .socket()
+            .send_with_flags(rest, libc::MSG_NOSIGNAL)
+        {
             Ok(n) => {
                 conn.written += n;
                 conn.handle.written(n);

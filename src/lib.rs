@@ -27,9 +27,12 @@ pub mod ffi;
 pub mod frame;
 pub mod listener;
 pub mod mac;
+pub mod proxy_protocol;
 pub mod recv_buffer;
 pub mod server;
+pub mod sockopt;
 mod sys;
+pub mod systemd;
 mod threaded;
 
 pub use client::connect;

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::address::{format_sockaddr, Address};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::{sys, systemd};
 
 pub struct Listener {
     socket: Socket,
@@ -28,6 +30,8 @@ impl Listener {
         let bound = match addr {
             Address::Tcp { .. } => bind_tcp(addr, config)?,
             Address::Unix(path) => bind_unix(path, addr, config)?,
+            Address::Fd(fd) => inherit(*fd, addr)?,
+            Address::Systemd(which) => inherit(systemd::find(which)?, addr)?,
         };
         bound
             .socket
@@ -59,6 +63,44 @@ impl Drop for Listener {
     }
 }
 
+/// Serves on an inherited listening socket: ours to close from now on, not
+/// ours to unlink. On failure the descriptor is left open, still its
+/// owner's.
+fn inherit(fd: i32, addr: &Address) -> Result<Listener> {
+    let socket = sys::adopt_fd(fd).map_err(|e| Error::io(format_args!("adopting {addr}"), &e))?;
+    match check_inherited(&socket, addr) {
+        Ok(local) => Ok(Listener {
+            local,
+            socket,
+            unix_path: None,
+        }),
+        Err(e) => {
+            let _ = socket.into_raw_fd();
+            Err(e)
+        }
+    }
+}
+
+/// A listening stream socket, made close-on-exec; returns its address.
+fn check_inherited(socket: &Socket, addr: &Address) -> Result<String> {
+    let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
+    let refuse = |why: &str| Error::new(ErrorKind::InvalidArgument, format!("{addr}: {why}"));
+    let ty = socket.r#type().map_err(|e| fail("inspecting", e))?;
+    if ty != Type::STREAM {
+        return Err(refuse("not a stream socket"));
+    }
+    if !socket.is_listener().map_err(|e| fail("inspecting", e))? {
+        return Err(refuse("not a listening socket (listen(2) was not called)"));
+    }
+    socket
+        .set_cloexec(true)
+        .map_err(|e| fail("configuring", e))?;
+    let local = socket
+        .local_addr()
+        .map_err(|e| fail("reading the bound address of", e))?;
+    Ok(format_sockaddr(&local))
+}
+
 fn bind_tcp(addr: &Address, config: &Config) -> Result<Listener> {
     let target = addr.resolve()?.remove(0);
     let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
@@ -71,6 +113,11 @@ fn bind_tcp(addr: &Address, config: &Config) -> Result<Listener> {
     socket
         .set_reuse_port(config.reuse_port)
         .map_err(|e| fail("setting SO_REUSEPORT for", e))?;
+    if let (Some(only), Domain::IPV6) = (config.v6_only, domain) {
+        socket
+            .set_only_v6(only)
+            .map_err(|e| fail("setting IPV6_V6ONLY for", e))?;
+    }
     socket.bind(&target).map_err(|e| fail("binding", e))?;
     socket
         .listen(config.backlog)

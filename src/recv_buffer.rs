@@ -97,6 +97,12 @@ impl RecvBuffer {
         debug_assert!(self.end <= self.data.len());
     }
 
+    /// Drops the first `n` unread bytes (a preamble such as a PROXY header).
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.end - self.start, "consume past the unread bytes");
+        self.start += n;
+    }
+
     /// Forgets the unread bytes.
     pub fn clear(&mut self) {
         self.start = 0;

@@ -31,6 +31,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event_conn::EventHandler;
 use crate::event_engine::EventEngine;
 use crate::listener::Listener;
+use crate::proxy_protocol::ProxyMode;
 use crate::sys;
 use crate::threaded::Threaded;
 
@@ -51,6 +52,8 @@ pub struct Stats {
     pub refused_by_verify: u64,
     pub refused_when_full: u64,
     pub handshake_failures: u64,
+    /// Connections closed for a missing or malformed PROXY header.
+    pub proxy_failures: u64,
     pub handled: u64,
 }
 
@@ -68,12 +71,31 @@ pub(crate) trait Driver: Send + Sync {
 /// tell the accept loop that a slot freed.
 pub(crate) struct Context {
     pub config: Config,
+    verify: Mutex<Option<Verify>>,
     pub handshake_failures: AtomicU64,
+    pub proxy_failures: AtomicU64,
+    pub refused_by_verify: AtomicU64,
     pub handled: AtomicU64,
     wake_tx: UnixStream,
 }
 
 impl Context {
+    /// Runs the verify callback, if any, counting a refusal.
+    pub fn verify(&self, peer: &str) -> bool {
+        let verify = lock(&self.verify).clone();
+        let ok = verify.is_none_or(|verify| verify(peer));
+        if !ok {
+            self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Whether verify waits for the PROXY header (the client's address)
+    /// instead of running at accept time.
+    pub fn verify_after_proxy_header(&self) -> bool {
+        self.config.proxy_protocol == ProxyMode::Required
+    }
+
     /// Wakes the accept loop (a connection ended, or shutdown).
     pub fn wake(&self) {
         // A full socket buffer already holds a wake-up: WouldBlock is fine.
@@ -103,13 +125,11 @@ struct Shared {
     context: Arc<Context>,
     listener: Listener,
     mode: Mutex<Mode>,
-    verify: Mutex<Option<Verify>>,
     driver: OnceLock<Box<dyn Driver>>,
     state: Mutex<State>,
     stopping: AtomicBool,
     wake_rx: UnixStream,
     accepted: AtomicU64,
-    refused_by_verify: AtomicU64,
     refused_when_full: AtomicU64,
 }
 
@@ -129,19 +149,20 @@ impl Server {
             shared: Arc::new(Shared {
                 context: Arc::new(Context {
                     config: config.clone(),
+                    verify: Mutex::new(None),
                     handshake_failures: AtomicU64::new(0),
+                    proxy_failures: AtomicU64::new(0),
+                    refused_by_verify: AtomicU64::new(0),
                     handled: AtomicU64::new(0),
                     wake_tx,
                 }),
                 listener,
                 mode: Mutex::new(Mode::Threaded(None)),
-                verify: Mutex::new(None),
                 driver: OnceLock::new(),
                 state: Mutex::new(State::Idle),
                 stopping: AtomicBool::new(false),
                 wake_rx,
                 accepted: AtomicU64::new(0),
-                refused_by_verify: AtomicU64::new(0),
                 refused_when_full: AtomicU64::new(0),
             }),
             accept_thread: Mutex::new(None),
@@ -171,7 +192,7 @@ impl Server {
     /// Sets the verify callback; only before the server starts.
     pub fn set_verify(&self, verify: Verify) -> Result<()> {
         self.shared.expect_idle("set the verify callback")?;
-        *lock(&self.shared.verify) = Some(verify);
+        *lock(&self.shared.context.verify) = Some(verify);
         Ok(())
     }
 
@@ -223,9 +244,10 @@ impl Server {
         Stats {
             accepted: s.accepted.load(Ordering::Relaxed),
             active: s.driver.get().map_or(0, |d| d.running()) as u64,
-            refused_by_verify: s.refused_by_verify.load(Ordering::Relaxed),
+            refused_by_verify: s.context.refused_by_verify.load(Ordering::Relaxed),
             refused_when_full: s.refused_when_full.load(Ordering::Relaxed),
             handshake_failures: s.context.handshake_failures.load(Ordering::Relaxed),
+            proxy_failures: s.context.proxy_failures.load(Ordering::Relaxed),
             handled: s.context.handled.load(Ordering::Relaxed),
         }
     }
@@ -367,12 +389,8 @@ impl Shared {
     /// Verify, the cap, then the driver. A refused socket is dropped, which
     /// closes it.
     fn admit(&self, socket: Socket, peer: String, full: bool) {
-        let verify = lock(&self.verify).clone();
-        if let Some(verify) = verify {
-            if !verify(&peer) {
-                self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        if !self.context.verify_after_proxy_header() && !self.context.verify(&peer) {
+            return;
         }
         if full {
             self.refused_when_full.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The few system calls that neither std nor socket2 offer safely: poll(2)
-//! with a deadline, and recv(2) and recvfrom(2) with flags into an
-//! initialised buffer.
+//! with a deadline, recv(2) and recvfrom(2) with flags into an initialised
+//! buffer, and taking ownership of an inherited descriptor.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -123,4 +123,18 @@ pub fn recv_from(
             }
         })
     }
+}
+
+/// Takes ownership of an inherited descriptor (`fd://N`, systemd), after
+/// checking that it is open. It is closed when the socket drops.
+pub fn adopt_fd(fd: RawFd) -> io::Result<socket2::Socket> {
+    // SAFETY: fcntl(F_GETFD) reads the descriptor's flags and touches no
+    // memory; EBADF tells us the descriptor is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open, and the caller hands it over (the
+    // documented contract of fd:// and systemd:// addresses: each is used
+    // once), so this socket is its only owner.
+    Ok(unsafe { <socket2::Socket as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

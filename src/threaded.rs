@@ -119,6 +119,15 @@ impl Shared {
                 conn.close_for_shutdown();
             }
         }
+        if self.context.verify_after_proxy_header() {
+            if conn.read_proxy_header(config.handshake_timeout).is_err() {
+                self.context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if !self.context.verify(conn.peer_addr()) {
+                return;
+            }
+        }
         if !config.keys.is_empty()
             && conn
                 .handshake(Role::Server, config.keys.clone(), config.handshake_timeout)

@@ -170,39 +170,36 @@ fn bad_inputs(mode: Mode) {
     eprintln!("{mode:?}: the canary exchanged {exchanged} frames during the bad inputs");
 }
 
-#[test]
-fn client_refuses_a_challenge_without_its_prefix() {
+/// Connects a keyed client to a fake server that opens with `challenge`;
+/// returns the client's error.
+fn client_error_for_challenge(challenge: Vec<u8>) -> sockserv::Error {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("tcp://{}", listener.local_addr().unwrap());
     let fake = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        raw_write_frame(&mut s, &[b"#HELLO#{sha256}".as_slice(), &[1; 40]].concat());
+        raw_write_frame(&mut s, &challenge);
         let mut rest = Vec::new();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = s.read_to_end(&mut rest);
     });
     let e = connect(&addr, &config_with_key(KEY)).err().unwrap();
+    fake.join().unwrap();
+    e
+}
+
+#[test]
+fn client_refuses_a_challenge_without_its_prefix() {
+    let e = client_error_for_challenge([b"#HELLO#{sha256}".as_slice(), &[1; 40]].concat());
     assert_eq!(e.kind(), ErrorKind::AuthProtocol, "{e}");
     assert!(e.detail().contains("#CHALLENGE#"), "{e}");
-    fake.join().unwrap();
 }
 
 #[test]
 fn client_refuses_a_legacy_md5_challenge() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("tcp://{}", listener.local_addr().unwrap());
-    let fake = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        // Python 3.11's challenge: the prefix and 20 bare random bytes.
-        raw_write_frame(&mut s, &[CHALLENGE, &[7; 20]].concat());
-        let mut rest = Vec::new();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = s.read_to_end(&mut rest);
-    });
-    let e = connect(&addr, &config_with_key(KEY)).err().unwrap();
+    // Python 3.11's challenge: the prefix and 20 bare random bytes.
+    let e = client_error_for_challenge([CHALLENGE, &[7; 20]].concat());
     assert_eq!(e.kind(), ErrorKind::AuthProtocol, "{e}");
     assert!(e.detail().contains("legacy"), "{e}");
-    fake.join().unwrap();
 }
 
 #[test]

@@ -114,6 +114,16 @@ impl EventHandler for Flooder {
     }
 }
 
+/// The first connection a Flooder saw open, once it has.
+fn first_open(handler: &Flooder) -> Arc<EventConn> {
+    assert!(wait_until(Duration::from_secs(10), || !handler
+        .conns
+        .lock()
+        .unwrap()
+        .is_empty()));
+    handler.conns.lock().unwrap()[0].clone()
+}
+
 fn flood_config(limit: usize, close: bool) -> Config {
     Config {
         max_queued_bytes: limit,
@@ -132,12 +142,7 @@ fn a_peer_that_does_not_read_meets_the_queue_limit() {
         handler.clone(),
     );
     let client = connect(server.local_addr(), &Config::default()).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !handler
-        .conns
-        .lock()
-        .unwrap()
-        .is_empty()));
-    let conn = handler.conns.lock().unwrap()[0].clone();
+    let conn = first_open(&handler);
     let frame = vec![7u8; 64 * 1024];
     let mut sent = 0usize;
     let refused = loop {
@@ -169,12 +174,7 @@ fn a_peer_that_does_not_read_can_be_closed_instead() {
         handler.clone(),
     );
     let _client = connect(server.local_addr(), &Config::default()).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !handler
-        .conns
-        .lock()
-        .unwrap()
-        .is_empty()));
-    let conn = handler.conns.lock().unwrap()[0].clone();
+    let conn = first_open(&handler);
     let frame = vec![1u8; 64 * 1024];
     let refused = (0..100_000).find_map(|_| conn.send(&frame).err()).unwrap();
     assert_eq!(refused.kind(), ErrorKind::Closed, "{refused}");
@@ -394,12 +394,7 @@ fn sends_from_other_threads_reach_the_peer_in_order() {
     let handler = Arc::new(Flooder::default());
     let server = event_server("tcp://127.0.0.1:0", &Config::default(), handler.clone());
     let client = connect(server.local_addr(), &Config::default()).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || !handler
-        .conns
-        .lock()
-        .unwrap()
-        .is_empty()));
-    let conn = handler.conns.lock().unwrap()[0].clone();
+    let conn = first_open(&handler);
     let senders: Vec<_> = (0..4u8)
         .map(|t| {
             let conn = conn.clone();

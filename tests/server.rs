@@ -377,13 +377,90 @@ fn poll_reports_readability() {
 
 #[test]
 fn socket_options_defaults_and_setters() {
+    use sockserv::sockopt::{get, set, SockOpt};
     let server = echo_server("tcp://127.0.0.1:0", &Config::default());
     let client = connect(server.local_addr(), &Config::default()).unwrap();
-    assert!(client.nodelay().unwrap());
-    client.set_nodelay(false).unwrap();
-    assert!(!client.nodelay().unwrap());
-    client
-        .set_keepalive_timing(Duration::from_secs(30), Duration::from_secs(5), 3)
-        .unwrap();
+    let socket = client.socket();
+    assert_eq!(
+        get(socket, SockOpt::NoDelay).unwrap(),
+        1,
+        "TCP_NODELAY is on by default"
+    );
+    set(socket, SockOpt::NoDelay, 0).unwrap();
+    assert_eq!(get(socket, SockOpt::NoDelay).unwrap(), 0);
+    set(socket, SockOpt::KeepAliveIdle, 30).unwrap();
+    assert_eq!(get(socket, SockOpt::KeepAliveIdle).unwrap(), 30);
+    set(socket, SockOpt::SendBuffer, 1 << 16).unwrap();
+    assert!(get(socket, SockOpt::SendBuffer).unwrap() >= 1 << 16);
     assert!(client.fd() >= 0);
+    roundtrip(&client, b"options do not disturb the framing");
+}
+
+#[test]
+fn non_blocking_mode_never_tears_a_frame() {
+    const FRAME: usize = 100 * 1024;
+    let release = Arc::new(AtomicBool::new(false));
+    let server = Server::bind("tcp://127.0.0.1:0", &Config::default()).unwrap();
+    let wait = release.clone();
+    server
+        .set_handler(Arc::new(move |conn: &Arc<Connection>| {
+            wait_until(Duration::from_secs(20), || wait.load(Ordering::SeqCst));
+            // Count whole, intact frames until "end"; report the count.
+            let mut count = 0u32;
+            loop {
+                let frame = conn.recv_with(|f| f.to_vec()).unwrap();
+                if frame == b"end" {
+                    break;
+                }
+                assert_eq!(frame.len(), FRAME);
+                assert!(frame.iter().all(|&b| b == frame[0]), "a torn frame");
+                count += 1;
+            }
+            conn.send(&count.to_be_bytes()).unwrap();
+        }))
+        .unwrap();
+    server.start().unwrap();
+    let client = connect(server.local_addr(), &Config::default()).unwrap();
+    client.set_nonblocking(true);
+    assert_eq!(kind(client.recv_with(|_| ())), ErrorKind::WouldBlock);
+    // Send until the kernel takes nothing more.
+    let mut accepted = 0u32;
+    let refused = loop {
+        match client.send(&vec![(accepted % 251) as u8; FRAME]) {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 10_000, "the peer's buffers never filled");
+    };
+    assert_eq!(refused.kind(), ErrorKind::WouldBlock, "{refused}");
+    // The peer reads; the tail of the last frame goes out on flush.
+    release.store(true, Ordering::SeqCst);
+    assert!(wait_until(Duration::from_secs(20), || client
+        .flush()
+        .is_ok()));
+    client.set_nonblocking(false);
+    client.send(b"end").unwrap();
+    client.set_timeout(Some(Duration::from_secs(20)));
+    let count = client
+        .recv_with(|f| u32::from_be_bytes(f.try_into().unwrap()))
+        .unwrap();
+    assert_eq!(count, accepted, "every accepted frame arrived whole");
+}
+
+#[test]
+fn ipv6_only_listeners_refuse_ipv4_clients() {
+    for (only, v4_works) in [(true, false), (false, true)] {
+        let config = Config {
+            v6_only: Some(only),
+            ..Config::default()
+        };
+        let server = echo_server("tcp://[::]:0", &config);
+        let port = server.local_addr().rsplit(':').next().unwrap().to_string();
+        roundtrip(
+            &connect(&format!("tcp://[::1]:{port}"), &config).unwrap(),
+            b"v6",
+        );
+        let v4 = connect(&format!("tcp://127.0.0.1:{port}"), &config);
+        assert_eq!(v4.is_ok(), v4_works, "v6_only={only}");
+    }
 }

@@ -8,9 +8,13 @@ use std::time::Duration;
 use super::{arg_mut, bytes, guard, guard_value, out, sockserv_result};
 use crate::config::{Config, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
+use crate::proxy_protocol::ProxyMode;
 
 /// Settings for servers and clients (opaque). Create with
-/// `sockserv_config_new`, free with `sockserv_config_free`.
+/// `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
+/// not change one from two threads at once (reading it in `_new` calls from
+/// several threads is fine). Setters refuse out-of-range values with
+/// `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
 pub struct sockserv_config {
     pub(super) inner: Config,
 }
@@ -220,6 +224,20 @@ pub unsafe extern "C" fn sockserv_config_set_reuse_port(
     })
 }
 
+/// IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
+/// clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
+/// the system's default stands (Linux: false).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_v6_only(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.v6_only = Some(on);
+        Ok(())
+    })
+}
+
 /// TCP_NODELAY on new TCP connections (default on: frames leave at once).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_nodelay(
@@ -302,6 +320,42 @@ pub unsafe extern "C" fn sockserv_config_set_idle_timeout_ms(
 ) -> sockserv_result {
     with_config(config, |c| {
         c.idle_timeout = (timeout_ms > 0).then(|| ms(timeout_ms));
+        Ok(())
+    })
+}
+
+/// `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
+pub const SOCKSERV_PROXY_OFF: c_int = 0;
+/// A connection may start with a PROXY header (v1 or v2); if it does, the
+/// client's address it names becomes the connection's peer address. The
+/// verify callback still runs at accept time, on the socket's peer.
+pub const SOCKSERV_PROXY_OPTIONAL: c_int = 1;
+/// Every connection must start with a PROXY header (the way to run behind
+/// HAProxy): verify runs on the client's address it names, before the
+/// handshake; a missing or malformed header closes the connection
+/// (`SOCKSERV_STAT_PROXY_FAILURES`).
+pub const SOCKSERV_PROXY_REQUIRED: c_int = 2;
+
+/// Servers: whether connections start with a PROXY protocol header from a
+/// load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
+/// Clients ignore it.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_proxy_protocol(
+    config: *mut sockserv_config,
+    mode: c_int,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.proxy_protocol = match mode {
+            SOCKSERV_PROXY_OFF => ProxyMode::Off,
+            SOCKSERV_PROXY_OPTIONAL => ProxyMode::Optional,
+            SOCKSERV_PROXY_REQUIRED => ProxyMode::Required,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("PROXY protocol mode {other} is none of SOCKSERV_PROXY_OFF, _OPTIONAL, _REQUIRED"),
+                ))
+            }
+        };
         Ok(())
     })
 }

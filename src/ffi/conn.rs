@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::conn::{Connection, RecvInto};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_conn::EventConn;
+use crate::sockopt::{self, SockOpt};
 
 /// A framed connection (opaque). Sending is safe from several threads at
 /// once (frames never interleave), and one thread may receive while others
@@ -53,6 +54,13 @@ impl sockserv_conn {
                 ErrorKind::InvalidState,
                 format!("{doing} is not available on an event-mode connection (frames arrive in on_frame)"),
             )),
+        }
+    }
+
+    fn socket(&self) -> &Socket {
+        match &self.kind {
+            ConnKind::Blocking(conn) => conn.socket(),
+            ConnKind::Event(conn) => conn.socket(),
         }
     }
 
@@ -123,7 +131,9 @@ pub unsafe extern "C" fn sockserv_connect(
 /// the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
 /// `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
 /// then frames over it. On success the connection owns `fd` and closes it
-/// when freed; on failure `fd` is left open and still yours.
+/// when freed; on failure `fd` is left open and still yours. A
+/// non-blocking `fd` works too (sockserv waits with poll(2)); for
+/// non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_from_fd(
     fd: c_int,
@@ -185,7 +195,9 @@ fn invalid(detail: String) -> Error {
 /// Blocking connections: returns when the kernel took all of it, or the
 /// timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
 /// out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
-/// stream would be out of sync.
+/// stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
+/// went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
+/// `_IO`.
 ///
 /// Event-mode connections: never blocks, from any thread (inside
 /// `on_frame` too): the frame is copied into the connection's queue and its
@@ -212,7 +224,12 @@ pub unsafe extern "C" fn sockserv_conn_send(
 /// Receives the next frame, whole, without copying: `*data` and `*len`
 /// point into the connection's buffer, valid until the next receive or
 /// poll on this connection or its free. `*data` is not NULL, even for an
-/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames.
+/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
+/// other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
+/// connection is then closed), `_TIMED_OUT` (what arrived is kept),
+/// `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
+/// `_INVALID_STATE` on an event-mode connection (frames arrive in
+/// `on_frame`).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv(
     conn: *const sockserv_conn,
@@ -232,7 +249,8 @@ pub unsafe extern "C" fn sockserv_conn_recv(
 
 /// Receives the next frame into `buf` (`cap` bytes) and writes its size to
 /// `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
-/// the size needed, and the frame stays queued for the next receive.
+/// the size needed, and the frame stays queued for the next receive. Other
+/// codes as `sockserv_conn_recv`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv_into(
     conn: *const sockserv_conn,
@@ -262,7 +280,8 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
 /// Waits up to `timeout_ms` (negative: for ever, 0: just check) for
 /// something to receive: `*readable` is true when a frame is buffered or
 /// data, end of stream or an error is waiting on the socket (so a receive
-/// will not wait for the first byte).
+/// will not wait for the first byte). Blocking connections only
+/// (`SOCKSERV_ERR_INVALID_STATE` in event mode).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_poll(
     conn: *const sockserv_conn,
@@ -329,7 +348,9 @@ pub unsafe extern "C" fn sockserv_conn_fd(
 
 /// Sets the timeout of each later send and receive (0: wait for ever), like
 /// Python's settimeout. A receive that times out keeps what arrived of a
-/// frame, and the connection stays usable.
+/// frame, and the connection stays usable. Blocking connections only
+/// (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
+/// `sockserv_config_set_idle_timeout_ms`).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
     conn: *const sockserv_conn,
@@ -360,14 +381,112 @@ pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
     })
 }
 
-/// Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix sockets).
+/// `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
+pub const SOCKSERV_OPT_NODELAY: c_int = 0;
+/// SO_KEEPALIVE, 0 or 1.
+pub const SOCKSERV_OPT_KEEPALIVE: c_int = 1;
+/// TCP_KEEPIDLE: seconds of silence before the first keepalive probe.
+pub const SOCKSERV_OPT_KEEPALIVE_IDLE: c_int = 2;
+/// TCP_KEEPINTVL: seconds between keepalive probes.
+pub const SOCKSERV_OPT_KEEPALIVE_INTERVAL: c_int = 3;
+/// TCP_KEEPCNT: unanswered probes before the connection is dropped.
+pub const SOCKSERV_OPT_KEEPALIVE_COUNT: c_int = 4;
+/// SO_RCVBUF in bytes (Linux reports twice the value set).
+pub const SOCKSERV_OPT_RCVBUF: c_int = 5;
+/// SO_SNDBUF in bytes (Linux reports twice the value set).
+pub const SOCKSERV_OPT_SNDBUF: c_int = 6;
+/// SO_LINGER in seconds; -1 turns it off.
+pub const SOCKSERV_OPT_LINGER: c_int = 7;
+/// Non-blocking mode, 0 or 1 (blocking connections only): see
+/// `sockserv_conn_set_option`.
+pub const SOCKSERV_OPT_NONBLOCKING: c_int = 8;
+
+fn socket_option(option: c_int) -> Result<SockOpt> {
+    Ok(match option {
+        SOCKSERV_OPT_NODELAY => SockOpt::NoDelay,
+        SOCKSERV_OPT_KEEPALIVE => SockOpt::KeepAlive,
+        SOCKSERV_OPT_KEEPALIVE_IDLE => SockOpt::KeepAliveIdle,
+        SOCKSERV_OPT_KEEPALIVE_INTERVAL => SockOpt::KeepAliveInterval,
+        SOCKSERV_OPT_KEEPALIVE_COUNT => SockOpt::KeepAliveCount,
+        SOCKSERV_OPT_RCVBUF => SockOpt::RecvBuffer,
+        SOCKSERV_OPT_SNDBUF => SockOpt::SendBuffer,
+        SOCKSERV_OPT_LINGER => SockOpt::Linger,
+        other => return Err(invalid(format!("unknown option {other}"))),
+    })
+}
+
+/// Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
+/// said otherwise); TCP options on a Unix socket give `SOCKSERV_ERR_IO`.
+///
+/// `SOCKSERV_OPT_NONBLOCKING` 1: a receive with no whole frame ready
+/// returns `SOCKSERV_ERR_WOULD_BLOCK` at once (what arrived of a frame is
+/// kept), and so does a send the kernel cannot take at all. A send the
+/// kernel took part of succeeds: the rest of that frame is kept and written
+/// before anything else by the next send or `sockserv_conn_flush`, so frames
+/// are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
+/// POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_set_option(
+    conn: *const sockserv_conn,
+    option: c_int,
+    value: i64,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        if option == SOCKSERV_OPT_NONBLOCKING {
+            let on = match value {
+                0 | 1 => value == 1,
+                _ => {
+                    return Err(invalid(format!(
+                        "non-blocking value {value} is neither 0 nor 1"
+                    )))
+                }
+            };
+            c.blocking("SOCKSERV_OPT_NONBLOCKING")?.set_nonblocking(on);
+            return Ok(());
+        }
+        sockopt::set(c.socket(), socket_option(option)?, value)
+    })
+}
+
+/// Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_get_option(
+    conn: *const sockserv_conn,
+    option: c_int,
+    value: *mut i64,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let value = unsafe { out(value, "value") }?;
+        value.put(if option == SOCKSERV_OPT_NONBLOCKING {
+            c.blocking("SOCKSERV_OPT_NONBLOCKING")?
+                .is_nonblocking()
+                .into()
+        } else {
+            sockopt::get(c.socket(), socket_option(option)?)?
+        });
+        Ok(())
+    })
+}
+
+/// Non-blocking mode: writes the rest of a frame an earlier send could not
+/// finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
+/// while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
+/// the timeout.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_flush(conn: *const sockserv_conn) -> sockserv_result {
+    with_conn(conn, |c| c.blocking("sockserv_conn_flush")?.flush())
+}
+
+/// Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
+/// sockets). The same as `SOCKSERV_OPT_NODELAY`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_nodelay(
     conn: *const sockserv_conn,
     on: bool,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        c.blocking("sockserv_conn_set_nodelay")?.set_nodelay(on)
+        sockopt::set(c.socket(), SockOpt::NoDelay, on.into())
     })
 }
 
@@ -380,7 +499,7 @@ pub unsafe extern "C" fn sockserv_conn_get_nodelay(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let on = unsafe { out(on, "on") }?;
-        on.put(c.blocking("sockserv_conn_get_nodelay")?.nodelay()?);
+        on.put(sockopt::get(c.socket(), SockOpt::NoDelay)? == 1);
         Ok(())
     })
 }
@@ -398,11 +517,12 @@ pub unsafe extern "C" fn sockserv_conn_set_keepalive(
     count: u32,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        let conn = c.blocking("sockserv_conn_set_keepalive")?;
-        conn.set_keepalive(on)?;
+        let socket = c.socket();
+        sockopt::set(socket, SockOpt::KeepAlive, on.into())?;
         if on && idle_s > 0 && interval_s > 0 && count > 0 {
-            let secs = |s: u32| Duration::from_secs(s.into());
-            conn.set_keepalive_timing(secs(idle_s), secs(interval_s), count)?;
+            sockopt::set(socket, SockOpt::KeepAliveIdle, idle_s.into())?;
+            sockopt::set(socket, SockOpt::KeepAliveInterval, interval_s.into())?;
+            sockopt::set(socket, SockOpt::KeepAliveCount, count.into())?;
         }
         Ok(())
     })

@@ -5,7 +5,8 @@ use crate::error::{Error, ErrorKind};
 use crate::mac;
 
 /// Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
-/// for 32 bytes. Any key length
+/// for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
+/// non-zero length. Any key length
 /// works, 0 included; NULL is allowed for a length of 0.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_hmac_sha256(

@@ -38,7 +38,10 @@ pub type sockserv_verify_fn =
 
 /// Event mode: a connection passed the handshake (or needs none). `conn`
 /// stays valid until `on_close` for it returns; other threads may send on
-/// it until then. Runs on the connection's I/O thread.
+/// it until then. Runs on the connection's I/O thread; with several I/O
+/// threads, callbacks for different connections run at the same time, so
+/// `userdata` must be safe to share between threads. Like every callback:
+/// must not throw a C++ exception or longjmp out.
 pub type sockserv_open_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, conn: *mut sockserv_conn)>;
 
@@ -76,8 +79,12 @@ pub const SOCKSERV_STAT_REFUSED_BY_VERIFY: c_int = 2;
 pub const SOCKSERV_STAT_REFUSED_WHEN_FULL: c_int = 3;
 /// Connections whose handshake failed (wrong key, timeout, bad messages).
 pub const SOCKSERV_STAT_HANDSHAKE_FAILURES: c_int = 4;
-/// Connections whose handler ran and returned.
+/// Connections whose handler ran and returned (event mode: that opened and
+/// closed).
 pub const SOCKSERV_STAT_HANDLED: c_int = 5;
+/// Connections closed for a missing or malformed PROXY protocol header
+/// (`SOCKSERV_PROXY_REQUIRED`).
+pub const SOCKSERV_STAT_PROXY_FAILURES: c_int = 6;
 
 /// A C `userdata` pointer, carried to the threads that run callbacks.
 #[derive(Clone, Copy)]
@@ -113,7 +120,8 @@ pub unsafe extern "C" fn sockserv_server_new(
 
 /// Sets the function run for each authenticated connection (NULL: none;
 /// the connection is closed after the handshake). Only before the server
-/// starts, else `SOCKSERV_ERR_INVALID_STATE`.
+/// starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
+/// until `sockserv_server_free` returns.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_handler(
     server: *const sockserv_server,
@@ -205,8 +213,10 @@ impl EventHandler for CEvents {
 /// Makes the server event-driven: instead of a thread per connection, a
 /// few I/O threads (`sockserv_config_set_io_threads`) hold every connection
 /// and call `on_open`, `on_frame` for each whole frame, and `on_close`
-/// (any may be NULL). Only before the server starts; replaces a handler
-/// set with `sockserv_server_set_handler`.
+/// (any may be NULL). Only before the server starts, else
+/// `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+/// `sockserv_server_set_handler`. `userdata` must stay valid until
+/// `sockserv_server_free` returns.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_event_handlers(
     server: *const sockserv_server,
@@ -228,7 +238,9 @@ pub unsafe extern "C" fn sockserv_server_set_event_handlers(
 }
 
 /// Sets the function that accepts or refuses each peer by address (NULL:
-/// accept all). Only before the server starts.
+/// accept all). Only before the server starts, else
+/// `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
+/// `sockserv_server_free` returns.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_verify(
     server: *const sockserv_server,
@@ -276,7 +288,9 @@ pub unsafe extern "C" fn sockserv_server_local_addr(
 
 /// Serves on the calling thread until `sockserv_server_shutdown`, then
 /// returns `SOCKSERV_OK` (handlers still running go on). Like
-/// `serve_forever`. A server serves once: after shutdown, create a new one.
+/// `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
+/// it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
+/// a new one).
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -285,7 +299,9 @@ pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -
     })
 }
 
-/// Serves on a background thread and returns at once.
+/// Serves on a background thread and returns at once. The same codes as
+/// `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
+/// started.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -295,8 +311,10 @@ pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -
 }
 
 /// Stops accepting, from any thread (a handler too), and returns at once:
-/// `sockserv_server_serve` returns promptly. Live connections go on until
-/// their handlers return or the server is freed.
+/// `sockserv_server_serve` returns promptly, and the listener refuses new
+/// clients. Live connections go on until their handlers return or the
+/// server is freed. Not async-signal-safe: from a signal, wake a thread of
+/// yours (sigwait, a self-pipe) and call it there.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_shutdown(
     server: *const sockserv_server,
@@ -308,7 +326,8 @@ pub unsafe extern "C" fn sockserv_server_shutdown(
     })
 }
 
-/// Reads one counter (`SOCKSERV_STAT_*`) into `*value`.
+/// Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
+/// gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_stat(
     server: *const sockserv_server,
@@ -326,6 +345,7 @@ pub unsafe extern "C" fn sockserv_server_stat(
             SOCKSERV_STAT_REFUSED_WHEN_FULL => s.refused_when_full,
             SOCKSERV_STAT_HANDSHAKE_FAILURES => s.handshake_failures,
             SOCKSERV_STAT_HANDLED => s.handled,
+            SOCKSERV_STAT_PROXY_FAILURES => s.proxy_failures,
             other => {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
@@ -341,8 +361,8 @@ pub unsafe extern "C" fn sockserv_server_stat(
 /// connection (a handler blocked in send or receive gets
 /// `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
 /// thread, closes the listener and removes its Unix socket file. Call it
-/// after `sockserv_server_serve` has returned, never from a handler. NULL
-/// does nothing.
+/// after `sockserv_server_serve` has returned, never from a handler, verify
+/// or event callback (it would wait for itself). NULL does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_free(server: *mut sockserv_server) {
     guard_value((), || {

@@ -392,6 +392,8 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_config_set_max_queued_bytes(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_close_when_backed_up(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_idle_timeout_ms(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(NULL, SOCKSERV_PROXY_OFF),
+              SOCKSERV_ERR_NULL_PARAMETER);
 
     /* Clients; outputs stay untouched on failure. */
     sockserv_conn *conn = UNTOUCHED;
@@ -426,6 +428,13 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_conn_set_keepalive(NULL, true, 1, 1, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_userdata(NULL, config), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_close(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_flush(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_set_option(NULL, SOCKSERV_OPT_NODELAY, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    {
+        int64_t v = 0;
+        EXPECT_RC(sockserv_conn_get_option(NULL, SOCKSERV_OPT_NODELAY, &v),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+    }
     CHECK(sockserv_conn_get_userdata(NULL) == NULL);
 
     /* Servers. */
@@ -513,6 +522,8 @@ static void test_config_setters(void)
 
     EXPECT_RC(sockserv_config_set_reuse_address(c, false), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_reuse_port(c, true), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_v6_only(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_v6_only(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_nodelay(c, false), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_keepalive(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_max_queued_bytes(c, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
@@ -520,6 +531,10 @@ static void test_config_setters(void)
     EXPECT_RC(sockserv_config_set_io_threads(c, 0), SOCKSERV_OK); /* 0: one per core */
     EXPECT_RC(sockserv_config_set_io_threads(c, 2), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_idle_timeout_ms(c, 0), SOCKSERV_OK); /* 0: never */
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_REQUIRED), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_OPTIONAL), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, 3), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_OFF), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_close_when_backed_up(c, true), SOCKSERV_OK);
     sockserv_config_free(c);
 }
@@ -826,9 +841,38 @@ static void test_exchange(const char *listen_addr)
         EXPECT_RC(sockserv_conn_get_nodelay(conn, &flag), SOCKSERV_OK);
         CHECK(!flag);
         EXPECT_RC(sockserv_conn_set_keepalive(conn, true, 10, 5, 3), SOCKSERV_OK);
+        int64_t v = 0;
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_KEEPALIVE_IDLE, &v), SOCKSERV_OK);
+        CHECK(v == 10);
         EXPECT_RC(sockserv_conn_set_keepalive(conn, false, 0, 0, 0), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_KEEPALIVE, &v), SOCKSERV_OK);
+        CHECK(v == 0);
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_LINGER, 2), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_LINGER, &v), SOCKSERV_OK);
+        CHECK(v == 2);
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_LINGER, -1), SOCKSERV_OK);
     } else {
         EXPECT_RC(sockserv_conn_set_nodelay(conn, true), SOCKSERV_ERR_IO);
+    }
+    {
+        /* Options every transport has, and the ones out of range. */
+        int64_t v = 0;
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_RCVBUF, 65536), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_RCVBUF, &v), SOCKSERV_OK);
+        CHECK(v >= 65536);
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_RCVBUF, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
+        EXPECT_RC(sockserv_conn_set_option(conn, 999, 1), SOCKSERV_ERR_INVALID_ARGUMENT);
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_RCVBUF, NULL),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        /* Non-blocking: nothing to receive yet, and nothing left to flush. */
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_NONBLOCKING, 1), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_get_option(conn, SOCKSERV_OPT_NONBLOCKING, &v), SOCKSERV_OK);
+        CHECK(v == 1);
+        const uint8_t *nb_data;
+        size_t nb_len;
+        EXPECT_RC(sockserv_conn_recv(conn, &nb_data, &nb_len), SOCKSERV_ERR_WOULD_BLOCK);
+        EXPECT_RC(sockserv_conn_flush(conn), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_set_option(conn, SOCKSERV_OPT_NONBLOCKING, 0), SOCKSERV_OK);
     }
 
     /* Userdata on our own handle. */
@@ -842,6 +886,7 @@ static void test_exchange(const char *listen_addr)
     CHECK(stat_of(server, SOCKSERV_STAT_ACTIVE) == 1);
     CHECK(stat_of(server, SOCKSERV_STAT_HANDLED) == 0);
     CHECK(stat_of(server, SOCKSERV_STAT_HANDSHAKE_FAILURES) == 0);
+    CHECK(stat_of(server, SOCKSERV_STAT_PROXY_FAILURES) == 0);
 
     /* A wrong key is refused with AUTH_FAILED; the server counts it. */
     sockserv_config *wrong = config_with_key(WRONG_KEY, sizeof WRONG_KEY - 1);
