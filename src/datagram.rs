@@ -688,6 +688,13 @@ fn bind_socket(addr: &DgramAddress, target: &SockAddr, config: &Config) -> Resul
         socket
             .set_reuse_port(config.reuse_port)
             .map_err(|e| fail("setting SO_REUSEPORT for", e))?;
+        // As for stream listeners: udp://[::]:PORT takes IPv4 too unless
+        // told otherwise.
+        if let (Some(only), Domain::IPV6) = (config.v6_only, target.domain()) {
+            socket
+                .set_only_v6(only)
+                .map_err(|e| fail("setting IPV6_V6ONLY for", e))?;
+        }
     }
     socket.bind(target).map_err(|e| fail("binding", e))?;
     let unix_path = match addr {

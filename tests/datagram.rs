@@ -739,3 +739,32 @@ fn a_connected_udp_socket_learns_of_a_closed_port() {
     let err = s.recv().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
 }
+
+#[test]
+fn an_ipv6_wildcard_server_takes_ipv4_unless_v6_only() {
+    for (v6_only, answered) in [(None, true), (Some(true), false)] {
+        let mut cfg = config(None);
+        cfg.v6_only = v6_only;
+        let server = echo_server("udp://[::]:0", &cfg);
+        let port = server.local_addr().rsplit_once(':').unwrap().1.to_string();
+        let v4 = DgramSocket::unbound(&config(None));
+        v4.set_timeout(Some(Duration::from_millis(300)));
+        v4.send_to(&format!("udp://127.0.0.1:{port}"), b"v4")
+            .unwrap();
+        match v4.recv() {
+            Ok((payload, from)) => {
+                assert!(answered, "{v6_only:?}: a v6-only server answered IPv4");
+                assert_eq!(payload, b"v4");
+                assert_eq!(from, format!("udp://127.0.0.1:{port}"));
+            }
+            Err(e) => {
+                assert!(!answered, "{v6_only:?}: {e}");
+                assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+            }
+        }
+        // IPv6 is served either way.
+        let v6 = DgramSocket::unbound(&config(None));
+        v6.send_to(&format!("udp://[::1]:{port}"), b"v6").unwrap();
+        assert_eq!(v6.recv().unwrap().0, b"v6");
+    }
+}
