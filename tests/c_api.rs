@@ -233,7 +233,7 @@ impl Drain {
 
 /// Runs a command to completion within `limit`, capturing its output.
 fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
-    let child = cmd
+    let child = without_cargo_library_path(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -255,6 +255,13 @@ fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
         show(&output)
     );
     output
+}
+
+/// `cargo test` puts target/<profile>/ first in LD_LIBRARY_PATH, where an
+/// older `cargo build` may have left an older libsockserv.so; the programs'
+/// RUNPATH names the library under test, so let it decide.
+fn without_cargo_library_path(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("LD_LIBRARY_PATH")
 }
 
 fn show(output: &Output) -> String {
@@ -324,7 +331,7 @@ impl EchoServer {
 
     /// Runs a prepared echo_server command and reads the address it prints.
     fn spawn(mut cmd: Command, limit: Duration) -> EchoServer {
-        let child = cmd
+        let child = without_cargo_library_path(&mut cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
