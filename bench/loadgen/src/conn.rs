@@ -1,10 +1,10 @@
 //! One client connection: connect, the optional HMAC-SHA256 handshake (the
 //! client's side of PROTOCOL.md), a ping echo that proves the server serves
-//! it, then a closed loop of `depth` frames in flight with every echo
-//! checked and timed.
+//! it, then a closed loop of `depth` frames in flight, every echoed byte
+//! checked in place as it arrives, every frame timed.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use mio::net::TcpStream;
 use sha2::Sha256;
 
 use crate::hist::Hist;
-use crate::pattern::Pattern;
+use crate::pattern::{Mismatch, Pattern};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
@@ -21,8 +21,12 @@ const FAILURE: &[u8] = b"#FAILURE#";
 const TAG: &[u8] = b"{sha256}";
 /// Handshake frames are at most 256 bytes (PROTOCOL.md).
 const MAX_SETUP_FRAME: usize = 256;
-/// Enough for any handshake frame; idle connections never need more.
-const SETUP_BUF: usize = 512;
+/// Frames up to this size are laid out in one buffer for one write; bigger
+/// ones go out by writev straight from the pattern table, never copied.
+const SMALL_FRAME: usize = 4096;
+/// At most this many bytes of small frames, or big frames, per write.
+const WRITE_BATCH: usize = 256 * 1024;
+const BIG_FRAMES_PER_WRITE: u64 = 16;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
@@ -47,11 +51,14 @@ pub struct Ctx<'a> {
     pub pattern: &'a Pattern,
     pub key: Option<&'a [u8]>,
     pub depth: u64,
-    /// Receive buffer of an active connection: room for all it has in flight.
-    pub rbuf_size: usize,
     pub sending: bool,
     pub measuring: bool,
     pub stats: Stats,
+    /// One receive buffer for all the thread's connections: each chunk is
+    /// checked as soon as it is read, so nothing is kept per connection.
+    pub rbuf: Vec<u8>,
+    /// Where small frames are laid out for one write.
+    pub scratch: Vec<u8>,
 }
 
 pub struct Conn {
@@ -61,14 +68,19 @@ pub struct Conn {
     pub phase: Phase,
     /// Our challenge (M2), kept until the server answers it.
     challenge: Vec<u8>,
-    rbuf: Vec<u8>,
-    rstart: usize,
-    rend: usize,
-    wbuf: Vec<u8>,
-    woff: usize,
+    /// Handshake bytes received and not yet a whole frame.
+    setup_in: Vec<u8>,
+    /// Handshake bytes to send.
+    setup_out: Vec<u8>,
+    /// Frames released so far (in flight: send_seq - recv_seq).
     send_seq: u64,
+    /// The next byte to write: byte tx_pos of frame tx_seq.
+    tx_seq: u64,
+    tx_pos: usize,
+    /// The next byte expected: byte rx_pos of frame recv_seq.
     recv_seq: u64,
-    /// When each frame in flight left, oldest first (echoes come back in order).
+    rx_pos: usize,
+    /// When each frame in flight was released, oldest first.
     sent_at: VecDeque<Instant>,
 }
 
@@ -105,19 +117,23 @@ impl Conn {
             stream,
             phase: Phase::Connecting,
             challenge: Vec::new(),
-            rbuf: vec![0; SETUP_BUF],
-            rstart: 0,
-            rend: 0,
-            wbuf: Vec::new(),
-            woff: 0,
+            setup_in: Vec::new(),
+            setup_out: Vec::new(),
             send_seq: 0,
+            tx_seq: 0,
+            tx_pos: 0,
             recv_seq: 0,
+            rx_pos: 0,
             sent_at: VecDeque::new(),
         })
     }
 
     pub fn in_flight(&self) -> u64 {
         self.send_seq - self.recv_seq
+    }
+
+    pub fn write_pending(&self) -> bool {
+        !self.setup_out.is_empty() || self.tx_seq < self.send_seq
     }
 
     /// Handles a readiness event: finish connecting, read and check all that
@@ -127,14 +143,19 @@ impl Conn {
             return Ok(());
         }
         self.read_all(ctx, now)?;
-        self.top_up(ctx, now);
-        self.flush()
+        self.kick(ctx, now)
     }
 
-    /// Starts the traffic of an active connection (no event would).
+    /// Refills the window and writes (also what starts the traffic).
     pub fn kick(&mut self, ctx: &mut Ctx, now: Instant) -> Result<(), String> {
-        self.top_up(ctx, now);
-        self.flush()
+        if ctx.sending && self.active && self.phase == Phase::Ready {
+            while self.in_flight() < ctx.depth {
+                self.sent_at.push_back(now);
+                self.send_seq += 1;
+            }
+        }
+        self.flush_setup()?;
+        self.flush_frames(ctx)
     }
 
     fn connected(&mut self, ctx: &Ctx) -> Result<bool, String> {
@@ -166,17 +187,13 @@ impl Conn {
     }
 
     fn send_ping(&mut self) {
-        push_frame(&mut self.wbuf, &[b"ping", &self.id.to_le_bytes()]);
+        push_frame(&mut self.setup_out, &[b"ping", &self.id.to_le_bytes()]);
         self.phase = Phase::AwaitPing;
     }
 
     fn read_all(&mut self, ctx: &mut Ctx, now: Instant) -> Result<(), String> {
         loop {
-            let space = self.rbuf.len() - self.rend;
-            if space == 0 {
-                return Err(format!("connection {}: receive buffer full", self.id));
-            }
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
+            match self.stream.read(&mut ctx.rbuf) {
                 Ok(0) => {
                     return Err(format!(
                         "connection {} ({:?}, {} frames in flight): the server closed it",
@@ -186,11 +203,20 @@ impl Conn {
                     ))
                 }
                 Ok(n) => {
-                    self.rend += n;
-                    self.parse(ctx, now)?;
+                    if self.phase == Phase::Ready {
+                        self.take_echo(
+                            &ctx.rbuf[..n],
+                            ctx.pattern,
+                            &mut ctx.stats,
+                            ctx.measuring,
+                            now,
+                        )?;
+                    } else {
+                        self.take_setup(&ctx.rbuf[..n], ctx.key)?;
+                    }
                     // A short read emptied the socket; on Linux any later
                     // arrival raises a new edge, so no extra read to see EAGAIN.
-                    if n < space {
+                    if n < ctx.rbuf.len() {
                         return Ok(());
                     }
                 }
@@ -201,79 +227,94 @@ impl Conn {
         }
     }
 
-    /// Consumes every whole frame in the receive buffer.
-    fn parse(&mut self, ctx: &mut Ctx, now: Instant) -> Result<(), String> {
-        let mut need = 4;
-        while self.rend - self.rstart >= 4 {
-            let h = &self.rbuf[self.rstart..self.rstart + 4];
-            let n = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-            if n < 0 {
+    /// Checks echoed bytes against the stream we sent, in place.
+    fn take_echo(
+        &mut self,
+        mut data: &[u8],
+        pattern: &Pattern,
+        stats: &mut Stats,
+        measuring: bool,
+        now: Instant,
+    ) -> Result<(), String> {
+        while !data.is_empty() {
+            if self.recv_seq == self.send_seq {
                 return Err(format!(
-                    "connection {}: frame header {n} (negative)",
-                    self.id
-                ));
-            }
-            let n = n as usize;
-            let ready = self.phase == Phase::Ready;
-            if ready && n != ctx.pattern.size() {
-                return Err(format!(
-                    "connection {}: frame {} came back with a {n}-byte header, sent {}",
+                    "connection {}: {} bytes arrived after the echo of every frame sent",
                     self.id,
-                    self.recv_seq,
-                    ctx.pattern.size()
+                    data.len()
                 ));
             }
-            if !ready && n > MAX_SETUP_FRAME {
-                return Err(format!(
-                    "connection {} ({:?}): a {n}-byte frame",
-                    self.id, self.phase
-                ));
-            }
-            if self.rend - self.rstart < 4 + n {
-                need = 4 + n;
-                break;
-            }
-            let start = self.rstart + 4;
-            self.rstart += 4 + n;
-            if ready {
-                let sent = self.sent_at.pop_front().ok_or_else(|| {
-                    format!(
-                        "connection {}: a frame arrived that was never sent",
-                        self.id
-                    )
-                })?;
-                ctx.pattern
-                    .check(&self.rbuf[start..start + n], self.id, self.recv_seq)?;
+            let used = pattern
+                .compare(self.id, self.recv_seq, self.rx_pos, data)
+                .map_err(|m| self.describe(&m))?;
+            data = &data[used..];
+            self.rx_pos += used;
+            if self.rx_pos == pattern.frame_len() {
+                self.rx_pos = 0;
                 self.recv_seq += 1;
-                if ctx.measuring {
-                    ctx.stats.frames += 1;
-                    ctx.stats.bytes += n as u64;
-                    ctx.stats
+                let sent = self
+                    .sent_at
+                    .pop_front()
+                    .expect("a time per frame in flight");
+                if measuring {
+                    stats.frames += 1;
+                    stats.bytes += pattern.size() as u64;
+                    stats
                         .hist
                         .record_n(now.duration_since(sent).as_nanos() as u64, 1);
                 }
-            } else {
-                let frame = self.rbuf[start..start + n].to_vec();
-                self.setup_frame(&frame, ctx)?;
             }
-        }
-        // Move a partial frame to the front when it is small (cheap) or
-        // when the rest of it would not fit after it.
-        let left = self.rend - self.rstart;
-        if left == 0 {
-            self.rstart = 0;
-            self.rend = 0;
-        } else if left <= 256 || self.rbuf.len() - self.rstart < need {
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rstart = 0;
-            self.rend = left;
         }
         Ok(())
     }
 
-    fn setup_frame(&mut self, f: &[u8], ctx: &Ctx) -> Result<(), String> {
+    fn describe(&self, m: &Mismatch) -> String {
+        let what = match m.at {
+            0..=3 => "its header (a different size)".to_string(),
+            4..=11 => "its sequence number: a frame lost, duplicated or reordered".to_string(),
+            12..=15 => "its connection number: another connection's frame".to_string(),
+            at => format!("payload byte {}: corrupted", at - 4),
+        };
+        format!(
+            "connection {}: the echo of frame {} differs at {what} (got 0x{:02x}, want 0x{:02x})",
+            self.id, self.recv_seq, m.got, m.want
+        )
+    }
+
+    fn take_setup(&mut self, data: &[u8], key: Option<&[u8]>) -> Result<(), String> {
+        self.setup_in.extend_from_slice(data);
+        let mut at = 0;
+        while self.phase != Phase::Ready && self.setup_in.len() - at >= 4 {
+            let h = &self.setup_in[at..at + 4];
+            let n = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if n > MAX_SETUP_FRAME {
+                return Err(format!(
+                    "connection {} ({:?}): a frame of {n} bytes",
+                    self.id, self.phase
+                ));
+            }
+            if self.setup_in.len() - at < 4 + n {
+                break;
+            }
+            let frame = self.setup_in[at + 4..at + 4 + n].to_vec();
+            at += 4 + n;
+            self.setup_frame(&frame, key.unwrap_or_default())?;
+        }
+        self.setup_in.drain(..at);
+        if self.phase == Phase::Ready {
+            if !self.setup_in.is_empty() {
+                return Err(format!(
+                    "connection {}: bytes arrived after the ping's echo",
+                    self.id
+                ));
+            }
+            self.setup_in = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn setup_frame(&mut self, f: &[u8], key: &[u8]) -> Result<(), String> {
         let id = self.id;
-        let key = ctx.key.unwrap_or_default();
         match self.phase {
             Phase::AwaitChallenge => {
                 let body = f.strip_prefix(CHALLENGE).ok_or_else(|| {
@@ -285,7 +326,7 @@ impl Conn {
                         show(body)
                     ));
                 }
-                push_frame(&mut self.wbuf, &[TAG, &hmac_sha256(key, body)]);
+                push_frame(&mut self.setup_out, &[TAG, &hmac_sha256(key, body)]);
                 self.phase = Phase::AwaitWelcome;
             }
             Phase::AwaitWelcome => {
@@ -303,21 +344,21 @@ impl Conn {
                 let mut nonce = [0u8; 40];
                 random_bytes(&mut nonce)?;
                 self.challenge = [TAG, &nonce].concat();
-                push_frame(&mut self.wbuf, &[CHALLENGE, &self.challenge]);
+                push_frame(&mut self.setup_out, &[CHALLENGE, &self.challenge]);
                 self.phase = Phase::AwaitResponse;
             }
             Phase::AwaitResponse => {
                 // A benchmark client: a plain comparison is enough here.
                 let want = [TAG, &hmac_sha256(key, &self.challenge)].concat();
                 if f != want {
-                    push_frame(&mut self.wbuf, &[FAILURE]);
-                    let _ = self.flush();
+                    push_frame(&mut self.setup_out, &[FAILURE]);
+                    let _ = self.flush_setup();
                     return Err(format!(
                         "connection {id}: the server answered our challenge wrongly"
                     ));
                 }
                 self.challenge = Vec::new();
-                push_frame(&mut self.wbuf, &[WELCOME]);
+                push_frame(&mut self.setup_out, &[WELCOME]);
                 self.send_ping();
             }
             Phase::AwaitPing => {
@@ -328,52 +369,68 @@ impl Conn {
                     ));
                 }
                 self.phase = Phase::Ready;
-                if self.active {
-                    self.rbuf.resize(ctx.rbuf_size, 0);
-                }
             }
             Phase::Connecting | Phase::Ready => unreachable!("setup_frame in {:?}", self.phase),
         }
         Ok(())
     }
 
-    /// Keeps `depth` frames in flight, all queued with one timestamp.
-    fn top_up(&mut self, ctx: &Ctx, now: Instant) {
-        if !ctx.sending
-            || !self.active
-            || self.phase != Phase::Ready
-            || self.in_flight() >= ctx.depth
-        {
-            return;
-        }
-        if self.woff > 0 && self.woff * 2 >= self.wbuf.len() {
-            self.wbuf.drain(..self.woff);
-            self.woff = 0;
-        }
-        while self.in_flight() < ctx.depth {
-            ctx.pattern
-                .append_frame(&mut self.wbuf, self.id, self.send_seq);
-            self.sent_at.push_back(now);
-            self.send_seq += 1;
-        }
-    }
-
-    pub fn write_pending(&self) -> bool {
-        self.woff < self.wbuf.len()
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        while self.woff < self.wbuf.len() {
-            match self.stream.write(&self.wbuf[self.woff..]) {
-                Ok(0) => return Err(format!("connection {}: send wrote nothing", self.id)),
-                Ok(n) => self.woff += n,
+    fn flush_setup(&mut self) -> Result<(), String> {
+        while !self.setup_out.is_empty() {
+            match self.stream.write(&self.setup_out) {
+                Ok(n) => drop(self.setup_out.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.err("send", e)),
             }
         }
-        self.wbuf.clear();
-        self.woff = 0;
+        Ok(())
+    }
+
+    /// Writes the released frames: small ones laid out in one buffer, big
+    /// ones by writev from the pattern table. A short write just moves the
+    /// (tx_seq, tx_pos) cursor; the rest is generated again next time.
+    fn flush_frames(&mut self, ctx: &mut Ctx) -> Result<(), String> {
+        let (pattern, flen) = (ctx.pattern, ctx.pattern.frame_len());
+        while self.tx_seq < self.send_seq {
+            let res = if flen <= SMALL_FRAME {
+                let buf = &mut ctx.scratch;
+                buf.clear();
+                let (mut seq, mut from) = (self.tx_seq, self.tx_pos);
+                while seq < self.send_seq && buf.len() < WRITE_BATCH {
+                    pattern.append_frame(buf, self.id, seq, from);
+                    (seq, from) = (seq + 1, 0);
+                }
+                self.stream.write(buf)
+            } else {
+                let last = self.send_seq.min(self.tx_seq + BIG_FRAMES_PER_WRITE);
+                let pieces: Vec<_> = (self.tx_seq..last)
+                    .map(|seq| pattern.pieces(self.id, seq))
+                    .collect();
+                let mut iov = Vec::with_capacity(2 * pieces.len());
+                for (i, (head, head_len, tail)) in pieces.iter().enumerate() {
+                    let skip = if i == 0 { self.tx_pos } else { 0 };
+                    if skip < *head_len {
+                        iov.push(IoSlice::new(&head[skip..*head_len]));
+                        iov.push(IoSlice::new(tail));
+                    } else {
+                        iov.push(IoSlice::new(&tail[skip - head_len..]));
+                    }
+                }
+                self.stream.write_vectored(&iov)
+            };
+            match res {
+                Ok(0) => return Err(format!("connection {}: send wrote nothing", self.id)),
+                Ok(n) => {
+                    let total = self.tx_pos + n;
+                    self.tx_seq += (total / flen) as u64;
+                    self.tx_pos = total % flen;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("send", e)),
+            }
+        }
         Ok(())
     }
 }

@@ -192,15 +192,17 @@ fn run_thread(
     let t_setup = Instant::now();
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     let mut events = Events::with_capacity(1024);
-    let frame = o.size + 4;
     let mut ctx = Ctx {
         pattern,
         key: o.key.as_deref(),
         depth: o.depth,
-        rbuf_size: (o.depth as usize * frame + 4096).max(64 * 1024),
         sending: false,
         measuring: false,
         stats: Stats::default(),
+        // Large reads, yet small enough that each chunk is still in the
+        // cache when it is checked.
+        rbuf: vec![0; 256 * 1024],
+        scratch: Vec::with_capacity(256 * 1024 + 4096),
     };
     let mut conns: Vec<Conn> = Vec::with_capacity(ids.len());
     let mut ready = 0;
