@@ -94,8 +94,10 @@ static void on_writable(struct worker *w, struct conn *c) {
 static int handshake(struct worker *w, struct conn *c, const uint8_t *f, size_t n) {
     uint8_t out[AUTH_OUT];
     size_t len;
-    int rc = n > AUTH_MAX_FRAME ? -1 : auth_step(c->auth, w->key, f, n, out, &len);
-    if (n <= AUTH_MAX_FRAME && len && conn_send(w, c, out, len)) return -1;
+    int rc;
+    if (n > AUTH_MAX_FRAME) return -1;
+    rc = auth_step(c->auth, w->key, f, n, out, &len);
+    if (len && conn_send(w, c, out, len)) return -1;
     if (rc) return -1; /* #FAILURE# went out first where the protocol says so */
     if (c->auth->state == AUTH_DONE) {
         free(c->auth);
@@ -104,22 +106,23 @@ static int handshake(struct worker *w, struct conn *c, const uint8_t *f, size_t 
     return 0;
 }
 
-/* The in-buffer must hold `need` bytes (a whole frame); `left` are kept. */
-static int keep_partial(struct conn *c, const uint8_t *data, size_t left, size_t need) {
+/* Keeps the `left` bytes at `p` (a partial frame) in c->in, with room for
+ * `need` (the whole frame); `in_place`: p points into c->in already. */
+static int keep_partial(struct conn *c, const uint8_t *p, size_t left, size_t need, int in_place) {
     size_t cap = need > MIN_IN ? need : MIN_IN;
     if (!left) {
         free(c->in.p);
         memset(&c->in, 0, sizeof c->in);
         return 0;
     }
-    if (c->in.p != data) { /* from the thread's buffer, or the old one became c->out */
+    if (!in_place) { /* from the thread's buffer, or c->in just became c->out */
         uint8_t *q = malloc(cap);
         if (!q) return -1;
-        memcpy(q, data, left);
+        memcpy(q, p, left);
         c->in.p = q;
         c->in.cap = cap;
     } else {
-        memmove(c->in.p, data, left);
+        memmove(c->in.p, p, left);
         if (c->in.cap < need) {
             uint8_t *q = realloc(c->in.p, need);
             if (!q) return -1;
@@ -187,7 +190,7 @@ static void on_readable(struct worker *w, struct conn *c) {
             goto fail;
         }
     }
-    if (keep_partial(c, data + off, have - off, need)) goto fail;
+    if (keep_partial(c, data + off, have - off, need, from_in && c->in.p == data)) goto fail;
     return;
 fail:
     conn_close(c);
