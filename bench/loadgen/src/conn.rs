@@ -41,6 +41,8 @@ pub enum Phase {
 /// What the measured window saw, per thread.
 #[derive(Default)]
 pub struct Stats {
+    /// Every frame echoed, warm-up and drain included (for costs per frame).
+    pub all_frames: u64,
     pub frames: u64,
     pub bytes: u64,
     pub hist: Hist,
@@ -256,6 +258,7 @@ impl Conn {
                     .sent_at
                     .pop_front()
                     .expect("a time per frame in flight");
+                stats.all_frames += 1;
                 if measuring {
                     stats.frames += 1;
                     stats.bytes += pattern.size() as u64;

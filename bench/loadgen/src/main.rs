@@ -352,11 +352,13 @@ fn main() {
 fn report(o: &Opts, outcomes: &[Outcome], rss: [Option<u64>; 3]) {
     let mut hist = hist::Hist::default();
     let (mut frames, mut bytes, mut fps, mut bps) = (0u64, 0u64, 0f64, 0f64);
+    let mut all_frames = 0;
     let mut setup = Duration::ZERO;
     let mut measured = Duration::ZERO;
     for out in outcomes {
         hist.merge(&out.stats.hist);
         frames += out.stats.frames;
+        all_frames += out.stats.all_frames;
         bytes += out.stats.bytes;
         let secs = out.measured.as_secs_f64().max(1e-9);
         fps += out.stats.frames as f64 / secs;
@@ -369,7 +371,7 @@ fn report(o: &Opts, outcomes: &[Outcome], rss: [Option<u64>; 3]) {
     let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
     println!(
         "{{\"ok\":true,\"addr\":\"{}\",\"connections\":{},\"idle\":{},\"depth\":{},\"size\":{},\"threads\":{},\
-         \"key\":{},\"duration_s\":{:.3},\"setup_s\":{:.3},\"frames\":{frames},\"bytes\":{bytes},\
+         \"key\":{},\"duration_s\":{:.3},\"setup_s\":{:.3},\"all_frames\":{all_frames},\"frames\":{frames},\"bytes\":{bytes},\
          \"frames_per_s\":{fps:.0},\"mb_per_s\":{:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\
          \"max_us\":{:.1},\"rss_before_kb\":{},\"rss_connected_kb\":{},\"rss_end_kb\":{}}}",
         o.addr,
