@@ -38,6 +38,7 @@ class Echo(socketserver.StreamRequestHandler):
 
 class Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
+    block_on_close = False  # SIGTERM must not wait for 10,000 handler threads
     allow_reuse_address = True
     request_queue_size = 4096  # the default 5 drops SYNs under fan-in
 
