@@ -5,10 +5,12 @@
  * no locks. Level-triggered. Per readable event: one read into a large
  * per-thread buffer, find every whole frame, echo them all with one write.
  * A partial frame waits in a per-connection buffer and unsent bytes in
- * another; both exist only while needed, so an idle connection costs its
- * small struct and nothing else. While output is pending the connection
- * is not read (backpressure). Frames are echoed whole, never streamed
- * before they are complete, as a framed server must. */
+ * another; both exist only while needed (a connection sending frames over
+ * 64 KiB keeps its buffer, reads them straight into place and writes them
+ * from there), so an idle connection costs its small struct and nothing
+ * else. While output is pending the connection is not read
+ * (backpressure). Frames are echoed whole, never streamed before they
+ * are complete, as a framed server must. */
 #include "auth.h" /* first: common.h defines _GNU_SOURCE */
 
 #include <sys/epoll.h>
@@ -27,6 +29,7 @@ struct conn {
     int fd;
     struct auth *auth; /* during the handshake only */
     struct buf in, out;
+    size_t want; /* size of the frame being assembled in `in`; 0: unknown yet */
 };
 
 struct worker {
@@ -85,7 +88,12 @@ static void on_writable(struct worker *w, struct conn *c) {
     }
     c->out.off += (size_t)k;
     if (c->out.off == c->out.len) {
-        free(c->out.p);
+        if (!c->in.p && c->out.cap > MIN_IN) { /* big frames: the buffer goes back to reading */
+            c->in.p = c->out.p;
+            c->in.cap = c->out.cap;
+        } else {
+            free(c->out.p);
+        }
         memset(&c->out, 0, sizeof c->out);
         watch(w, c, EPOLLIN, EPOLL_CTL_MOD);
     }
@@ -107,10 +115,13 @@ static int handshake(struct worker *w, struct conn *c, const uint8_t *f, size_t 
 }
 
 /* Keeps the `left` bytes at `p` (a partial frame) in c->in, with room for
- * `need` (the whole frame); `in_place`: p points into c->in already. */
+ * `need` bytes (the whole frame; 0: its header is not complete yet).
+ * `in_place`: p points into c->in already. A connection whose frames are
+ * big keeps its in-buffer, so that they are read straight into it. */
 static int keep_partial(struct conn *c, const uint8_t *p, size_t left, size_t need, int in_place) {
     size_t cap = need > MIN_IN ? need : MIN_IN;
-    if (!left) {
+    c->want = left ? need : 0;
+    if (!left && !(in_place && c->in.cap > MIN_IN)) {
         free(c->in.p);
         memset(&c->in, 0, sizeof c->in);
         return 0;
@@ -137,8 +148,13 @@ static int keep_partial(struct conn *c, const uint8_t *p, size_t left, size_t ne
 static void on_readable(struct worker *w, struct conn *c) {
     int from_in = c->in.p != NULL;
     uint8_t *data = from_in ? c->in.p : w->rbuf;
-    size_t have = from_in ? c->in.len : 0, off = 0, start = 0, need = 4;
-    ssize_t k = read(c->fd, data + have, from_in ? c->in.cap - have : RBUF);
+    size_t have = from_in ? c->in.len : 0, off = 0, start = 0, need = 0;
+    size_t room = from_in ? c->in.cap - have : RBUF;
+    ssize_t k;
+    /* Read a frame being assembled only up to its end: then it leaves
+     * whole, and no bytes of the next one have to be moved. */
+    if (from_in && c->want > have) room = c->want - have;
+    k = read(c->fd, data + have, room);
     if (k <= 0) {
         if (k < 0 && (errno == EAGAIN || errno == EINTR)) return;
         goto fail; /* end of stream or error */
@@ -149,10 +165,7 @@ static void on_readable(struct worker *w, struct conn *c) {
         uint64_t n = (uint64_t)h;
         size_t hl = 4;
         if (h == -1) { /* the long form: 8 more bytes of length */
-            if (have - off < 12) {
-                need = 12;
-                break;
-            }
+            if (have - off < 12) break;
             n = (uint64_t)load_be32(data + off + 4) << 32 | load_be32(data + off + 8);
             hl = 12;
         } else if (h < 0) {
