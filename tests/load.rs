@@ -35,36 +35,9 @@ fn profile() -> (u32, u32) {
     (c.parse().unwrap(), f.parse().unwrap())
 }
 
-/// splitmix64: the bytes and size of frame `seq` of client `client`.
-struct Gen(u64);
-
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
-/// Frame `seq` of client `client`, written into `out`.
+/// Frame `seq` of client `client`.
 fn frame(client: u32, seq: u32, out: &mut Vec<u8>) {
-    let mut g = Gen((u64::from(client) << 32) | u64::from(seq));
-    let class = (g.next() % 20) as u32; // 0..=19: size 0, then [2^(c-1), 2^c)
-    let size = match class {
-        0 => 0,
-        19 => MAX_SIZE,
-        c => {
-            let low = 1usize << (c - 1);
-            low + (g.next() as usize % low)
-        }
-    };
-    out.clear();
-    while out.len() < size {
-        out.extend_from_slice(&g.next().to_le_bytes());
-    }
-    out.truncate(size);
+    test_frame(client, seq, MAX_SIZE, out);
 }
 
 /// Per connection, on the server: which client, and the next frame due.

@@ -437,3 +437,35 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
 }
+
+/// Frame `seq` of client `client`, into `out`: its size drawn log-uniformly
+/// from 0 to `max` bytes (each power-of-two size class equally often), its
+/// bytes pseudo-random; the same arguments always give the same frame, so
+/// a receiver can tell a lost, corrupted or reordered frame from the right
+/// one by making the one it expects.
+pub fn test_frame(client: u32, seq: u32, max: usize, out: &mut Vec<u8>) {
+    // splitmix64, seeded by the frame's identity.
+    let mut state = (u64::from(client) << 32) | u64::from(seq);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let classes = usize::BITS - max.leading_zeros(); // max in [2^(k-1), 2^k)
+    let class = (next() % u64::from(classes + 1)) as u32;
+    let size = match class {
+        0 => 0,
+        c if c == classes => max,
+        c => {
+            let low = 1usize << (c - 1);
+            low + (next() as usize % low)
+        }
+    };
+    out.clear();
+    while out.len() < size {
+        out.extend_from_slice(&next().to_le_bytes());
+    }
+    out.truncate(size);
+}
