@@ -97,8 +97,10 @@ fn killed_clients(mode: Mode) {
 #[test]
 fn threaded_a_peer_that_never_reads_times_out_with_bounded_memory() {
     let _memory = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
-    let mut config = Config::default();
-    config.io_timeout = Some(Duration::from_millis(500));
+    let config = Config {
+        io_timeout: Some(Duration::from_millis(500)),
+        ..Config::default()
+    };
     let outcome: Arc<Mutex<Option<(u64, Error)>>> = Arc::default();
     let server = Server::bind("tcp://127.0.0.1:0", &config).unwrap();
     let out = outcome.clone();
