@@ -157,15 +157,22 @@ fn load(mode: Mode) {
     let sent = Arc::new(AtomicU64::new(0));
     let echoed = Arc::new(AtomicU64::new(0));
     let bad_echoes = Arc::new(AtomicU64::new(0));
+    // Clients connect while the earlier ones are already busy: how long
+    // the slowest connect and handshake took tells whether newcomers wait.
+    let slowest_connect = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|client| {
             let addr = server.local_addr().to_string();
             let config = config.clone();
             let (sent, echoed, bad_echoes) = (sent.clone(), echoed.clone(), bad_echoes.clone());
+            let slowest_connect = slowest_connect.clone();
             std::thread::Builder::new()
                 .name(format!("load-client-{client}"))
                 .spawn(move || {
+                    let connecting = Instant::now();
                     let conn = Arc::new(connect(&addr, &config).expect("connect"));
+                    slowest_connect
+                        .fetch_max(connecting.elapsed().as_millis() as u64, Ordering::Relaxed);
                     conn.set_timeout(Some(Duration::from_secs(120)));
                     // The first frame names the client (echoed like the rest).
                     roundtrip(&conn, &client.to_be_bytes());
@@ -217,13 +224,14 @@ fn load(mode: Mode) {
     let report = format!(
         "{mode:?}: {clients} clients x {frames} frames in {elapsed:.1?}: sent {}, server got {got} \
          right ({:.1} MiB, {:.0} MiB/s each way), {bad} wrong, {} echoes refused; clients got {} \
-         echoes right, {} wrong; server stats {stats:?}",
+         echoes right, {} wrong; slowest connect + handshake {} ms; server stats {stats:?}",
         sent.load(Ordering::SeqCst),
         bytes as f64 / (1 << 20) as f64,
         bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),
         c.refused.load(Ordering::SeqCst),
         echoed.load(Ordering::SeqCst),
         bad_echoes.load(Ordering::SeqCst),
+        slowest_connect.load(Ordering::SeqCst),
     );
     // Straight to fd 2: the figures show even when the test passes.
     use std::io::Write;
