@@ -556,7 +556,8 @@ mod c_api_panics {
             .to_string();
 
         let client = connect(&bound, &Config::default()).unwrap();
-        client.set_timeout(Some(Duration::from_secs(10)));
+        // Generous: under TSan, printing the panic's backtrace takes long.
+        client.set_timeout(Some(Duration::from_secs(120)));
         roundtrip(&client, b"before");
         client.send(b"panic").unwrap();
         assert_eq!(client.recv_with(|f| f.to_vec()).unwrap(), b"survived");
