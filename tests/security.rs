@@ -267,10 +267,12 @@ fn an_empty_key_cannot_be_set() {
 }
 
 /// The MAC check answers in the same time whether the first or the last
-/// byte of a response is wrong. Reported, loosely asserted: a naive
-/// early-exit comparison, timed the same way as a control, shows what a
-/// leak looks like at this resolution. Run alone for clean figures:
-/// cargo test --release --test security timing -- --nocapture
+/// byte of a response is wrong. Reported, loosely asserted. For scale, the
+/// same harness times an A/A pair (no difference at all), the realistic
+/// mistake (HMAC, then an early-exit compare of the 32-byte tag: a few ns
+/// apart) and a gross one (early exit over 4 KiB, which must show). Run
+/// alone for clean figures:
+/// cargo test --release --test security mac_comparison -- --nocapture
 #[test]
 fn mac_comparison_time_does_not_depend_on_where_it_differs() {
     use std::hint::black_box;
@@ -283,6 +285,9 @@ fn mac_comparison_time_does_not_depend_on_where_it_differs() {
     first[0] ^= 1;
     let mut last = good;
     last[31] ^= 1;
+    // The same wrong tag twice, in two places: what "no difference" looks
+    // like with this harness (an A/A test), for scale.
+    let first_again = first;
     // The control: compares byte by byte and stops at the first difference,
     // on a longer buffer so the leak is large enough to see.
     let long_good = vec![9u8; 4096];
@@ -305,6 +310,10 @@ fn mac_comparison_time_does_not_depend_on_where_it_differs() {
     let mut t_last = Vec::with_capacity(ROUNDS);
     let mut c_first = Vec::with_capacity(ROUNDS);
     let mut c_last = Vec::with_capacity(ROUNDS);
+    let mut n_first = Vec::with_capacity(ROUNDS);
+    let mut n_last = Vec::with_capacity(ROUNDS);
+    let mut a_one = Vec::with_capacity(ROUNDS);
+    let mut a_two = Vec::with_capacity(ROUNDS);
     let time = |f: &dyn Fn() -> bool| {
         let t = Instant::now();
         let r = black_box(f());
@@ -332,6 +341,20 @@ fn mac_comparison_time_does_not_depend_on_where_it_differs() {
             &mut t_last,
         );
         pair(
+            &|| sockserv::mac::verify_hmac_sha256(key, black_box(&msg), black_box(&first)),
+            &|| sockserv::mac::verify_hmac_sha256(key, black_box(&msg), black_box(&first_again)),
+            &mut a_one,
+            &mut a_two,
+        );
+        // What an early-exit comparison of the 32-byte tag would look like
+        // here: the realistic mistake, at its real size.
+        pair(
+            &|| naive(&hmac_sha256(key, black_box(&msg)), black_box(&first)),
+            &|| naive(&hmac_sha256(key, black_box(&msg)), black_box(&last)),
+            &mut n_first,
+            &mut n_last,
+        );
+        pair(
             &|| naive(black_box(&long_good), black_box(&long_first)),
             &|| naive(black_box(&long_good), black_box(&long_last)),
             &mut c_first,
@@ -340,15 +363,23 @@ fn mac_comparison_time_does_not_depend_on_where_it_differs() {
     }
     assert!(sockserv::mac::verify_hmac_sha256(key, &msg, &good));
     let (real, control) = (welch(&t_first, &t_last), welch(&c_first, &c_last));
+    let same = welch(&a_one, &a_two);
+    let naive_tag = welch(&n_first, &n_last);
     let report = format!(
         "MAC verify, {} samples each: first byte wrong median {:.0} ns, last byte wrong median {:.0} ns, \
          medians differ by {:.2}%, Welch t = {:.2}\n\
+         A/A (the same wrong tag twice): Welch t = {:.2}\n\
+         HMAC + early-exit compare of the 32-byte tag: {:.0} ns vs {:.0} ns, Welch t = {:.2}\n\
          control (naive early-exit compare of 4 KiB): {:.0} ns vs {:.0} ns, Welch t = {:.2}",
         t_first.len(),
         median(&t_first),
         median(&t_last),
         100.0 * (median(&t_first) - median(&t_last)).abs() / median(&t_last),
         real,
+        same,
+        median(&n_first),
+        median(&n_last),
+        naive_tag,
         median(&c_first),
         median(&c_last),
         control
