@@ -948,17 +948,17 @@ fn sanitizer_works(out: &Path, flags: &[&str]) -> bool {
         .arg(&probe)
         .arg("-o")
         .arg(&exe)
-        .pthread_output();
-    built && Command::new(&exe).pthread_output()
+        .succeeds_quietly();
+    built && Command::new(&exe).succeeds_quietly()
 }
 
 trait Quiet {
     /// Runs to completion quietly; whether it succeeded.
-    fn pthread_output(&mut self) -> bool;
+    fn succeeds_quietly(&mut self) -> bool;
 }
 
 impl Quiet for Command {
-    fn pthread_output(&mut self) -> bool {
+    fn succeeds_quietly(&mut self) -> bool {
         self.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
