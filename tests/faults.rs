@@ -214,11 +214,11 @@ fn slowloris(mode: Mode) {
     let dribbled = dribbler.join().unwrap();
     assert!(rest.is_empty(), "no verdict for an unfinished response");
     assert!(
-        cut >= TIMEOUT - Duration::from_millis(100) && cut < TIMEOUT + Duration::from_secs(2),
+        cut >= TIMEOUT - Duration::from_millis(100) && cut < TIMEOUT + Duration::from_secs(4),
         "{mode:?}: cut after {cut:?}"
     );
     let served_at = legit.join().unwrap().expect("the waiting client");
-    assert!(served_at.duration_since(started) < TIMEOUT + Duration::from_secs(3));
+    assert!(served_at.duration_since(started) < TIMEOUT + Duration::from_secs(6));
     assert_eq!(server.stats().handshake_failures, 1);
     assert_eq!(seen.frames(), 1, "only the legitimate frame");
     eprintln!("{mode:?}: slowloris cut after {cut:?}, having dribbled {dribbled} bytes");
