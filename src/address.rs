@@ -134,6 +134,11 @@ pub(crate) fn parse_host_port(
             "the host is empty (use 0.0.0.0 or [::] for every interface)",
         ));
     }
+    // A bracket left inside ("tcp://[[x]:1") is no host name, and would
+    // print as an address that does not parse back.
+    if host.contains(['[', ']']) {
+        return Err(bad("brackets go only around an IPv6 host, [::1]"));
+    }
     let port = port
         .parse::<u16>()
         .map_err(|_| bad("the port must be a number from 0 to 65535"))?;
@@ -226,6 +231,11 @@ mod tests {
             "tcp://1.2.3.4:-1",
             "tcp://::1:80",
             "tcp://[::1:80",
+            // Found by the address fuzz target: accepted, then displayed as
+            // "tcp://[S:5", which does not parse.
+            "tcp://[[S]:5",
+            "tcp://[a]b]:1",
+            "tcp://x]:1",
             "unix://",
             "http://x:1",
             "udp://127.0.0.1:5",

@@ -29,6 +29,8 @@ use crate::sys::{self, Interest};
 
 /// The receive buffer each connection starts with; one read takes up to this.
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
+/// The most receive buffer made ready ahead of the bytes of a large frame.
+const READ_AHEAD: usize = 1 << 20;
 
 /// What [`Connection::recv_into`] did with the next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -467,7 +469,10 @@ impl Connection {
                     return Err(e.context(format!("receiving from {}", self.peer_addr())));
                 }
             };
-            let spare = buf.spare(missing.max(4096));
+            // Room for what is missing, but at most READ_AHEAD at a time:
+            // a header alone must not make us allocate (and zero) the whole
+            // declared frame; the buffer grows as its bytes arrive.
+            let spare = buf.spare(missing.clamp(4096, READ_AHEAD));
             let n = self.read_some(spare, deadline)?;
             if n == 0 {
                 return Err(self.end_of_stream(buf.pending().len(), missing));

@@ -6,6 +6,9 @@
 //! - The examples in `c_examples/` (built with their own Makefile) talk to
 //!   each other: the right key, a wrong key, SIGTERM and SIGINT.
 //! - The shared library exports exactly the functions the header declares.
+//! - The same programs, and `tests/c/concurrency.c` (threads sharing
+//!   connections, shutdown racing with connects), built with ASan + UBSan
+//!   and TSan; controls show each sanitizer catches a deliberate bug.
 //!
 //! Where the library comes from: `cargo test` builds the lib target with all
 //! its crate types in one rustc run, so `libsockserv.so` sits beside the
@@ -123,7 +126,20 @@ enum Lang {
 
 /// Compiles one source file into `out`, with every warning an error.
 fn compile(lang: Lang, lib_dir: &Path, source: &Path, out: &Path) -> PathBuf {
-    let exe = out.join(source.file_stem().expect("file name"));
+    compile_with(lang, lib_dir, source, out, &[], "")
+}
+
+/// The same with `extra` flags (sanitizers), into a file named with `suffix`.
+fn compile_with(
+    lang: Lang,
+    lib_dir: &Path,
+    source: &Path,
+    out: &Path,
+    extra: &[&str],
+    suffix: &str,
+) -> PathBuf {
+    let stem = source.file_stem().expect("file name").to_string_lossy();
+    let exe = out.join(format!("{stem}{suffix}"));
     let (compiler, flags): (String, &[&str]) = match lang {
         Lang::C => (
             std::env::var("CC").unwrap_or_else(|_| "cc".into()),
@@ -145,7 +161,8 @@ fn compile(lang: Lang, lib_dir: &Path, source: &Path, out: &Path) -> PathBuf {
         .arg(lib_dir)
         // The rpath lets the program find this very library when run.
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
-        .args(["-lsockserv", "-pthread"]);
+        .args(["-lsockserv", "-pthread"])
+        .args(extra);
     let output = run(&mut cmd, RUN_LIMIT, &compiler);
     assert_success(&output, &format!("compiling {}", source.display()));
     exe
@@ -316,7 +333,12 @@ impl EchoServer {
     /// Starts `echo_server ADDR` (under `wrapper`, e.g. valgrind, if given)
     /// with the key in SOCKSERV_KEY, and reads the address it prints.
     fn start(addr: &str, wrapper: &[String], limit: Duration) -> EchoServer {
-        let exe = built().examples.join("echo_server");
+        EchoServer::start_in(&built().examples, addr, wrapper, limit)
+    }
+
+    /// The same with the echo_server built in `dir` (a sanitizer build).
+    fn start_in(dir: &Path, addr: &str, wrapper: &[String], limit: Duration) -> EchoServer {
+        let exe = dir.join("echo_server");
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -386,7 +408,18 @@ fn read_lines(pipe: impl Read + Send + 'static) -> Receiver<String> {
 
 /// Runs an example client (`echo_client` or `raii_client`).
 fn client(name: &str, wrapper: &[String], key_env: Option<&str>, args: &[&str]) -> Output {
-    let exe = built().examples.join(name);
+    client_in(&built().examples, name, wrapper, key_env, args)
+}
+
+/// The same with the clients built in `dir` (a sanitizer build).
+fn client_in(
+    dir: &Path,
+    name: &str,
+    wrapper: &[String],
+    key_env: Option<&str>,
+    args: &[&str],
+) -> Output {
+    let exe = dir.join(name);
     assert!(exe.exists(), "{} was not built", exe.display());
     let mut cmd = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -1207,4 +1240,324 @@ fn valgrind_datagram_test_program() {
     assert_success(&output, "datagram_test under valgrind");
     assert_datagram_summary(&output);
     eprintln!("{}", check_valgrind_logs(&dir.0));
+}
+
+// ---------------------------------------------------------------------------
+// Sanitizers: the C test program, the concurrency program and the examples
+// built with AddressSanitizer + UndefinedBehaviorSanitizer, and the
+// concurrency program with ThreadSanitizer, run against the library this
+// test built (whose Rust code is not instrumented: .ci/sanitizers runs the
+// Rust side under ASan and TSan). SOCKSERV_SANITIZER_LIB_DIR links them
+// against another libsockserv.so instead (.ci/sanitizers passes its
+// ASan-built one, with SOCKSERV_SANITIZER_LIB_INSTRUMENTED=address). A
+// missing runtime skips loudly.
+
+const ASAN_FLAGS: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+];
+const TSAN_FLAGS: &[&str] = &["-fsanitize=thread", "-fno-omit-frame-pointer"];
+/// The exit code of a sanitizer's finding, told from a program's own.
+const SANITIZER_EXIT: i32 = 97;
+
+/// `env` with the sanitizers' options, as a wrapper for the programs.
+fn sanitizer_env() -> Vec<String> {
+    vec![
+        "env".into(),
+        // fast_unwind_on_malloc=0: full stacks through the library's
+        // frames too (it is built without frame pointers).
+        format!(
+            "ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0:exitcode={SANITIZER_EXIT}"
+        ),
+        format!("UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode={SANITIZER_EXIT}"),
+        format!(
+            "TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode={SANITIZER_EXIT}{}",
+            tsan_library_option()
+        ),
+    ]
+}
+
+/// The library's own synchronisation (Rust's futex-based locks) is
+/// invisible to TSan unless the library is instrumented too, so its
+/// system calls on a descriptor handed between its threads look racy:
+/// with the plain library, only the C program's accesses are checked. The
+/// library's inside runs under TSan in .ci/sanitizers, with the Rust tests.
+fn tsan_library_option() -> &'static str {
+    ":ignore_noninstrumented_modules=1"
+}
+
+/// The sanitizer builds, made once; `None` where the runtime is missing.
+struct Sanitized {
+    /// api_test-asan, concurrency-asan, sanitizer_control-asan, and the
+    /// examples in examples-asan/.
+    asan: Option<PathBuf>,
+    /// concurrency-tsan, sanitizer_control-tsan.
+    tsan: Option<PathBuf>,
+}
+
+fn sanitized() -> &'static Sanitized {
+    static SANITIZED: OnceLock<Sanitized> = OnceLock::new();
+    SANITIZED.get_or_init(|| {
+        let lib_dir = match std::env::var_os("SOCKSERV_SANITIZER_LIB_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => built().lib_dir.clone(),
+        };
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-sanitized");
+        std::fs::create_dir_all(&out).expect("create target/tmp/c-sanitized");
+        let source = |name: &str| root().join("tests/c").join(name);
+        // A library instrumented for ASan (SOCKSERV_SANITIZER_LIB_INSTRUMENTED
+        // =address) links only with programs built for ASan.
+        let instrumented = std::env::var("SOCKSERV_SANITIZER_LIB_INSTRUMENTED").unwrap_or_default();
+        let asan = (instrumented != "thread" && sanitizer_works(&out, ASAN_FLAGS)).then(|| {
+            for name in ["api_test.c", "concurrency.c", "sanitizer_control.c"] {
+                compile_with(Lang::C, &lib_dir, &source(name), &out, ASAN_FLAGS, "-asan");
+            }
+            let flags = format!("-O1 -g {}", ASAN_FLAGS.join(" "));
+            let make = run(
+                make_examples(&lib_dir, &out.join("examples-asan"))
+                    .arg("all")
+                    .arg(format!("CFLAGS={flags}"))
+                    .arg(format!("CXXFLAGS={flags}")),
+                RUN_LIMIT,
+                "make -C c_examples all (ASan)",
+            );
+            assert_success(&make, "building c_examples with ASan + UBSan");
+            out.clone()
+        });
+        let tsan = (instrumented != "address" && sanitizer_works(&out, TSAN_FLAGS)).then(|| {
+            for name in ["concurrency.c", "sanitizer_control.c"] {
+                compile_with(Lang::C, &lib_dir, &source(name), &out, TSAN_FLAGS, "-tsan");
+            }
+            out.clone()
+        });
+        Sanitized { asan, tsan }
+    })
+}
+
+/// Whether the C compiler builds and runs a program with `flags` (the
+/// sanitizer's runtime library is installed).
+fn sanitizer_works(out: &Path, flags: &[&str]) -> bool {
+    let probe = out.join("probe.c");
+    std::fs::write(&probe, "int main(void) { return 0; }\n").expect("write probe.c");
+    let exe = out.join(format!("probe{}", flags[0].replace(['=', ','], "-")));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(flags)
+        .arg(&probe)
+        .arg("-o")
+        .arg(&exe)
+        .succeeds_quietly();
+    built && Command::new(&exe).succeeds_quietly()
+}
+
+trait Quiet {
+    /// Runs to completion quietly; whether it succeeded.
+    fn succeeds_quietly(&mut self) -> bool;
+}
+
+impl Quiet for Command {
+    fn succeeds_quietly(&mut self) -> bool {
+        self.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+/// Says loudly that a sanitizer check did not run.
+fn skipped(test: &str, sanitizer: &str, package: &str) {
+    // Straight to fd 2, not eprintln!: libtest captures that, and a skipped
+    // check must be seen even when the test passes.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED {test}: no {sanitizer} build (the C compiler cannot build \
+         with it: apt-get install {package}; CI must install it. Or \
+         SOCKSERV_SANITIZER_LIB_INSTRUMENTED names another sanitizer) ***\n"
+    );
+}
+
+/// Runs a sanitized program with the sanitizers' options, and checks that
+/// it succeeded and no sanitizer spoke.
+fn run_sanitized(exe: &Path, args: &[&str], what: &str) -> Output {
+    let env = sanitizer_env();
+    let output = run(
+        Command::new(&env[0]).args(&env[1..]).arg(exe).args(args),
+        RUN_LIMIT,
+        what,
+    );
+    assert_success(&output, what);
+    assert_no_sanitizer_report(&output, what);
+    output
+}
+
+fn assert_no_sanitizer_report(output: &Output, what: &str) {
+    let err = stderr(output);
+    for finding in [
+        "ERROR: AddressSanitizer",
+        "ERROR: LeakSanitizer",
+        "runtime error:",
+        "WARNING: ThreadSanitizer",
+    ] {
+        assert!(
+            !err.contains(finding),
+            "{what}: {finding}\n{}",
+            show(output)
+        );
+    }
+}
+
+#[test]
+fn asan_ubsan_api_test_program() {
+    let Some(dir) = &sanitized().asan else {
+        return skipped(
+            "asan_ubsan_api_test_program",
+            "ASan",
+            "gcc (libasan8, libubsan1)",
+        );
+    };
+    let tmp = TempDir::new("asan-api");
+    let tmp_arg = tmp.0.to_string_lossy().into_owned();
+    let output = run_sanitized(
+        &dir.join("api_test-asan"),
+        &[&tmp_arg],
+        "api_test (ASan + UBSan)",
+    );
+    let out = stdout(&output);
+    assert!(
+        out.lines().last().unwrap_or("").ends_with(", 0 failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn asan_ubsan_concurrency_program() {
+    let Some(dir) = &sanitized().asan else {
+        return skipped(
+            "asan_ubsan_concurrency_program",
+            "ASan",
+            "gcc (libasan8, libubsan1)",
+        );
+    };
+    let output = run_sanitized(
+        &dir.join("concurrency-asan"),
+        &[],
+        "concurrency (ASan + UBSan)",
+    );
+    assert!(stdout(&output).contains(", 0 failed"), "{}", show(&output));
+}
+
+#[test]
+fn tsan_concurrency_program() {
+    let Some(dir) = &sanitized().tsan else {
+        return skipped("tsan_concurrency_program", "TSan", "gcc (libtsan2)");
+    };
+    let output = run_sanitized(&dir.join("concurrency-tsan"), &[], "concurrency (TSan)");
+    assert!(stdout(&output).contains(", 0 failed"), "{}", show(&output));
+    eprintln!("{}", stdout(&output));
+}
+
+#[test]
+fn asan_ubsan_examples_exchange() {
+    let Some(dir) = &sanitized().asan else {
+        return skipped(
+            "asan_ubsan_examples_exchange",
+            "ASan",
+            "gcc (libasan8, libubsan1)",
+        );
+    };
+    let examples = dir.join("examples-asan");
+    let env = sanitizer_env();
+    let server = EchoServer::start_in(&examples, "tcp://127.0.0.1:0", &env, RUN_LIMIT);
+    let out = client_in(
+        &examples,
+        "echo_client",
+        &env,
+        Some(KEY),
+        &[&server.addr, "hello", "again"],
+    );
+    assert_success(&out, "echo_client (ASan)");
+    assert_no_sanitizer_report(&out, "echo_client (ASan)");
+    assert_eq!(stdout(&out), "hello\nagain\n");
+    // A wrong key: the client's own failure (1), not a sanitizer's (97).
+    let out = client_in(
+        &examples,
+        "echo_client",
+        &env,
+        Some("wrong"),
+        &[&server.addr, "x"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_no_sanitizer_report(&out, "echo_client with a wrong key (ASan)");
+    if examples.join("raii_client").exists() {
+        let out = client_in(
+            &examples,
+            "raii_client",
+            &env,
+            Some(KEY),
+            &[&server.addr, "from C++"],
+        );
+        assert_success(&out, "raii_client (ASan)");
+        assert_no_sanitizer_report(&out, "raii_client (ASan)");
+    }
+    let (status, stderr) = server.stop(libc::SIGTERM, Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "echo_server (ASan) exited with {status:?}:\n{stderr}"
+    );
+    for finding in [
+        "ERROR: AddressSanitizer",
+        "ERROR: LeakSanitizer",
+        "runtime error:",
+    ] {
+        assert!(
+            !stderr.contains(finding),
+            "echo_server (ASan): {finding}\n{stderr}"
+        );
+    }
+}
+
+/// The controls: each sanitized build catches a deliberate bug of its kind
+/// (the leak is an object of the library's own, made through its API).
+#[test]
+fn sanitizers_catch_deliberate_bugs() {
+    let env = sanitizer_env();
+    let mut cases = Vec::new();
+    match &sanitized().asan {
+        Some(dir) => {
+            let exe = dir.join("sanitizer_control-asan");
+            cases.push((exe.clone(), "leak", "LeakSanitizer", "sockserv_config_new"));
+            cases.push((exe.clone(), "heap", "heap-buffer-overflow", "main"));
+            cases.push((exe, "ub", "signed integer overflow", "runtime error"));
+        }
+        None => skipped("sanitizers_catch_deliberate_bugs (ASan)", "ASan", "gcc"),
+    }
+    match &sanitized().tsan {
+        Some(dir) => cases.push((
+            dir.join("sanitizer_control-tsan"),
+            "race",
+            "data race",
+            "bump",
+        )),
+        None => skipped("sanitizers_catch_deliberate_bugs (TSan)", "TSan", "gcc"),
+    }
+    for (exe, bug, finding, where_) in cases {
+        let output = run(
+            Command::new(&env[0]).args(&env[1..]).arg(&exe).arg(bug),
+            RUN_LIMIT,
+            bug,
+        );
+        assert_eq!(
+            output.status.code(),
+            Some(SANITIZER_EXIT),
+            "{bug}\n{}",
+            show(&output)
+        );
+        let err = stderr(&output);
+        assert!(
+            err.contains(finding) && err.contains(where_),
+            "{bug}\n{err}"
+        );
+    }
 }

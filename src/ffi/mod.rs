@@ -39,6 +39,22 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+thread_local! {
+    /// Set by [`inject_panic_in_next_call`]: the next exported call on this
+    /// thread panics inside its guard.
+    static INJECT_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// For tests only (Rust, not part of the C ABI): makes the next exported
+/// function called on this thread panic inside sockserv, as a bug would.
+/// Valid input never makes sockserv panic, so this is how the tests show
+/// that such a panic becomes `SOCKSERV_ERR_PANIC` instead of an abort,
+/// also when the call is made from inside a handler.
+#[doc(hidden)]
+pub fn inject_panic_in_next_call() {
+    INJECT_PANIC.with(|f| f.set(true));
+}
+
 pub(crate) fn set_last_error(detail: &str) {
     LAST_ERROR.with(|e| {
         let mut e = e.borrow_mut();
@@ -50,6 +66,12 @@ pub(crate) fn set_last_error(detail: &str) {
 /// Runs an exported function's body: a failure is recorded for
 /// `sockserv_last_error` and mapped to its code; a panic is caught.
 fn guard(body: impl FnOnce() -> Result<()>) -> sockserv_result {
+    let body = || {
+        if INJECT_PANIC.with(|f| f.replace(false)) {
+            panic!("a panic injected by a test");
+        }
+        body()
+    };
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => sockserv_result::SOCKSERV_OK,
         Ok(Err(e)) => {

@@ -271,3 +271,201 @@ pub fn raise_fd_limit() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// What a [`counting_echo_server`] saw: every frame delivered to its
+/// handler (counted, and kept when it starts with [`EVIL`]), and the error
+/// each connection ended with.
+#[derive(Default)]
+pub struct Seen {
+    pub frames: std::sync::atomic::AtomicU64,
+    pub evil: std::sync::Mutex<Vec<Vec<u8>>>,
+    pub opened: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::Mutex<Vec<sockserv::Error>>,
+}
+
+/// The prefix of every frame a hostile peer tries to get to a handler.
+pub const EVIL: &[u8] = b"EVIL";
+
+impl Seen {
+    fn frame(&self, frame: &[u8]) {
+        self.frames
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if frame.starts_with(EVIL) {
+            self.evil.lock().unwrap().push(frame.to_vec());
+        }
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.lock().unwrap().len()
+    }
+
+    /// Waits for the error after the first `before`, and returns it.
+    pub fn next_error(&self, before: usize) -> sockserv::Error {
+        assert!(
+            wait_until(Duration::from_secs(10), || self.error_count() > before),
+            "the server recorded no error"
+        );
+        self.errors.lock().unwrap()[before].clone()
+    }
+}
+
+struct CountingEvents(Arc<Seen>);
+
+impl sockserv::EventHandler for CountingEvents {
+    fn on_open(&self, _: &Arc<sockserv::EventConn>) {
+        self.0
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn on_frame(&self, conn: &Arc<sockserv::EventConn>, frame: &[u8]) {
+        self.0.frame(frame);
+        let _ = conn.send(frame);
+    }
+    fn on_close(&self, _: &Arc<sockserv::EventConn>, reason: Option<&sockserv::Error>) {
+        if let Some(e) = reason {
+            self.0.errors.lock().unwrap().push(e.clone());
+        }
+    }
+}
+
+/// An echo server in `mode` on 127.0.0.1 that counts what reaches its
+/// handler: no frame of a peer that failed the handshake ever may.
+pub fn counting_echo_server(config: &Config, mode: Mode) -> (Server, Arc<Seen>) {
+    let seen: Arc<Seen> = Arc::default();
+    let server = Server::bind("tcp://127.0.0.1:0", config).unwrap();
+    let s = seen.clone();
+    match mode {
+        Mode::Threaded => server
+            .set_handler(Arc::new(move |conn: &Arc<Connection>| {
+                s.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                loop {
+                    match conn.recv_with(|f| {
+                        s.frame(f);
+                        f.to_vec()
+                    }) {
+                        Ok(frame) => {
+                            if conn.send(&frame).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            s.errors.lock().unwrap().push(e);
+                            return;
+                        }
+                    }
+                }
+            }))
+            .unwrap(),
+        Mode::Event => server
+            .set_event_handler(Arc::new(CountingEvents(s)))
+            .unwrap(),
+    }
+    server.start().unwrap();
+    (server, seen)
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped, whose stdout
+/// lines arrive on a channel.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildGuard {
+    pub fn spawn(cmd: &mut std::process::Command) -> ChildGuard {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        ChildGuard { child, lines }
+    }
+
+    /// Waits at most `limit` for the line `want`.
+    pub fn expect_line(&self, want: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(e) => panic!("no {want:?} line from the child: {e}"),
+            }
+        }
+    }
+
+    /// SIGKILL, then reap: the kernel closes its sockets with no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The Python interpreter for helper scripts (`SOCKSERV_PYTHON`, default
+/// `python3`).
+pub fn python() -> String {
+    std::env::var("SOCKSERV_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The resident memory of this process, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Frame `seq` of client `client`, into `out`: its size drawn log-uniformly
+/// from 0 to `max` bytes (each power-of-two size class equally often), its
+/// bytes pseudo-random; the same arguments always give the same frame, so
+/// a receiver can tell a lost, corrupted or reordered frame from the right
+/// one by making the one it expects.
+pub fn test_frame(client: u32, seq: u32, max: usize, out: &mut Vec<u8>) {
+    // splitmix64, seeded by the frame's identity.
+    let mut state = (u64::from(client) << 32) | u64::from(seq);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let classes = usize::BITS - max.leading_zeros(); // max in [2^(k-1), 2^k)
+    let class = (next() % u64::from(classes + 1)) as u32;
+    let size = match class {
+        0 => 0,
+        c if c == classes => max,
+        c => {
+            let low = 1usize << (c - 1);
+            low + (next() as usize % low)
+        }
+    };
+    out.clear();
+    while out.len() < size {
+        out.extend_from_slice(&next().to_le_bytes());
+    }
+    out.truncate(size);
+}
