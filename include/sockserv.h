@@ -560,6 +560,17 @@ enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config,
 enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
 
 /**
+ * Blocking connections (threaded servers, clients): hold a reply sent
+ * while the peer's next frame has already arrived, and write it with the
+ * next reply, or before the next receive, poll or flush would wait, or when
+ * the handler returns or the connection is freed (default off). A peer
+ * that pipelines requests then gets its replies many per system call. The
+ * cost: a handler that works long between a send and its next receive
+ * holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
+ */
+enum sockserv_result sockserv_config_set_coalesce_sends(struct sockserv_config *config, bool on);
+
+/**
  * SO_KEEPALIVE on new TCP connections (default off), with the kernel's
  * timings; `sockserv_conn_set_keepalive` sets timings per connection.
  */
@@ -804,8 +815,9 @@ void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
 
 /**
  * Closes and frees a connection from `sockserv_connect` or
- * `sockserv_conn_from_fd`. NULL, and a connection lent to a handler (the
- * server closes those), are ignored.
+ * `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
+ * by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
+ * a handler (the server closes those), are ignored.
  */
 void sockserv_conn_free(struct sockserv_conn *conn);
 

@@ -45,6 +45,13 @@ pub struct Config {
     pub v6_only: Option<bool>,
     pub nodelay: bool,
     pub keepalive: bool,
+    /// Blocking connections: a send made while the peer's next frame is
+    /// already received is held (up to 64 KiB) and leaves with the next
+    /// send that finds no frame waiting, or before the next receive, poll
+    /// or flush waits: a pipelining peer's replies go out in one system
+    /// call. Off by default: a handler that works long between a send and
+    /// its next receive would delay that reply.
+    pub coalesce_sends: bool,
     /// Event mode: I/O threads; 0 means one per core.
     pub io_threads: usize,
     /// Event mode: bytes a connection may have queued for sending; past
@@ -77,6 +84,7 @@ impl Default for Config {
             v6_only: None,
             nodelay: true,
             keepalive: false,
+            coalesce_sends: false,
             io_threads: 0,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             close_when_backed_up: false,

@@ -27,6 +27,8 @@ use crate::recv_buffer::{Decoded, RecvBuffer};
 use crate::sockopt::{self, SockOpt};
 use crate::sys::{self, Interest};
 
+/// Coalesced replies are held up to this many bytes.
+const COALESCE_LIMIT: usize = 64 * 1024;
 /// The receive buffer each connection starts with; one read takes up to this.
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
 /// The most receive buffer made ready ahead of the bytes of a large frame.
@@ -57,6 +59,9 @@ pub struct Connection {
     /// send could not finish, written before anything else.
     send_lock: Mutex<Vec<u8>>,
     nonblocking: AtomicBool,
+    /// Hold replies while the peer's next frame is already here (see
+    /// `Config::coalesce_sends`).
+    coalesce: bool,
     /// Milliseconds for each send and receive; 0 waits for ever.
     timeout_ms: AtomicU64,
     /// Why the stream can no longer be used (out of sync, or closed by us).
@@ -122,6 +127,7 @@ impl Connection {
             recv: Mutex::new(RecvBuffer::with_capacity(RECV_BUFFER_SIZE)),
             send_lock: Mutex::new(Vec::new()),
             nonblocking: AtomicBool::new(false),
+            coalesce: config.coalesce_sends,
             timeout_ms: AtomicU64::new(0),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -205,15 +211,46 @@ impl Connection {
     /// end of stream on the socket) within `timeout` (`None`: wait for ever).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         self.usable()?;
-        if let Ok(buf) = self.recv.try_lock() {
-            match frame::decode_header(buf.pending(), self.max_frame_size) {
-                Ok(Some(h)) if buf.pending().len() as u64 >= h.frame_len() => return Ok(true),
-                Err(_) => return Ok(true),
-                _ => {}
-            }
+        self.flush_held()?;
+        if self.frame_waiting() {
+            return Ok(true);
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         sys::wait(self.fd(), Interest::Read, deadline).map_err(|e| self.fail("poll", &e))
+    }
+
+    /// Whether the receive buffer holds a whole frame (or a bad header that
+    /// a receive would report) now. A receive running elsewhere counts as no.
+    fn frame_waiting(&self) -> bool {
+        let Ok(buf) = self.recv.try_lock() else {
+            return false;
+        };
+        match frame::decode_header(buf.pending(), self.max_frame_size) {
+            Ok(Some(h)) => buf.pending().len() as u64 >= h.frame_len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Writes replies held back by coalescing, as this connection's wait
+    /// allows.
+    fn flush_held(&self) -> Result<()> {
+        let wait = self.wait();
+        if !self.coalesce || wait == Wait::Never {
+            return Ok(());
+        }
+        let mut held = lock(&self.send_lock);
+        self.write_pending(&mut held, wait)
+    }
+
+    /// Writes held replies within `limit` (a server's handler returned, or
+    /// a client connection is being freed); what cannot go is dropped with
+    /// the connection.
+    pub fn flush_within(&self, limit: Duration) {
+        if self.usable().is_ok() {
+            let mut held = lock(&self.send_lock);
+            let _ = self.write_pending(&mut held, Wait::Until(Instant::now() + limit));
+        }
     }
 
     pub fn fd(&self) -> RawFd {
@@ -368,10 +405,20 @@ impl Connection {
     fn send_frame(&self, payload: &[u8], wait: Wait) -> Result<()> {
         self.usable()?;
         let mut pending = lock(&self.send_lock);
-        self.write_pending(&mut pending, wait)?;
         let header = encode_header(payload.len() as u64);
         let header = header.as_bytes();
         let total = header.len() + payload.len();
+        if self.coalesce && wait != Wait::Never && pending.len() + total <= COALESCE_LIMIT {
+            pending.extend_from_slice(header);
+            pending.extend_from_slice(payload);
+            // The peer's next frame is already here, so the handler will be
+            // back in a moment: its reply can leave with this one.
+            if self.frame_waiting() {
+                return Ok(());
+            }
+            return self.write_pending(&mut pending, wait);
+        }
+        self.write_pending(&mut pending, wait)?;
         let mut sent = 0;
         while sent < total {
             let bufs = if sent < header.len() {
@@ -472,6 +519,8 @@ impl Connection {
             // Room for what is missing, but at most READ_AHEAD at a time:
             // a header alone must not make us allocate (and zero) the whole
             // declared frame; the buffer grows as its bytes arrive.
+            // About to wait for the peer: whatever we held goes first.
+            self.flush_held()?;
             let spare = buf.spare(missing.clamp(4096, READ_AHEAD));
             let n = self.read_some(spare, deadline)?;
             if n == 0 {

@@ -27,6 +27,10 @@ pub trait EventHandler: Send + Sync {
     fn on_close(&self, conn: &Arc<EventConn>, reason: Option<&Error>);
 }
 
+/// Frames at least this large are written by `send` itself when nothing is
+/// queued, instead of being copied into the queue.
+const DIRECT_SEND_MIN: usize = 64 * 1024;
+
 /// What to do with a send while the connection's queue is over its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenBackedUp {
@@ -47,13 +51,14 @@ pub struct EventConn {
     socket: Socket,
     /// Encoded frames queued by `send`, not yet taken by the I/O thread.
     out: Mutex<Vec<u8>>,
-    /// Bytes queued and not yet written (in `out` and the I/O thread's
-    /// write buffer).
-    queued: AtomicUsize,
+    /// `out.len()`, stored beside it (never read-modify-written) so the
+    /// I/O thread can read it without the lock.
+    out_len: AtomicUsize,
+    /// Bytes the I/O thread took from `out` and has not written yet; only
+    /// the I/O thread stores it.
+    in_flight: AtomicUsize,
     max_queued: usize,
     when_backed_up: WhenBackedUp,
-    /// A flush of this connection is already requested.
-    flush_requested: AtomicBool,
     closed: AtomicBool,
     close_requested: AtomicBool,
     /// A word for the embedding layer (the C API keeps its handle here).
@@ -82,10 +87,10 @@ impl EventConn {
             local: p.local,
             socket: p.socket,
             out: Mutex::new(Vec::new()),
-            queued: AtomicUsize::new(0),
+            out_len: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
             max_queued: p.max_queued,
             when_backed_up: p.when_backed_up,
-            flush_requested: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
             slot: AtomicUsize::new(0),
@@ -104,21 +109,48 @@ impl EventConn {
         }
         let header = encode_header(payload.len() as u64);
         let frame_len = header.as_bytes().len() + payload.len();
-        {
-            let mut out = lock(&self.out);
-            let queued = self.queued.load(Ordering::Acquire);
-            if queued > 0 && queued + frame_len > self.max_queued {
-                drop(out);
-                return Err(self.backed_up(queued));
-            }
-            out.extend_from_slice(header.as_bytes());
-            out.extend_from_slice(payload);
-            self.queued.fetch_add(frame_len, Ordering::AcqRel);
+        // One lock and no other atomic read-modify-write: this runs once per
+        // frame, in on_frame and from any other thread.
+        let mut out = lock(&self.out);
+        let queued = out.len() + self.in_flight.load(Ordering::Acquire);
+        if queued > 0 && queued + frame_len > self.max_queued {
+            drop(out);
+            return Err(self.backed_up(queued));
         }
-        if !self.flush_requested.swap(true, Ordering::AcqRel) {
+        // The first frame since the I/O thread last took the queue asks it
+        // to write; later ones ride along.
+        let first = out.is_empty();
+        let mut sent = 0;
+        if queued == 0 && payload.len() >= DIRECT_SEND_MIN {
+            // Nothing queued and nothing being written (the lock keeps it so):
+            // a large frame goes straight from the caller's buffer, saving
+            // the copy; a small one waits to share a system call.
+            sent = self.send_directly(header.as_bytes(), payload);
+            if sent == frame_len {
+                return Ok(());
+            }
+        }
+        let header_rest = &header.as_bytes()[sent.min(header.as_bytes().len())..];
+        out.extend_from_slice(header_rest);
+        out.extend_from_slice(&payload[sent.saturating_sub(header.as_bytes().len())..]);
+        self.out_len.store(out.len(), Ordering::Release);
+        drop(out);
+        if first {
             self.inbox.flush(self.token, self.id);
         }
         Ok(())
+    }
+
+    /// One non-blocking sendmsg of the frame; how much the kernel took. An
+    /// error takes nothing: the I/O thread meets it again and closes.
+    fn send_directly(&self, header: &[u8], payload: &[u8]) -> usize {
+        let bufs = [
+            std::io::IoSlice::new(header),
+            std::io::IoSlice::new(payload),
+        ];
+        self.socket
+            .send_vectored_with_flags(&bufs, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+            .unwrap_or(0)
     }
 
     fn backed_up(&self, queued: usize) -> Error {
@@ -167,7 +199,7 @@ impl EventConn {
 
     /// Bytes queued for sending and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.out_len.load(Ordering::Acquire) + self.in_flight.load(Ordering::Acquire)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -199,25 +231,26 @@ impl EventConn {
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Moves the queued frames into `into` (empty), clearing the request
-    /// first so a send racing with this one asks again.
+    /// Moves the queued frames into `into` (empty) for writing.
     pub(crate) fn take_queued(&self, into: &mut Vec<u8>) {
-        self.flush_requested.store(false, Ordering::Release);
-        std::mem::swap(&mut *lock(&self.out), into);
+        let mut out = lock(&self.out);
+        std::mem::swap(&mut *out, into);
+        self.out_len.store(0, Ordering::Release);
+        self.in_flight.store(into.len(), Ordering::Release);
     }
 
     /// Queues bytes the I/O thread itself produces (handshake frames),
-    /// ignoring the limit.
+    /// ignoring the limit; the I/O thread flushes after it.
     pub(crate) fn queue_internal(&self, payload: &[u8]) {
         let header = encode_header(payload.len() as u64);
         let mut out = lock(&self.out);
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(payload);
-        self.queued
-            .fetch_add(header.as_bytes().len() + payload.len(), Ordering::AcqRel);
+        self.out_len.store(out.len(), Ordering::Release);
     }
 
-    pub(crate) fn written(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+    /// The I/O thread has `left` bytes of what it took still to write.
+    pub(crate) fn written(&self, left: usize) {
+        self.in_flight.store(left, Ordering::Release);
     }
 }

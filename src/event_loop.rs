@@ -661,7 +661,7 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
         {
             Ok(n) => {
                 conn.written += n;
-                conn.handle.written(n);
+                conn.handle.written(conn.writing.len() - conn.written);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

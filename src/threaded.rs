@@ -141,6 +141,8 @@ impl Shared {
         if let Some(handler) = &self.handler {
             handler(&conn);
         }
+        // Replies a coalescing handler held leave before the close.
+        conn.flush_within(config.handshake_timeout);
         self.context.handled.fetch_add(1, Ordering::Relaxed);
     }
 }

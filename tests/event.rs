@@ -400,7 +400,13 @@ fn sends_from_other_threads_reach_the_peer_in_order() {
             let conn = conn.clone();
             std::thread::spawn(move || {
                 for seq in 0..500u32 {
-                    let mut frame = vec![t; 5 + seq as usize % 3000];
+                    // Every 25th frame is large enough to be written directly by send.
+                    let len = if seq % 25 == 0 {
+                        70_000
+                    } else {
+                        5 + seq as usize % 3000
+                    };
+                    let mut frame = vec![t; len];
                     frame[1..5].copy_from_slice(&seq.to_be_bytes());
                     while let Err(e) = conn.send(&frame) {
                         assert_eq!(e.kind(), ErrorKind::WouldBlock);

@@ -1,7 +1,7 @@
 /* What the C baseline servers share: options, the listening socket, the
  * announcement line the runner reads, and SIGTERM handling.
  *
- * Every server: `prog [-p PORT] [-k KEY] [-t THREADS]`, binds 127.0.0.1
+ * Every server: `prog [-p PORT] [-k KEY] [-t THREADS] [-c]`, binds 127.0.0.1
  * (port 0 by default), prints "listening tcp://127.0.0.1:PORT" on stdout,
  * and exits with status 0 on SIGTERM or SIGINT. */
 #ifndef BENCH_COMMON_H
@@ -26,6 +26,7 @@ struct opts {
     int port;
     const char *key; /* NULL: no handshake */
     int threads;     /* 0: the server's default */
+    int coalesce;    /* -c: a server's own batching option, where it has one */
 };
 
 static inline void die(const char *what) {
@@ -36,13 +37,14 @@ static inline void die(const char *what) {
 static inline void parse_opts(int argc, char **argv, struct opts *o) {
     int c;
     memset(o, 0, sizeof *o);
-    while ((c = getopt(argc, argv, "p:k:t:")) != -1) {
+    while ((c = getopt(argc, argv, "p:k:t:c")) != -1) {
         switch (c) {
         case 'p': o->port = atoi(optarg); break;
         case 'k': o->key = optarg[0] ? optarg : NULL; break;
         case 't': o->threads = atoi(optarg); break;
+        case 'c': o->coalesce = 1; break;
         default:
-            fprintf(stderr, "usage: %s [-p PORT] [-k KEY] [-t THREADS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-p PORT] [-k KEY] [-t THREADS] [-c]\n", argv[0]);
             exit(2);
         }
     }

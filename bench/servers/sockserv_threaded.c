@@ -33,6 +33,8 @@ int main(int argc, char **argv) {
     /* The scale scenario holds 10,100 connections: one thread each. */
     check(sockserv_config_set_max_connections(cfg, 20000), "max_connections");
     check(sockserv_config_set_backlog(cfg, 4096), "backlog");
+    /* -c: replies to a pipelining client leave many per system call. */
+    if (o.coalesce) check(sockserv_config_set_coalesce_sends(cfg, true), "coalesce");
     snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", o.port);
     check(sockserv_server_new(addr, cfg, &srv), "server");
     sockserv_config_free(cfg);

@@ -250,6 +250,24 @@ pub unsafe extern "C" fn sockserv_config_set_nodelay(
     })
 }
 
+/// Blocking connections (threaded servers, clients): hold a reply sent
+/// while the peer's next frame has already arrived, and write it with the
+/// next reply, or before the next receive, poll or flush would wait, or when
+/// the handler returns or the connection is freed (default off). A peer
+/// that pipelines requests then gets its replies many per system call. The
+/// cost: a handler that works long between a send and its next receive
+/// holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_coalesce_sends(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.coalesce_sends = on;
+        Ok(())
+    })
+}
+
 /// SO_KEEPALIVE on new TCP connections (default off), with the kernel's
 /// timings; `sockserv_conn_set_keepalive` sets timings per connection.
 #[no_mangle]

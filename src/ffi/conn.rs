@@ -570,8 +570,9 @@ pub unsafe extern "C" fn sockserv_conn_get_userdata(conn: *const sockserv_conn) 
 }
 
 /// Closes and frees a connection from `sockserv_connect` or
-/// `sockserv_conn_from_fd`. NULL, and a connection lent to a handler (the
-/// server closes those), are ignored.
+/// `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
+/// by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
+/// a handler (the server closes those), are ignored.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_free(conn: *mut sockserv_conn) {
     guard_value((), || {
@@ -580,6 +581,10 @@ pub unsafe extern "C" fn sockserv_conn_free(conn: *mut sockserv_conn) {
             return;
         };
         if !handle.server_owned {
+            if let ConnKind::Blocking(conn) = &handle.kind {
+                // Replies held by coalescing are not lost to a free.
+                conn.flush_within(Duration::from_secs(5));
+            }
             // SAFETY: a connection not lent by a server came from
             // new_handle (Box::into_raw) and is freed once, as the caller
             // contract says.

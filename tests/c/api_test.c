@@ -524,6 +524,8 @@ static void test_config_setters(void)
     EXPECT_RC(sockserv_config_set_reuse_port(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_v6_only(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_v6_only(c, true), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_coalesce_sends(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_coalesce_sends(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_nodelay(c, false), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_keepalive(c, true), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_max_queued_bytes(c, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
