@@ -8,7 +8,7 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::server::lock;
@@ -26,6 +26,7 @@ use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
 use crate::sockopt::{self, SockOpt};
 use crate::sys::{self, Interest};
+use crate::timeout_cell::TimeoutCell;
 
 /// Coalesced replies are held up to this many bytes.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -62,8 +63,8 @@ pub struct Connection {
     /// Hold replies while the peer's next frame is already here (see
     /// `Config::coalesce_sends`).
     coalesce: bool,
-    /// Milliseconds for each send and receive; 0 waits for ever.
-    timeout_ms: AtomicU64,
+    /// For each send and receive; none waits for ever.
+    timeout: TimeoutCell,
     /// Why the stream can no longer be used (out of sync, or closed by us).
     broken: OnceLock<String>,
     /// Set by a server that is shutting down before it closes the socket, so
@@ -128,7 +129,7 @@ impl Connection {
             send_lock: Mutex::new(Vec::new()),
             nonblocking: AtomicBool::new(false),
             coalesce: config.coalesce_sends,
-            timeout_ms: AtomicU64::new(0),
+            timeout: TimeoutCell::default(),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
         };
@@ -277,15 +278,11 @@ impl Connection {
     }
 
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u64::MAX as u128) as u64);
-        self.timeout_ms.store(ms, Ordering::Relaxed);
+        self.timeout.set(timeout);
     }
 
     pub fn timeout(&self) -> Option<Duration> {
-        match self.timeout_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+        self.timeout.get()
     }
 
     /// The socket, for options (see [`crate::sockopt`]); reading or writing

@@ -16,13 +16,10 @@
 //! Thread safety: sends may come from any thread at once (each is one
 //! system call); receives are serialised by a lock.
 
-use std::fs;
 use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,7 +34,9 @@ use crate::datagram_address::{
 };
 use crate::datagram_auth::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
 use crate::error::{Error, ErrorKind, Result};
+use crate::socket_file::{self, SocketFile};
 use crate::sys::{self, Interest};
+use crate::timeout_cell::TimeoutCell;
 
 /// socketserver's `max_packet_size`, and our default maximum payload.
 pub(crate) const DEFAULT_MAX_DATAGRAM_SIZE: usize = 8192;
@@ -171,21 +170,8 @@ struct Bound {
     socket: Socket,
     local: String,
     domain: Domain,
-    /// The socket file we created, removed on drop if it is still ours.
-    unix_path: Option<(PathBuf, u64, u64)>,
-}
-
-impl Drop for Bound {
-    fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.unix_path {
-            // Only remove the file if nobody replaced it since we bound.
-            if let Ok(meta) = fs::symlink_metadata(path) {
-                if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = fs::remove_file(path);
-                }
-            }
-        }
-    }
+    /// The socket file we created: held only to be removed on drop.
+    _socket_file: Option<SocketFile>,
 }
 
 struct RecvState {
@@ -206,7 +192,7 @@ pub struct DgramSocket {
     keys: Keys,
     max_size: usize,
     /// Milliseconds for each send and receive; 0 waits for ever.
-    timeout_ms: AtomicU64,
+    timeout: TimeoutCell,
     recv: Mutex<RecvState>,
     /// A server receives on this socket: receives from elsewhere are refused
     /// and sends never wait.
@@ -227,7 +213,7 @@ impl DgramSocket {
             connected,
             keys: config.keys.clone(),
             max_size: d.max_size,
-            timeout_ms: AtomicU64::new(0),
+            timeout: TimeoutCell::default(),
             recv: Mutex::new(RecvState {
                 buf: Vec::new(),
                 opener,
@@ -366,15 +352,11 @@ impl DgramSocket {
     }
 
     pub fn set_timeout(&self, timeout: Option<Duration>) {
-        let ms = timeout.map_or(0, |t| t.as_millis().clamp(1, u64::MAX as u128) as u64);
-        self.timeout_ms.store(ms, Ordering::Relaxed);
+        self.timeout.set(timeout);
     }
 
     pub fn timeout(&self) -> Option<Duration> {
-        match self.timeout_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
+        self.timeout.get()
     }
 
     pub fn stats(&self) -> DgramStats {
@@ -678,7 +660,9 @@ enum Took {
 fn bind_socket(addr: &DgramAddress, target: &SockAddr, config: &Config) -> Result<Bound> {
     let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
     if let DgramAddress::UnixPath(path) = addr {
-        clear_stale_socket(path, addr)?;
+        socket_file::clear_stale(path, addr, "another socket is bound to this path", |p| {
+            UnixDatagram::unbound()?.connect(p)
+        })?;
     }
     let socket = Socket::new(target.domain(), Type::DGRAM, None)
         .map_err(|e| fail("creating a socket for", e))?;
@@ -697,11 +681,9 @@ fn bind_socket(addr: &DgramAddress, target: &SockAddr, config: &Config) -> Resul
         }
     }
     socket.bind(target).map_err(|e| fail("binding", e))?;
-    let unix_path = match addr {
+    let socket_file = match addr {
         DgramAddress::UnixPath(path) => {
-            let meta =
-                fs::symlink_metadata(path).map_err(|e| fail("inspecting the bound path of", e))?;
-            Some((path.clone(), meta.dev(), meta.ino()))
+            Some(SocketFile::record(path).map_err(|e| fail("inspecting the bound path of", e))?)
         }
         _ => None,
     };
@@ -712,7 +694,7 @@ fn bind_socket(addr: &DgramAddress, target: &SockAddr, config: &Config) -> Resul
         local: format_dgram_sockaddr(&local),
         domain: target.domain(),
         socket,
-        unix_path,
+        _socket_file: socket_file,
     })
 }
 
@@ -746,41 +728,8 @@ fn create_socket(domain: Domain, to: &str) -> Result<Bound> {
         local: format_dgram_sockaddr(&bound),
         domain,
         socket,
-        unix_path: None,
+        _socket_file: None,
     })
-}
-
-/// Removes a datagram socket file nobody receives on any more; refuses to
-/// touch a live one or a file that is not a socket.
-fn clear_stale_socket(path: &Path, addr: &DgramAddress) -> Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format_args!("inspecting {addr}"), &e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::new(
-            ErrorKind::AddressInUse,
-            format!("{addr}: the path exists and is not a socket; it was left alone"),
-        ));
-    }
-    let probe = UnixDatagram::unbound().map_err(|e| Error::io("creating a probe socket", &e))?;
-    match probe.connect(path) {
-        Ok(()) => Err(Error::new(
-            ErrorKind::AddressInUse,
-            format!("{addr}: another socket is bound to this path"),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
-            .map_err(|e| Error::io(format_args!("removing the stale socket {addr}"), &e)),
-        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => Err(Error::new(
-            ErrorKind::AddressInUse,
-            format!("{addr}: a stream socket is bound to this path"),
-        )),
-        Err(e) => Err(Error::io(
-            format_args!("probing the existing socket {addr}"),
-            &e,
-        )),
-    }
 }
 
 /// A send or connect error; a Unix path with nobody bound to it (missing

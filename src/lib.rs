@@ -30,10 +30,12 @@ pub mod mac;
 pub mod proxy_protocol;
 pub mod recv_buffer;
 pub mod server;
+mod socket_file;
 pub mod sockopt;
 mod sys;
 pub mod systemd;
 mod threaded;
+mod timeout_cell;
 
 pub use client::connect;
 pub use config::Config;

@@ -2,25 +2,24 @@
 //! socket file (its server gone) is replaced; a live one or a file that is
 //! not a socket is left alone. The path is removed when the listener closes.
 
-use std::fs;
 use std::io;
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::address::{format_sockaddr, Address};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
+use crate::socket_file::{self, SocketFile};
 use crate::{sys, systemd};
 
 pub struct Listener {
     socket: Socket,
     local: String,
-    /// The socket file we created, removed on drop if it is still ours.
-    unix_path: Option<(PathBuf, u64, u64)>,
+    /// The socket file we created: held only to be removed on drop.
+    _socket_file: Option<SocketFile>,
 }
 
 impl Listener {
@@ -50,19 +49,6 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some((path, dev, ino)) = &self.unix_path {
-            // Only remove the file if nobody replaced it since we bound.
-            if let Ok(meta) = fs::symlink_metadata(path) {
-                if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = fs::remove_file(path);
-                }
-            }
-        }
-    }
-}
-
 /// Serves on an inherited listening socket: ours to close from now on, not
 /// ours to unlink. On failure the descriptor is left open, still its
 /// owner's.
@@ -72,7 +58,7 @@ fn inherit(fd: i32, addr: &Address) -> Result<Listener> {
         Ok(local) => Ok(Listener {
             local,
             socket,
-            unix_path: None,
+            _socket_file: None,
         }),
         Err(e) => {
             let _ = socket.into_raw_fd();
@@ -128,54 +114,31 @@ fn bind_tcp(addr: &Address, config: &Config) -> Result<Listener> {
     Ok(Listener {
         local: format_sockaddr(&local),
         socket,
-        unix_path: None,
+        _socket_file: None,
     })
 }
 
 fn bind_unix(path: &Path, addr: &Address, config: &Config) -> Result<Listener> {
-    clear_stale_socket(path, addr)?;
+    socket_file::clear_stale(
+        path,
+        addr,
+        "another server is listening on this socket",
+        |p| UnixStream::connect(p).map(drop),
+    )?;
     let target = addr.resolve()?.remove(0);
     let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {addr}"), &e);
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)
         .map_err(|e| fail("creating a socket for", e))?;
     socket.bind(&target).map_err(|e| fail("binding", e))?;
-    let meta = fs::symlink_metadata(path).map_err(|e| fail("inspecting the bound path of", e))?;
+    let file = SocketFile::record(path).map_err(|e| fail("inspecting the bound path of", e))?;
     let listener = Listener {
         local: addr.to_string(),
         socket,
-        unix_path: Some((path.to_path_buf(), meta.dev(), meta.ino())),
+        _socket_file: Some(file),
     };
     listener
         .socket
         .listen(config.backlog)
         .map_err(|e| fail("listening on", e))?;
     Ok(listener)
-}
-
-/// Removes a socket file left by a server that is gone: one nobody accepts
-/// on. Refuses to touch a live socket or a file that is not a socket.
-fn clear_stale_socket(path: &Path, addr: &Address) -> Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format_args!("inspecting {addr}"), &e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::new(
-            ErrorKind::AddressInUse,
-            format!("{addr}: the path exists and is not a socket; it was left alone"),
-        ));
-    }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(Error::new(
-            ErrorKind::AddressInUse,
-            format!("{addr}: another server is listening on this socket"),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
-            .map_err(|e| Error::io(format_args!("removing the stale socket {addr}"), &e)),
-        Err(e) => Err(Error::io(
-            format_args!("probing the existing socket {addr}"),
-            &e,
-        )),
-    }
 }

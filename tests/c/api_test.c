@@ -13,7 +13,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 /* First, to show that the header stands on its own. */
-#include "sockserv.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,109 +36,7 @@ static const uint8_t KEY[] = "correct horse battery staple";
 static const uint8_t WRONG_KEY[] = "incorrect horse";
 
 /* ------------------------------------------------------------------ */
-/* Checks                                                              */
-
-static int checks, failures;
-
-static const char *code_name(int code)
-{
-    static const char *const names[] = {
-        "SOCKSERV_OK",
-        "SOCKSERV_ERR_NULL_PARAMETER",
-        "SOCKSERV_ERR_INVALID_ARGUMENT",
-        "SOCKSERV_ERR_INVALID_ADDRESS",
-        "SOCKSERV_ERR_ADDRESS_IN_USE",
-        "SOCKSERV_ERR_CONNECTION_REFUSED",
-        "SOCKSERV_ERR_TIMED_OUT",
-        "SOCKSERV_ERR_CLOSED",
-        "SOCKSERV_ERR_TRUNCATED_FRAME",
-        "SOCKSERV_ERR_FRAME_TOO_LARGE",
-        "SOCKSERV_ERR_PROTOCOL",
-        "SOCKSERV_ERR_AUTH_FAILED",
-        "SOCKSERV_ERR_AUTH_PROTOCOL",
-        "SOCKSERV_ERR_INSUFFICIENT_SIZE",
-        "SOCKSERV_ERR_SHUTDOWN",
-        "SOCKSERV_ERR_INVALID_STATE",
-        "SOCKSERV_ERR_BROKEN",
-        "SOCKSERV_ERR_IO",
-        "SOCKSERV_ERR_PANIC",
-    };
-    if (code >= 0 && code < (int)(sizeof names / sizeof names[0]))
-        return names[code];
-    return "(unknown code)";
-}
-
-/* The main thread's last error detail (only the main thread checks). */
-static const char *detail(void)
-{
-    static char buf[1024];
-    sockserv_last_error(buf, sizeof buf);
-    return buf;
-}
-
-static int check_(int ok, const char *expr, const char *file, int line)
-{
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "%s:%d: FAILED: %s\n  last error: %s\n", file, line, expr, detail());
-    }
-    return ok;
-}
-
-static int expect_rc_(sockserv_result got, sockserv_result want, const char *expr,
-                      const char *file, int line)
-{
-    checks++;
-    if (got != want) {
-        failures++;
-        fprintf(stderr, "%s:%d: FAILED: %s\n  returned %s (%d), expected %s\n  last error: %s\n",
-                file, line, expr, code_name(got), (int)got, code_name(want), detail());
-        return 0;
-    }
-    return 1;
-}
-
-static void require_ok_(sockserv_result got, const char *expr, const char *file, int line)
-{
-    if (got != SOCKSERV_OK) {
-        fprintf(stderr, "%s:%d: setup failed: %s returned %s\n  last error: %s\n", file, line,
-                expr, code_name(got), detail());
-        exit(1);
-    }
-}
-
-static void require_(int ok, const char *expr, const char *file, int line)
-{
-    if (!ok) {
-        fprintf(stderr, "%s:%d: setup failed: %s (%s)\n", file, line, expr, strerror(errno));
-        exit(1);
-    }
-}
-
-#define CHECK(cond) check_((cond) ? 1 : 0, #cond, __FILE__, __LINE__)
-#define EXPECT_RC(call, want) expect_rc_((call), (want), #call, __FILE__, __LINE__)
-/* The last error of this thread mentions `text`. */
-#define EXPECT_DETAIL(text) CHECK(strstr(detail(), (text)) != NULL)
-/* Setup that later checks depend on: stop at once if it fails. */
-#define REQUIRE_OK(call) require_ok_((call), #call, __FILE__, __LINE__)
-#define REQUIRE(cond) require_((cond) ? 1 : 0, #cond, __FILE__, __LINE__)
-
-/* ------------------------------------------------------------------ */
-/* Helpers                                                             */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
+/* Helpers (the checks are in check.h)                                                             */
 
 static sockserv_config *config_with_key(const uint8_t *key, size_t len)
 {
@@ -184,8 +82,6 @@ static int fd_is_open(int fd)
     return fcntl(fd, F_GETFD) != -1;
 }
 
-/* A distinctive pointer, to show that an output was not written. */
-#define UNTOUCHED ((void *)&checks)
 
 /* ------------------------------------------------------------------ */
 /* The server side: an echo handler that also checks its lent handle.  */
@@ -226,7 +122,7 @@ static void echo_handler(void *userdata, sockserv_conn *conn)
         if (rc) {
             char why[512];
             sockserv_last_error(why, sizeof why);
-            fprintf(stderr, "handler: receive: %s (%s)\n", code_name(rc), why);
+            fprintf(stderr, "handler: receive: %s (%s)\n", sockserv_strerror(rc), why);
             bad++;
             break;
         }

@@ -14,7 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include "sockserv.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,80 +33,7 @@
 static const uint8_t KEY[] = "datagram key";
 
 /* ------------------------------------------------------------------ */
-/* Checks                                                              */
-
-static int checks, failures;
-
-static const char *detail(void)
-{
-    static char buf[1024];
-    sockserv_last_error(buf, sizeof buf);
-    return buf;
-}
-
-static int check_(int ok, const char *expr, const char *file, int line)
-{
-    checks++;
-    if (!ok) {
-        failures++;
-        fprintf(stderr, "%s:%d: FAILED: %s\n  last error: %s\n", file, line, expr, detail());
-    }
-    return ok;
-}
-
-static int expect_rc_(sockserv_result got, sockserv_result want, const char *expr,
-                      const char *file, int line)
-{
-    checks++;
-    if (got != want) {
-        failures++;
-        fprintf(stderr, "%s:%d: FAILED: %s\n  returned %d (%s), expected %d (%s)\n"
-                        "  last error: %s\n",
-                file, line, expr, (int)got, sockserv_strerror(got), (int)want,
-                sockserv_strerror(want), detail());
-        return 0;
-    }
-    return 1;
-}
-
-static void require_ok_(sockserv_result got, const char *expr, const char *file, int line)
-{
-    if (got != SOCKSERV_OK) {
-        fprintf(stderr, "%s:%d: setup failed: %s returned %d\n  last error: %s\n", file, line,
-                expr, (int)got, detail());
-        exit(1);
-    }
-}
-
-static void require_(int ok, const char *expr, const char *file, int line)
-{
-    if (!ok) {
-        fprintf(stderr, "%s:%d: setup failed: %s (%s)\n", file, line, expr, strerror(errno));
-        exit(1);
-    }
-}
-
-#define CHECK(cond) check_((cond) ? 1 : 0, #cond, __FILE__, __LINE__)
-#define EXPECT_RC(call, want) expect_rc_((call), (want), #call, __FILE__, __LINE__)
-#define EXPECT_DETAIL(text) CHECK(strstr(detail(), (text)) != NULL)
-#define REQUIRE_OK(call) require_ok_((call), #call, __FILE__, __LINE__)
-#define REQUIRE(cond) require_((cond) ? 1 : 0, #cond, __FILE__, __LINE__)
-
-/* A distinctive pointer, to show that an output was not written. */
-#define UNTOUCHED ((void *)&checks)
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
+/* Helpers (the checks are in check.h)                                 */
 
 static uint64_t stat_of(const sockserv_dgram *sock, int stat)
 {
