@@ -52,5 +52,10 @@ fuzz_target!(|data: &[u8]| {
                     .unwrap_or_else(|e| panic!("format_sockaddr gave {formatted:?}: {e}"));
             }
         }
+        // Inherited sockets name no place to connect to.
+        Address::Fd(_) | Address::Systemd(_) => {
+            let e = addr.resolve().expect_err("an inherited socket does not resolve");
+            assert_eq!(e.kind(), ErrorKind::InvalidAddress);
+        }
     }
 });
