@@ -22,7 +22,14 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+// The tree, the library under test and temporary directories, shared with
+// tests/packaging (c_api runs its own processes: see `run`).
+#[path = "packaging/proc.rs"]
+#[allow(dead_code)]
+mod proc;
+use proc::{lib_dir, root, TempDir};
 
 const KEY: &str = "c-api-test-key";
 /// How long a program may run natively, and under valgrind.
@@ -30,51 +37,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 const VALGRIND_LIMIT: Duration = Duration::from_secs(300);
 /// How long to wait for a child's output pipes to close after it exited.
 const PIPE_LIMIT: Duration = Duration::from_secs(5);
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The directory of the libsockserv.so built with this test binary.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
-    let lib = deps.join("libsockserv.so");
-    let built = modified(&lib).unwrap_or_else(|| {
-        panic!(
-            "{} is missing: `cargo test` should build the cdylib beside the rlib",
-            lib.display()
-        )
-    });
-    // A source newer than the library means it is not the one under test.
-    for source in rust_sources(&root().join("src")) {
-        let changed = modified(&source).expect("source mtime");
-        assert!(
-            changed <= built,
-            "{} is older than {}: the library under test is stale",
-            lib.display(),
-            source.display()
-        );
-    }
-    deps
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-fn rust_sources(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).expect("read src/").flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(rust_sources(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            found.push(path);
-        }
-    }
-    found
-}
 
 /// Everything compiled once per test run (tests share it).
 struct Built {
@@ -300,24 +262,6 @@ fn stdout(output: &Output) -> String {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sockserv-c-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------
