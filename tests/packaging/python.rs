@@ -214,6 +214,10 @@ fn python_package_installs_alone_in_a_fresh_venv() {
                 .arg(file),
         )
     };
+    // The package's own annotations, strictly (errors inside an installed
+    // package are silenced, so its source is checked).
+    let own = mypy(&src.join("sockserv"));
+    assert_success(&own, "mypy --strict bindings/python/sockserv");
     let checked = mypy(&program);
     assert_success(&checked, "mypy --strict whole_api.py");
     assert!(stdout(&checked).contains("Success"), "{}", show(&checked));

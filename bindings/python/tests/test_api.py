@@ -425,3 +425,57 @@ def test_unknown_option_and_bad_values():
     assert e.value.call == "sockserv_config_set_max_datagram_size"
     with pytest.raises(ValueError):
         sockserv.connect("tcp://127.0.0.1:1", io_timeout=-1)
+
+
+def test_event_connections_closed_from_other_threads_while_peers_leave():
+    # Closes racing with peers' own closes and with on_close: every open
+    # gets exactly one close, nothing hangs, nothing is reported.
+    opened, closed, errors = [], [], []
+    lock = threading.Lock()
+
+    def on_open(conn):
+        with lock:
+            opened.append(conn)
+
+    def on_close(conn, reason):
+        with lock:
+            closed.append(reason)
+
+    with sockserv.EventServer("tcp://127.0.0.1:0", on_open=on_open, on_close=on_close,
+                              on_frame=lambda c, f: c.send(f), on_error=errors.append, io_threads=2) as srv:
+        srv.start()
+        clients = [sockserv.connect(srv.address, io_timeout=WAIT) for _ in range(20)]
+        assert wait_until(lambda: len(opened) == 20)
+        # The server closes the even clients' connections, the odd clients close theirs.
+        even = {c.local_address for c in clients[::2]}
+        ours = [s for s in opened if s.peer_address in even]
+        assert len(ours) == 10
+        closer = threading.Thread(target=lambda: [s.close() for s in ours])
+        closer.start()
+        for c in clients[1::2]:
+            c.close()
+        closer.join(WAIT)
+        assert not closer.is_alive()
+        assert wait_until(lambda: len(closed) == 20)
+        assert set(closed) <= {Code.OK, Code.CLOSED}
+        for c in clients[::2]:
+            c.close()
+    assert not errors, errors
+    assert len(closed) == 20
+
+
+def test_an_on_error_that_raises_is_printed(capfd):
+    def on_error(exc):
+        raise RuntimeError("on_error failed too")
+
+    def handler(conn):
+        raise ValueError("first")
+
+    with sockserv.Server("tcp://127.0.0.1:0", handler, on_error=on_error) as srv:
+        srv.start()
+        with sockserv.connect(srv.address, io_timeout=WAIT) as conn:
+            with pytest.raises(sockserv.ConnectionClosed):
+                conn.recv()
+        assert wait_until(lambda: srv.stats()["handled"] == 1)
+    err = capfd.readouterr().err
+    assert "exception in the on_error" in err and "on_error failed too" in err

@@ -48,3 +48,17 @@ def test_bundled_library_is_found_first(tmp_path):
     out = subprocess.run([sys.executable, "-B", "-c", "import sockserv"], capture_output=True, text=True,
                          timeout=60, env=env, cwd=str(tmp_path))
     assert out.returncode != 0 and "nope.so" in out.stderr
+
+
+def test_the_package_passes_mypy_strict():
+    try:
+        import mypy.api
+    except ImportError:
+        import pytest
+
+        # Not a failure on CI: the fresh-venv test (tests/packaging/python.rs)
+        # installs mypy and runs this check there too.
+        pytest.skip("mypy is not installed for this Python: mypy --strict ran only in the fresh-venv test")
+    out, err, status = mypy.api.run(["--strict", "--no-incremental", "--cache-dir", os.devnull,
+                                     str(PKG), str(HERE / "whole_api.py")])
+    assert status == 0, out + err
