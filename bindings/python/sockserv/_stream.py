@@ -9,7 +9,7 @@ import enum
 import math
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 
 from . import _core
 from ._core import Address, Buffer, Options, as_bytes, call
@@ -264,7 +264,7 @@ def from_fd(
     role: Role,
     *,
     key: Optional[Buffer] = None,
-    extra_keys: tuple[Buffer, ...] = (),
+    extra_keys: Iterable[Buffer] = (),
     **options: Unpack[Options],
 ) -> Connection:
     """Adopts a connected stream socket (TCP or Unix) you already have and
