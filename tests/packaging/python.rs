@@ -157,8 +157,10 @@ fn python_package_installs_alone_in_a_fresh_venv() {
     let started = Instant::now();
     let src = root().join("bindings/python");
 
-    // 1. pip install bindings/python: setup.py runs cargo build --release.
-    // Its own target directory: this cargo test holds target/'s lock.
+    // 1. pip install bindings/python, as a user types it (pip fetches
+    // setuptools and wheel for its isolated build): setup.py runs cargo
+    // build --release, in its own target directory, as this cargo test
+    // holds target/'s lock.
     let venv = tmp.path().join("venv");
     step(
         "python3 -m venv",
@@ -187,7 +189,7 @@ fn python_package_installs_alone_in_a_fresh_venv() {
         "pip install bindings/python (cargo build --release inside)",
         Duration::from_secs(600),
         clean(&pip, tmp.path())
-            .args(["install", "-q", "--no-build-isolation", "--no-index"])
+            .args(["install", "-q"])
             .arg(&src)
             .env("CARGO_TARGET_DIR", root().join("target/python-package")),
     );
@@ -242,8 +244,9 @@ fn python_package_installs_alone_in_a_fresh_venv() {
         );
     }
 
-    // 3. A wheel built from the same source (from the library this cargo
-    // test built), installed with no index into a second fresh venv.
+    // 3. A wheel built offline (no build isolation, no index: the venv's
+    // setuptools and wheel) from the same source and the library this
+    // cargo test built, installed with no index into a second fresh venv.
     let wheels = tmp.path().join("wheels");
     step(
         "pip wheel bindings/python",
