@@ -17,11 +17,13 @@ HEADER = (REPO / "include" / "sockserv.h").read_text()
 
 
 def header_defines(prefix):
-    return {m[0]: int(m[1]) for m in re.findall(rf"^#define ({prefix}\w+) (-?\d+)$", HEADER, re.M)}
+    found = re.findall(rf"^#define\s+({prefix}\w+)\s+\(?(-?\d+)[uUlL]*\)?\s*$", HEADER, re.M)
+    return {name: int(value) for name, value in found}
 
 
 def test_every_result_code_of_the_header_is_a_code_member():
-    codes = dict(re.findall(r"^\s*SOCKSERV_(OK|ERR_\w+) = (\d+),", HEADER, re.M))
+    # The last enumerator may have no trailing comma (C89).
+    codes = dict(re.findall(r"^\s*SOCKSERV_(OK|ERR_\w+)\s*=\s*(\d+)\s*,?\s*$", HEADER, re.M))
     assert len(codes) >= 21, "the header parse found too few codes"
     missing = []
     for name, value in codes.items():
@@ -35,7 +37,10 @@ def test_every_result_code_of_the_header_is_a_code_member():
 
 
 def test_every_header_function_has_a_prototype_with_its_arity():
-    decls = re.findall(r"^[a-z][\w \*]*?\b(sockserv_\w+)\((.*?)\);", HEADER, re.M | re.S)
+    # Declarations, not mentions in comments: a line starting with the
+    # return type (after any all-caps attribute macro), up to the ";".
+    decl = r"^(?:[A-Z_][A-Z0-9_]*\s+)*(?:const\s+)?(?:enum\s+|struct\s+)?\w+[\s\*]+(sockserv_\w+)\s*\(([^;()]*)\)\s*;"
+    decls = re.findall(decl, HEADER, re.M)
     assert len(decls) >= 83
     wrong = []
     for name, params in decls:
