@@ -484,3 +484,36 @@ def test_an_on_error_that_raises_is_printed(capfd):
         assert wait_until(lambda: srv.stats()["handled"] == 1)
     err = capfd.readouterr().err
     assert "exception in the on_error" in err and "on_error failed too" in err
+
+
+def test_exit_without_close_frees_every_server_cleanly(tmp_path):
+    # Servers left open, with live connections and callbacks still due, are
+    # freed at interpreter exit before Python tears down: no crash, no hang.
+    import os
+    import subprocess
+    import sys
+
+    program = tmp_path / "leave.py"
+    program.write_text(
+        "import sockserv\n"
+        "ev = sockserv.EventServer('tcp://127.0.0.1:0', on_frame=lambda c, f: c.send(f),\n"
+        "                          on_close=lambda c, r: print('closed', r.name, flush=True))\n"
+        "ev.start()\n"
+        "th = sockserv.Server('tcp://127.0.0.1:0', lambda c: c.send(c.recv()))\n"
+        "th.start()\n"
+        "dg = sockserv.DatagramServer('udp://127.0.0.1:0', lambda s, d, f: s.send_to(f, d))\n"
+        "dg.start()\n"
+        "a = sockserv.connect(ev.address, io_timeout=10)\n"
+        "a.send(b'x'); assert a.recv() == b'x'\n"
+        "b = sockserv.connect(th.address, io_timeout=10)\n"
+        "b.send(b'y'); assert b.recv() == b'y'\n"
+        "d = sockserv.connect_datagram(dg.address, io_timeout=10)\n"
+        "d.send(b'z'); assert d.recv() == b'z'\n"
+        "print('leaving', flush=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO / "bindings" / "python"))
+    out = subprocess.run([sys.executable, "-B", str(program)], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.split() == ["leaving", "closed", "SHUTDOWN"], out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "exception" not in out.stderr, out.stderr
