@@ -2,13 +2,17 @@
 codes, each carrying the code (.code), the library's detail (.detail, from
 sockserv_last_error on the failing thread) and the C function (.call)."""
 
+from __future__ import annotations
+
 import builtins
 import enum
 import multiprocessing
+from typing import Dict, Optional, Tuple, Type, Union
 
 
 class Code(enum.IntEnum):
-    """sockserv_result, as in sockserv.h."""
+    """sockserv_result, as in sockserv.h (a test checks every SOCKSERV_ code
+    of the header is here with its value)."""
 
     OK = 0
     NULL_PARAMETER = 1
@@ -30,12 +34,20 @@ class Code(enum.IntEnum):
     IO = 17
     PANIC = 18
     WOULD_BLOCK = 19
+    DATAGRAM_TOO_LARGE = 20
 
 
 class SockservError(Exception):
-    """A failed sockserv call."""
+    """A failed sockserv call. `.code` is a Code (a plain int for a code
+    this binding does not know, from a newer library)."""
 
-    def __init__(self, code, detail="", call=""):
+    code: Union[Code, int]
+    detail: str
+    call: str
+    #: With Code.INSUFFICIENT_SIZE from a receive into a buffer: the size needed.
+    needed: Optional[int] = None
+
+    def __init__(self, code: int, detail: str = "", call: str = "") -> None:
         try:
             self.code = Code(code)
         except ValueError:
@@ -57,7 +69,8 @@ class NetworkError(SockservError, OSError):
 
 class TimeoutError(SockservError, builtins.TimeoutError):  # noqa: A001 (also the builtin)
     """The operation did not finish in time; the connection stays usable
-    after a receive timed out."""
+    after a receive timed out. WOULD_BLOCK (non-blocking mode, a full event
+    queue) is one too: try again later."""
 
 
 class ConnectionClosed(SockservError, EOFError):
@@ -66,8 +79,8 @@ class ConnectionClosed(SockservError, EOFError):
 
 
 class ProtocolError(SockservError):
-    """The peer broke the framing (a truncated or oversized frame); the
-    connection was closed."""
+    """The peer broke the framing (a truncated or oversized frame, a
+    datagram over the maximum size); a stream connection was closed."""
 
 
 class AuthenticationError(SockservError, multiprocessing.AuthenticationError):
@@ -78,7 +91,7 @@ class InternalError(SockservError):
     """A bug inside sockserv was caught at its boundary."""
 
 
-FAMILIES = {
+FAMILIES: Dict[Type[SockservError], Tuple[Code, ...]] = {
     UsageError: (
         Code.NULL_PARAMETER,
         Code.INVALID_ARGUMENT,
@@ -89,14 +102,21 @@ FAMILIES = {
     NetworkError: (Code.ADDRESS_IN_USE, Code.CONNECTION_REFUSED, Code.IO),
     TimeoutError: (Code.TIMED_OUT, Code.WOULD_BLOCK),
     ConnectionClosed: (Code.CLOSED, Code.SHUTDOWN, Code.BROKEN),
-    ProtocolError: (Code.TRUNCATED_FRAME, Code.FRAME_TOO_LARGE, Code.PROTOCOL),
+    ProtocolError: (
+        Code.TRUNCATED_FRAME,
+        Code.FRAME_TOO_LARGE,
+        Code.PROTOCOL,
+        Code.DATAGRAM_TOO_LARGE,
+    ),
     AuthenticationError: (Code.AUTH_FAILED, Code.AUTH_PROTOCOL),
     InternalError: (Code.PANIC,),
 }
-_CLASS_OF = {code: cls for cls, codes in FAMILIES.items() for code in codes}
+_CLASS_OF: Dict[int, Type[SockservError]] = {
+    code: cls for cls, codes in FAMILIES.items() for code in codes
+}
 
 
-def error_for(code, detail="", call=""):
+def error_for(code: int, detail: str = "", call: str = "") -> SockservError:
     """The exception for a code (SockservError for a code this binding does
     not know)."""
     return _CLASS_OF.get(code, SockservError)(code, detail, call)

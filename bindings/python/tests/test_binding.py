@@ -248,7 +248,7 @@ def test_lent_connection_is_unusable_after_the_handler(errors):
         assert wait_until(lambda: srv.stats()["handled"] == 1)
     with pytest.raises(sockserv.UsageError) as e:
         kept[0].send(b"too late")
-    assert e.value.code == Code.INVALID_STATE and "handler that has returned" in e.value.detail
+    assert e.value.code == Code.INVALID_STATE and "callback that has returned" in e.value.detail
     assert not errors
 
 

@@ -1,0 +1,281 @@
+"""Framed stream connections: connect(), from_fd(), and the Connection a
+server lends to its handler or event callbacks."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import math
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
+
+from . import _core
+from ._core import Address, Buffer, Options, as_bytes, call
+from ._lib import lib
+from .errors import Code, UsageError, error_for
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+
+class Option(enum.IntEnum):
+    """Connection options (SOCKSERV_OPT_*), for set_option/get_option."""
+
+    NODELAY = 0
+    KEEPALIVE = 1
+    KEEPALIVE_IDLE = 2
+    KEEPALIVE_INTERVAL = 3
+    KEEPALIVE_COUNT = 4
+    RCVBUF = 5
+    SNDBUF = 6
+    LINGER = 7
+    NONBLOCKING = 8
+
+
+class Role(enum.IntEnum):
+    """from_fd(): which end of the handshake the socket is."""
+
+    SERVER = 0  # SOCKSERV_ROLE_SERVER: it was accepted (challenges first)
+    CLIENT = 1  # SOCKSERV_ROLE_CLIENT: it was connected (answers first)
+
+
+class Connection:
+    """A framed connection: connect() and from_fd() make one (yours: close
+    it, or use `with`); a Server's handler and an EventServer's callbacks
+    are lent one (valid until the handler returns or on_close has run;
+    using it afterwards raises UsageError).
+
+    One thread may receive while others send. close() from another thread
+    wakes a blocked send or receive, then frees the connection once no call
+    is in flight. `userdata` is yours (the Python side of
+    sockserv_conn_set_userdata).
+    """
+
+    userdata: Any
+
+    def __init__(self, handle: int, lent: bool = False) -> None:
+        self._handle: Optional[int] = handle
+        self._lent = lent
+        self._busy = 0  # calls in flight
+        self._cond = threading.Condition()
+        self.userdata = None
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[int]:
+        with self._cond:
+            if self._handle is None:
+                what = "was lent to a callback that has returned" if self._lent else "is closed"
+                raise UsageError(Code.INVALID_STATE, f"the connection {what}", "Connection")
+            self._busy += 1
+            handle = self._handle
+        try:
+            yield handle
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def send(self, data: Buffer) -> None:
+        """Sends bytes-like `data` as one frame. Event mode: queues it and
+        never waits (TimeoutError with Code.WOULD_BLOCK when the queue is
+        over its limit). Non-blocking mode: see setblocking()."""
+        data = as_bytes(data, "data")
+        with self._use() as h:
+            call("sockserv_conn_send", h, data, len(data))
+
+    def recv(self) -> bytes:
+        """Receives the next whole frame, as bytes."""
+        ptr, n = ctypes.c_void_p(), ctypes.c_size_t()
+        with self._use() as h:
+            call("sockserv_conn_recv", h, ctypes.byref(ptr), ctypes.byref(n))
+            # Copied before anything else can receive on it (the frame is
+            # borrowed from the connection's buffer).
+            return ctypes.string_at(ptr.value, n.value) if ptr.value and n.value else b""
+
+    def recv_into(self, buffer: Union[bytearray, memoryview]) -> int:
+        """Receives the next frame into a writable buffer and returns its
+        size. A frame that does not fit raises UsageError
+        (Code.INSUFFICIENT_SIZE, the size needed in .needed) and stays
+        queued for the next receive."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        cap = view.nbytes
+        # ctypes wants an address: a ctypes array over the caller's memory.
+        c_buf = (ctypes.c_char * cap).from_buffer(view) if cap else None
+        n = ctypes.c_size_t()
+        with self._use() as h:
+            rc = int(lib.sockserv_conn_recv_into(h, c_buf, cap, ctypes.byref(n)))
+            if rc == Code.INSUFFICIENT_SIZE:
+                err = error_for(rc, _core.last_error(), "sockserv_conn_recv_into")
+                err.needed = n.value
+                raise err
+            _core.check(rc, "sockserv_conn_recv_into")
+        return n.value
+
+    def poll(self, timeout: Optional[float] = 0.0) -> bool:
+        """Whether recv() would not wait, after waiting up to `timeout`
+        seconds (None: for ever)."""
+        ms = -1 if timeout is None else min(math.ceil(max(timeout, 0) * 1000), 2**31 - 1)
+        readable = ctypes.c_bool()
+        with self._use() as h:
+            call("sockserv_conn_poll", h, ms, ctypes.byref(readable))
+        return readable.value
+
+    def settimeout(self, seconds: Optional[float]) -> None:
+        """The timeout of each later send and receive; None: none.
+        (Non-blocking mode is setblocking(False).)"""
+        with self._use() as h:
+            call("sockserv_conn_set_timeout_ms", h, _core.ms_or_none(seconds))
+
+    def gettimeout(self) -> Optional[float]:
+        ms = ctypes.c_uint32()
+        with self._use() as h:
+            call("sockserv_conn_get_timeout_ms", h, ctypes.byref(ms))
+        return ms.value / 1000 if ms.value else None
+
+    def set_option(self, option: Option, value: int) -> None:
+        """Sets a SOCKSERV_OPT_* option (TCP ones on a Unix socket raise
+        NetworkError with Code.IO)."""
+        with self._use() as h:
+            call("sockserv_conn_set_option", h, int(option), int(value))
+
+    def get_option(self, option: Option) -> int:
+        value = ctypes.c_int64()
+        with self._use() as h:
+            call("sockserv_conn_get_option", h, int(option), ctypes.byref(value))
+        return value.value
+
+    def setblocking(self, flag: bool) -> None:
+        """Non-blocking mode (SOCKSERV_OPT_NONBLOCKING) when False: recv()
+        with no whole frame ready, and send() the kernel cannot take at all,
+        raise TimeoutError with Code.WOULD_BLOCK at once. A frame the kernel
+        took part of is finished by the next send() or flush()."""
+        self.set_option(Option.NONBLOCKING, 0 if flag else 1)
+
+    def getblocking(self) -> bool:
+        return self.get_option(Option.NONBLOCKING) == 0
+
+    def flush(self) -> bool:
+        """Writes what an earlier send left over (non-blocking mode, or a
+        reply held by coalesce_sends). True when nothing is left; False
+        while some is (non-blocking: wait until fileno() is writable)."""
+        with self._use() as h:
+            rc = int(lib.sockserv_conn_flush(h))
+            if rc == Code.WOULD_BLOCK:
+                return False
+            _core.check(rc, "sockserv_conn_flush")
+        return True
+
+    @property
+    def nodelay(self) -> bool:
+        """TCP_NODELAY (TCP only: NetworkError on Unix sockets)."""
+        on = ctypes.c_bool()
+        with self._use() as h:
+            call("sockserv_conn_get_nodelay", h, ctypes.byref(on))
+        return on.value
+
+    @nodelay.setter
+    def nodelay(self, on: bool) -> None:
+        with self._use() as h:
+            call("sockserv_conn_set_nodelay", h, bool(on))
+
+    def set_keepalive(self, on: bool, idle: int = 0, interval: int = 0, count: int = 0) -> None:
+        """TCP keepalive: the first probe after `idle` seconds of silence,
+        then every `interval`, dropped after `count` unanswered; zeros keep
+        the kernel's timings."""
+        with self._use() as h:
+            call("sockserv_conn_set_keepalive", h, bool(on), idle, interval, count)
+
+    @property
+    def peer_address(self) -> str:
+        with self._use() as h:
+            return _core.read_address("sockserv_conn_peer_addr", h)
+
+    @property
+    def local_address(self) -> str:
+        with self._use() as h:
+            return _core.read_address("sockserv_conn_local_addr", h)
+
+    def fileno(self) -> int:
+        """The socket, for select/poll; still the connection's: do not read,
+        write or close it."""
+        fd = ctypes.c_int()
+        with self._use() as h:
+            call("sockserv_conn_fd", h, ctypes.byref(fd))
+        return fd.value
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def close(self) -> None:
+        """Closes the connection (a lent one too: in event mode what is
+        queued is written first, then on_close runs). Idempotent."""
+        with self._cond:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            # Wakes any thread blocked on it, then waits for it to leave.
+            lib.sockserv_conn_close(handle)
+            self._cond.wait_for(lambda: self._busy == 0)
+        if not self._lent:
+            lib.sockserv_conn_free(handle)
+
+    def _invalidate(self) -> None:
+        """The server is about to free a lent connection: later calls raise
+        UsageError, and calls in flight finish first."""
+        with self._cond:
+            self._handle = None
+            self._cond.wait_for(lambda: self._busy == 0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None and not self._lent:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else ("lent" if self._lent else "open")
+        return f"<sockserv.Connection {state}>"
+
+
+def connect(address: Address, *, key: Optional[Buffer] = None, **options: Unpack[Options]) -> Connection:
+    """Connects to `address` ("tcp://HOST:PORT", "unix://PATH", (host, port)
+    or a Unix socket path starting with "/" or ".") and, with a key, runs
+    the handshake. Options: see sockserv.Options (max_frame_size,
+    connect_timeout, handshake_timeout, io_timeout, nodelay, keepalive,
+    coalesce_sends...)."""
+    handle = ctypes.c_void_p()
+    with _core.config(key, (), options) as cfg:
+        call("sockserv_connect", _core.address(address), cfg, ctypes.byref(handle))
+    assert handle.value is not None
+    return Connection(handle.value)
+
+
+def from_fd(
+    sock: Union[int, socket.socket],
+    role: Role,
+    *,
+    key: Optional[Buffer] = None,
+    extra_keys: Iterable[Buffer] = (),
+    **options: Unpack[Options],
+) -> Connection:
+    """Adopts a connected stream socket (TCP or Unix) you already have and
+    runs the handshake as `role` when there is a key. On success the
+    Connection owns the descriptor (a socket.socket passed in is detached);
+    on failure it stays yours."""
+    fd = sock.fileno() if isinstance(sock, socket.socket) else sock
+    handle = ctypes.c_void_p()
+    with _core.config(key, extra_keys, options) as cfg:
+        call("sockserv_conn_from_fd", fd, cfg, int(role), ctypes.byref(handle))
+    if isinstance(sock, socket.socket):
+        sock.detach()
+    assert handle.value is not None
+    return Connection(handle.value)
