@@ -28,6 +28,7 @@ datadir ?= $(PREFIX)/share
 mandir ?= $(datadir)/man
 docdir ?= $(datadir)/doc/sockserv
 CARGO ?= cargo
+CC ?= cc
 LDCONFIG ?= ldconfig
 WITH_MAN ?= $(if $(shell command -v doxygen 2>/dev/null),yes,no)
 LICENSES ?= yes
@@ -108,7 +109,18 @@ build:
 
 install: $(BUILD_FIRST)
 	install -d $(LIB) $(INC) $(LIB)/pkgconfig $(CMAKE_DIR) $(DOC)/examples
-	install -m 755 $(BUILT)/libsockserv.so $(LIB)/libsockserv.so.$(VERSION)
+	@# The shared library, linked from the archive cargo built with the
+	@# version script (rustc gives its cdylib an unversioned one of its own,
+	@# and the linkers will not combine that with a versioned node): every
+	@# sockserv_* function as SOCKSERV_0, nothing else.
+	syms=$$(nm -g --defined-only $(BUILT)/libsockserv.a 2>/dev/null | \
+		awk '$$2 == "T" && $$3 ~ /^sockserv_/ { printf " -Wl,-u,%s", $$3 }') && \
+		test -n "$$syms" && \
+		$(CC) -shared -o $(LIB)/libsockserv.so.$(VERSION) -Wl,-soname,libsockserv.so.$(MAJOR) \
+		-Wl,--version-script=$(ROOT)/packaging/libsockserv.map -Wl,--gc-sections \
+		-Wl,-z,relro,-z,now -Wl,--as-needed -Wl,--build-id $(LDFLAGS) $$syms \
+		$(BUILT)/libsockserv.a -lgcc_s $(STATIC_LIBS)
+	chmod 755 $(LIB)/libsockserv.so.$(VERSION)
 	ln -sf libsockserv.so.$(VERSION) $(LIB)/libsockserv.so.$(MAJOR)
 	ln -sf libsockserv.so.$(MAJOR) $(LIB)/libsockserv.so
 	install -m 644 $(BUILT)/libsockserv.a $(LIB)/libsockserv.a

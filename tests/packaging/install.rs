@@ -485,3 +485,77 @@ fn a_moved_prefix_still_builds_and_runs_consumers() {
     run_consumer(&build.join("consumer_static"), None);
     assert!(!old.exists());
 }
+
+/// The installed library's dynamic symbol table: every sockserv_* function
+/// of the header is defined with the default version SOCKSERV_0 and nothing
+/// else is exported, and a program linked against it records the version
+/// it needs.
+#[test]
+fn installed_library_versions_every_export_as_sockserv_0() {
+    let (dir, prefix) = installed("symver");
+    let so = prefix.join(format!("lib/libsockserv.so.{VERSION}"));
+    let output = run(
+        Command::new("readelf").args(["--dyn-syms", "-W"]).arg(&so),
+        LIMIT,
+        "readelf --dyn-syms",
+    );
+    assert_success(&output, "readelf --dyn-syms");
+    let table = stdout(&output);
+    // Num: Value Size Type Bind Vis Ndx Name; the version node itself is an
+    // absolute symbol named SOCKSERV_0.
+    let defined: Vec<&str> = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 8 && f[4] == "GLOBAL" && f[6] != "UND" && f[6] != "ABS").then(|| f[7])
+        })
+        .collect();
+    assert!(table.contains(" ABS SOCKSERV_0\n"), "{table}");
+    let functions = crate::abi::header_function_count();
+    assert_eq!(defined.len(), functions, "{table}");
+    for name in &defined {
+        let (bare, version) = name.split_once("@@").unwrap_or((name, ""));
+        assert!(
+            bare.starts_with("sockserv_") && version == "SOCKSERV_0",
+            "{name} is not a SOCKSERV_0 sockserv_ function:\n{table}"
+        );
+    }
+    let versions = run(
+        Command::new("readelf").arg("-V").arg(&so),
+        LIMIT,
+        "readelf -V",
+    );
+    assert!(
+        stdout(&versions).contains("Name: SOCKSERV_0"),
+        "{}",
+        stdout(&versions)
+    );
+
+    if !have("pkg-config") {
+        return skipped(
+            "installed_library_versions_every_export_as_sockserv_0 (consumer)",
+            "pkg-config is not installed (apt-get install pkgconf); CI must install it",
+        );
+    }
+    sh(
+        &format!(
+            "cc -std=c99 {} $(pkg-config --cflags --libs sockserv) -o consumer",
+            consumer_source().display()
+        ),
+        dir.path(),
+        &prefix,
+    );
+    let exe = dir.path().join("consumer");
+    let needs = run(
+        Command::new("objdump").arg("-T").arg(&exe),
+        LIMIT,
+        "objdump -T",
+    );
+    let needs = stdout(&needs);
+    let sockserv: Vec<&str> = needs.lines().filter(|l| l.contains(" sockserv_")).collect();
+    assert!(
+        !sockserv.is_empty() && sockserv.iter().all(|l| l.contains("(SOCKSERV_0)")),
+        "{needs}"
+    );
+    run_consumer(&exe, Some(&prefix.join("lib")));
+}
