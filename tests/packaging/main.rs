@@ -2,13 +2,16 @@
 //! meets them: the ABI baseline (abi), `make install` and programs built
 //! against the install with pkg-config and CMake (install), the C++17
 //! wrapper (cxx), the Python binding's pytest suite (python), the docs
-//! (docs), and the C header under C89 and C++98 (header_std). A missing
-//! optional tool prints a loud SKIPPED line.
+//! (docs), the C header under C89 and C++98 (header_std), the Debian
+//! package (debian) and two checkouts building identical libraries
+//! (reproducible). A missing optional tool prints a loud SKIPPED line.
 
 mod abi;
 mod cxx;
+mod debian;
 mod docs;
 mod header_std;
 mod install;
 mod proc;
 mod python;
+mod reproducible;
