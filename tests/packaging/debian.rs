@@ -2,7 +2,9 @@
 //! -us -uc -b` in a copy of the tree gives libsockserv0 (with shlibs, the
 //! symbols file and the ldconfig trigger) and libsockserv-dev, lintian finds
 //! no error in them, and a program builds through pkg-config against the
-//! unpacked packages and runs. .ci/run installs the packages for real with
+//! unpacked packages and runs. Then a second checkout elsewhere is built
+//! and its libraries compared with this build's (reproducible.rs).
+//! .ci/run installs the packages for real with
 //! apt-get: with SOCKSERV_DEB_OUT=DIR this test leaves the .debs there, so
 //! CI builds them once.
 
@@ -11,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::proc::{assert_success, have, root, run, show, skipped, stdout, TempDir};
-use crate::reproducible::{assert_path_free, copy_tree};
+use crate::reproducible::{assert_path_free, copy_tree, second_checkout_builds_the_same};
 
 const LIMIT: Duration = Duration::from_secs(900);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,18 +54,35 @@ fn deb(dir: &Path, package: &str) -> PathBuf {
     path
 }
 
+const TOOLS: [&str; 6] = [
+    "dpkg-buildpackage",
+    "lintian",
+    "dh",
+    "fakeroot",
+    "git",
+    "pkg-config",
+];
+
+fn missing_tool() -> Option<&'static str> {
+    TOOLS
+        .into_iter()
+        .find(|program| !have(program) && !Path::new(&format!("/usr/bin/{program}")).exists())
+}
+
+pub fn have_debian_tools() -> bool {
+    missing_tool().is_none()
+}
+
 #[test]
 fn dpkg_buildpackage_builds_lintian_clean_packages_that_work() {
-    for program in ["dpkg-buildpackage", "lintian", "dh", "git", "pkg-config"] {
-        if !have(program) && !Path::new(&format!("/usr/bin/{program}")).exists() {
-            return skipped(
-                "dpkg_buildpackage_builds_lintian_clean_packages_that_work",
-                &format!(
-                    "{program} is not installed (apt-get install dpkg-dev debhelper lintian \
-                     fakeroot pkgconf git); CI must install it"
-                ),
-            );
-        }
+    if let Some(program) = missing_tool() {
+        return skipped(
+            "dpkg_buildpackage_builds_lintian_clean_packages_that_work",
+            &format!(
+                "{program} is not installed (apt-get install dpkg-dev debhelper lintian \
+                 fakeroot pkgconf git); CI must install it"
+            ),
+        );
     }
     let dir = TempDir::new("debian");
     // dpkg-buildpackage writes the packages beside the source directory.
@@ -223,6 +242,10 @@ fn dpkg_buildpackage_builds_lintian_clean_packages_that_work() {
         &mut std::io::stderr(),
         format!("debian: dpkg-buildpackage {build_time:?}, lintian {lint_time:?}\n").as_bytes(),
     );
+
+    // The release build dpkg-buildpackage made is the first of the two the
+    // reproducibility check compares.
+    second_checkout_builds_the_same(&dir.path().join("target/release"), &src, dir.path());
 }
 
 /// debian/libsockserv0.symbols lists every function of the header (at the

@@ -6,7 +6,10 @@
 //!
 //! Each copy gets its own target directory, so both are whole builds (about
 //! 20 s each on an idle machine); nothing is shared that could hide a
-//! difference.
+//! difference. To spend one release build less, the first build is the one
+//! dpkg-buildpackage made (tests/packaging/debian.rs calls
+//! `second_checkout_builds_the_same`); only without the Debian tools does
+//! the test here build both itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,6 +109,41 @@ pub fn assert_path_free(bytes: &[u8], what: &str, checkout: &Path) {
     }
 }
 
+/// Builds a second copy of the tree in another directory and compares its
+/// libraries with `first` (the release directory of a build of `checkout`).
+pub fn second_checkout_builds_the_same(first: &Path, checkout: &Path, dir: &Path) {
+    let two = dir.join("second/place/elsewhere/sockserv-copy");
+    copy_tree(&two);
+    let started = Instant::now();
+    let second = release_build(&two, &dir.join("target-two"));
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "reproducible: second release build in {:?}\n",
+            started.elapsed()
+        )
+        .as_bytes(),
+    );
+    for (name, how) in [
+        ("libsockserv.so", "--strip-unneeded"),
+        ("libsockserv.a", "--strip-debug"),
+    ] {
+        let a = stripped(&first.join(name), &dir.join(format!("one-{name}")), how);
+        let b = stripped(&second.join(name), &dir.join(format!("two-{name}")), how);
+        assert_path_free(&a, name, checkout);
+        assert_path_free(&b, name, &two);
+        assert!(a == b, "the stripped {name} of the two checkouts differ");
+    }
+    // Unstripped too, debug information included.
+    let a = std::fs::read(first.join("libsockserv.so")).unwrap();
+    let b = std::fs::read(second.join("libsockserv.so")).unwrap();
+    assert_path_free(&a, "the unstripped libsockserv.so", checkout);
+    assert!(
+        a == b,
+        "the unstripped libsockserv.so of the two checkouts differ"
+    );
+}
+
 #[test]
 fn two_checkouts_build_identical_path_free_libraries() {
     if !have("git") {
@@ -114,47 +152,13 @@ fn two_checkouts_build_identical_path_free_libraries() {
             "git is not installed",
         );
     }
+    if crate::debian::have_debian_tools() {
+        // debian::dpkg_buildpackage_... compares its build with a second one.
+        return;
+    }
     let dir = TempDir::new("reproducible");
     let one = dir.path().join("one/sockserv");
-    let two = dir.path().join("second/place/elsewhere/sockserv-copy");
     copy_tree(&one);
-    copy_tree(&two);
-    let started = Instant::now();
-    let built_one = release_build(&one, &dir.path().join("target-one"));
-    let built_two = release_build(&two, &dir.path().join("target-two"));
-    let _ = std::io::Write::write_all(
-        &mut std::io::stderr(),
-        format!(
-            "reproducible: two release builds in {:?}\n",
-            started.elapsed()
-        )
-        .as_bytes(),
-    );
-
-    for (name, how) in [
-        ("libsockserv.so", "--strip-unneeded"),
-        ("libsockserv.a", "--strip-debug"),
-    ] {
-        let a = stripped(
-            &built_one.join(name),
-            &dir.path().join(format!("one-{name}")),
-            how,
-        );
-        let b = stripped(
-            &built_two.join(name),
-            &dir.path().join(format!("two-{name}")),
-            how,
-        );
-        assert_path_free(&a, name, &one);
-        assert_path_free(&b, name, &two);
-        assert!(a == b, "the stripped {name} of the two checkouts differ");
-    }
-    // Unstripped too, debug information included.
-    let a = std::fs::read(built_one.join("libsockserv.so")).unwrap();
-    let b = std::fs::read(built_two.join("libsockserv.so")).unwrap();
-    assert_path_free(&a, "the unstripped libsockserv.so", &one);
-    assert!(
-        a == b,
-        "the unstripped libsockserv.so of the two checkouts differ"
-    );
+    let first = release_build(&one, &dir.path().join("target-one"));
+    second_checkout_builds_the_same(&first, &one, dir.path());
 }
