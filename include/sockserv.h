@@ -26,7 +26,7 @@
 extern "C" {
 #endif
 
-/* sockserv_result: from src/ffi/result.rs (tests/packaging/header_std.rs) */
+/* sockserv_result: cbindgen's from src/ffi less its last comma (tests/packaging/header_std.rs) */
 /**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
  * detail of the last failure on a thread is in `sockserv_last_error`.

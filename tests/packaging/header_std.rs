@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::proc::{have, root, run, show, skipped, TempDir};
 
 const MARK: &str =
-    "/* sockserv_result: from src/ffi/result.rs (tests/packaging/header_std.rs) */\n";
+    "/* sockserv_result: cbindgen's from src/ffi less its last comma (tests/packaging/header_std.rs) */\n";
 const END: &str = "} sockserv_result;";
 
 /// The enum as cbindgen generates it from src/ffi, without the comma after
