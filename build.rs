@@ -3,6 +3,13 @@
 //! keep working across compatible upgrades. MAJOR is the ABI version: the
 //! header says incompatible ABI changes bump it, and tests/packaging/abi.rs
 //! enforces that against a recorded baseline.
+//!
+//! Symbol versions (SOCKSERV_0, packaging/libsockserv.map) are not applied
+//! here: rustc links every cdylib with an unversioned version script of its
+//! own, which GNU ld refuses to combine with a named node ("anonymous
+//! version tag cannot be combined") and rust-lld keeps ahead of one
+//! ("attempt to reassign symbol of VER_NDX_GLOBAL"). `make install` links
+//! the installed libsockserv.so from libsockserv.a with the script instead.
 
 use std::path::Path;
 

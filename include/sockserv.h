@@ -22,6 +22,108 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* sockserv_result: cbindgen's from src/ffi less its last comma (tests/packaging/header_std.rs) */
+/**
+ * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
+ * detail of the last failure on a thread is in `sockserv_last_error`.
+ */
+typedef enum sockserv_result {
+    /**
+     * Success.
+     */
+    SOCKSERV_OK = 0,
+    /**
+     * A required pointer argument was NULL.
+     */
+    SOCKSERV_ERR_NULL_PARAMETER = 1,
+    /**
+     * An argument is out of range or malformed (an empty key, a bad fd...).
+     */
+    SOCKSERV_ERR_INVALID_ARGUMENT = 2,
+    /**
+     * The address could not be parsed or resolved.
+     */
+    SOCKSERV_ERR_INVALID_ADDRESS = 3,
+    /**
+     * The address is already in use (another server listens on it).
+     */
+    SOCKSERV_ERR_ADDRESS_IN_USE = 4,
+    /**
+     * Nobody accepts connections at the address.
+     */
+    SOCKSERV_ERR_CONNECTION_REFUSED = 5,
+    /**
+     * The operation did not finish within its timeout.
+     */
+    SOCKSERV_ERR_TIMED_OUT = 6,
+    /**
+     * The peer closed the connection (between frames).
+     */
+    SOCKSERV_ERR_CLOSED = 7,
+    /**
+     * The peer closed the connection in the middle of a frame.
+     */
+    SOCKSERV_ERR_TRUNCATED_FRAME = 8,
+    /**
+     * A frame is larger than the maximum frame size; the connection was
+     * closed because the stream cannot be resynchronised.
+     */
+    SOCKSERV_ERR_FRAME_TOO_LARGE = 9,
+    /**
+     * The peer broke the framing protocol (a negative length other than -1);
+     * the connection was closed.
+     */
+    SOCKSERV_ERR_PROTOCOL = 10,
+    /**
+     * Authentication failed: the keys do not match.
+     */
+    SOCKSERV_ERR_AUTH_FAILED = 11,
+    /**
+     * The peer broke or downgraded the handshake (no `#CHALLENGE#`, MD5,
+     * the legacy unprefixed form, an unexpected message).
+     */
+    SOCKSERV_ERR_AUTH_PROTOCOL = 12,
+    /**
+     * The caller's buffer is too small; the needed size was written.
+     */
+    SOCKSERV_ERR_INSUFFICIENT_SIZE = 13,
+    /**
+     * The server is shutting down and closed the connection.
+     */
+    SOCKSERV_ERR_SHUTDOWN = 14,
+    /**
+     * The call is not allowed in the object's current state.
+     */
+    SOCKSERV_ERR_INVALID_STATE = 15,
+    /**
+     * The connection is unusable after an earlier failure (a send that
+     * stopped in the middle of a frame, a refused frame).
+     */
+    SOCKSERV_ERR_BROKEN = 16,
+    /**
+     * Another operating system error; the detail names it.
+     */
+    SOCKSERV_ERR_IO = 17,
+    /**
+     * An internal error (a Rust panic) was caught at the API boundary.
+     */
+    SOCKSERV_ERR_PANIC = 18,
+    /**
+     * The operation would block: an event-mode connection's send queue is
+     * over its limit (the peer is not reading). Try again later.
+     */
+    SOCKSERV_ERR_WOULD_BLOCK = 19,
+    /**
+     * A datagram is larger than the maximum datagram size
+     * (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
+     * received one was discarded. The detail gives both sizes.
+     */
+    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20
+} sockserv_result;
 
 /**
  * `sockserv_config_set_when_full`: what a server does with a connection
@@ -240,104 +342,6 @@
 #define LISTEN_FDS_START 3
 
 /**
- * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
- * detail of the last failure on a thread is in `sockserv_last_error`.
- */
-typedef enum sockserv_result {
-    /**
-     * Success.
-     */
-    SOCKSERV_OK = 0,
-    /**
-     * A required pointer argument was NULL.
-     */
-    SOCKSERV_ERR_NULL_PARAMETER = 1,
-    /**
-     * An argument is out of range or malformed (an empty key, a bad fd...).
-     */
-    SOCKSERV_ERR_INVALID_ARGUMENT = 2,
-    /**
-     * The address could not be parsed or resolved.
-     */
-    SOCKSERV_ERR_INVALID_ADDRESS = 3,
-    /**
-     * The address is already in use (another server listens on it).
-     */
-    SOCKSERV_ERR_ADDRESS_IN_USE = 4,
-    /**
-     * Nobody accepts connections at the address.
-     */
-    SOCKSERV_ERR_CONNECTION_REFUSED = 5,
-    /**
-     * The operation did not finish within its timeout.
-     */
-    SOCKSERV_ERR_TIMED_OUT = 6,
-    /**
-     * The peer closed the connection (between frames).
-     */
-    SOCKSERV_ERR_CLOSED = 7,
-    /**
-     * The peer closed the connection in the middle of a frame.
-     */
-    SOCKSERV_ERR_TRUNCATED_FRAME = 8,
-    /**
-     * A frame is larger than the maximum frame size; the connection was
-     * closed because the stream cannot be resynchronised.
-     */
-    SOCKSERV_ERR_FRAME_TOO_LARGE = 9,
-    /**
-     * The peer broke the framing protocol (a negative length other than -1);
-     * the connection was closed.
-     */
-    SOCKSERV_ERR_PROTOCOL = 10,
-    /**
-     * Authentication failed: the keys do not match.
-     */
-    SOCKSERV_ERR_AUTH_FAILED = 11,
-    /**
-     * The peer broke or downgraded the handshake (no `#CHALLENGE#`, MD5,
-     * the legacy unprefixed form, an unexpected message).
-     */
-    SOCKSERV_ERR_AUTH_PROTOCOL = 12,
-    /**
-     * The caller's buffer is too small; the needed size was written.
-     */
-    SOCKSERV_ERR_INSUFFICIENT_SIZE = 13,
-    /**
-     * The server is shutting down and closed the connection.
-     */
-    SOCKSERV_ERR_SHUTDOWN = 14,
-    /**
-     * The call is not allowed in the object's current state.
-     */
-    SOCKSERV_ERR_INVALID_STATE = 15,
-    /**
-     * The connection is unusable after an earlier failure (a send that
-     * stopped in the middle of a frame, a refused frame).
-     */
-    SOCKSERV_ERR_BROKEN = 16,
-    /**
-     * Another operating system error; the detail names it.
-     */
-    SOCKSERV_ERR_IO = 17,
-    /**
-     * An internal error (a Rust panic) was caught at the API boundary.
-     */
-    SOCKSERV_ERR_PANIC = 18,
-    /**
-     * The operation would block: an event-mode connection's send queue is
-     * over its limit (the peer is not reading). Try again later.
-     */
-    SOCKSERV_ERR_WOULD_BLOCK = 19,
-    /**
-     * A datagram is larger than the maximum datagram size
-     * (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
-     * received one was discarded. The detail gives both sizes.
-     */
-    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
-} sockserv_result;
-
-/**
  * Settings for servers and clients (opaque). Create with
  * `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
  * not change one from two threads at once (reading it in `_new` calls from
@@ -445,10 +449,6 @@ typedef void (*sockserv_close_fn)(void *userdata,
 typedef bool (*sockserv_verify_fn)(void *userdata, const char *peer_addr);
 
 
-
-#ifdef __cplusplus
-extern "C" {
-#endif // __cplusplus
 
 /**
  * Creates a config with the defaults: no key (plain framing), 64 MiB
@@ -1204,7 +1204,7 @@ enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
 void sockserv_server_free(struct sockserv_server *server);
 
 #ifdef __cplusplus
-}  // extern "C"
-#endif  // __cplusplus
+}  /* extern "C" */
+#endif
 
 #endif  /* SOCKSERV_H */

@@ -1,7 +1,8 @@
 //! `make install` into a temporary prefix, then programs built against the
-//! installed files the three ways a user would: pkg-config (dynamic),
-//! pkg-config --static, and CMake's find_package. Each program runs an
-//! authenticated exchange (tests/packaging/consumer/consumer.c).
+//! installed files the ways a user would: pkg-config (dynamic),
+//! pkg-config --static, `cc -static`, and CMake's find_package, also after
+//! the whole prefix was moved. Each program runs an authenticated exchange
+//! (tests/packaging/consumer/consumer.c).
 //!
 //! The library installed is the one this `cargo test` built (BUILT=): a
 //! nested `cargo build --release` would wait on cargo's lock on target/.
@@ -15,8 +16,10 @@ use crate::proc::{assert_success, have, lib_dir, root, run, show, skipped, stdou
 const LIMIT: Duration = Duration::from_secs(180);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAJOR: &str = env!("CARGO_PKG_VERSION_MAJOR");
-/// Rust's std needs these from the system when linked statically.
-const STATIC_LIBS: &str = "-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc";
+/// Rust's std needs these from the system when linked statically (not
+/// -lgcc_s: the compiler adds it when linking dynamically, and `cc -static`
+/// has none).
+const STATIC_LIBS: &str = "-lutil -lrt -lpthread -lm -ldl -lc";
 
 /// `make install` with `vars` (PREFIX=, DESTDIR=...), as the README says.
 fn make(target: &str, vars: &[String]) -> Output {
@@ -61,12 +64,17 @@ fn dynamic(file: &Path, kind: &str) -> Vec<String> {
 
 /// Runs a shell command line (the README's, with $(pkg-config ...)) in `dir`.
 fn sh(script: &str, dir: &Path, prefix: &Path) -> Output {
+    sh_pc(script, dir, &prefix.join("lib/pkgconfig"))
+}
+
+/// `sh` with the pkg-config directory named.
+fn sh_pc(script: &str, dir: &Path, pc_dir: &Path) -> Output {
     let output = run(
         Command::new("sh")
             .arg("-c")
             .arg(script)
             .current_dir(dir)
-            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+            .env("PKG_CONFIG_PATH", pc_dir),
         LIMIT,
         script,
     );
@@ -117,8 +125,10 @@ fn make_install_lays_out_the_prefix_and_uninstall_removes_it() {
 
     let pc = std::fs::read_to_string(lib.join("pkgconfig/sockserv.pc")).expect("sockserv.pc");
     for line in [
-        format!("prefix={}", prefix.display()),
-        format!("libdir={}", lib.display()),
+        // Relocatable: no absolute path in it.
+        "prefix=${pcfiledir}/../..".to_string(),
+        "libdir=${prefix}/lib".into(),
+        "includedir=${prefix}/include".into(),
         format!("Version: {VERSION}"),
         "Libs: -L${libdir} -lsockserv".into(),
         format!("Libs.private: {STATIC_LIBS}"),
@@ -135,6 +145,33 @@ fn make_install_lays_out_the_prefix_and_uninstall_removes_it() {
         assert!(!text.contains('@'), "an unsubstituted @VAR@:\n{text}");
     }
     assert!(config.contains(&format!("IMPORTED_SONAME \"{so_major}\"")));
+    for text in [&pc, &config] {
+        assert!(
+            !text.contains(&prefix.display().to_string()),
+            "an absolute path in an installed file:\n{text}"
+        );
+    }
+    // The man pages (when doxygen is there), examples and licences.
+    if have("doxygen") {
+        let man3 = prefix.join("share/man/man3");
+        let page = std::fs::read_to_string(man3.join("sockserv.h.3")).expect("sockserv.h.3");
+        assert!(page.starts_with(".TH \"sockserv.h\" 3"), "{page:.200}");
+        assert!(page.contains("sockserv_server_new"), "{page:.200}");
+        let link = std::fs::read_to_string(man3.join("sockserv_connect.3")).unwrap();
+        assert_eq!(link.trim(), ".so man3/sockserv.h.3");
+        // One page per function of the header, at least.
+        let pages = std::fs::read_dir(&man3).unwrap().count();
+        assert!(pages > crate::abi::header_function_count(), "{pages} pages");
+    } else {
+        skipped(
+            "make_install_lays_out_the_prefix_and_uninstall_removes_it (man pages)",
+            "doxygen is not installed (apt-get install doxygen); CI must install it",
+        );
+    }
+    let doc = prefix.join("share/doc/sockserv");
+    for file in ["LICENSE-MIT", "LICENSE-APACHE", "examples/echo_server.c"] {
+        assert!(doc.join(file).is_file(), "{file} not in share/doc/sockserv");
+    }
     assert!(version.contains(&format!("set(PACKAGE_VERSION \"{VERSION}\")")));
 
     make("uninstall", &[format!("PREFIX={}", prefix.display())]);
@@ -208,7 +245,8 @@ fn destdir_stages_an_install_for_packaging() {
     );
     let staged = stage.join(prefix.trim_start_matches('/'));
     let pc = std::fs::read_to_string(staged.join("lib/pkgconfig/sockserv.pc")).unwrap();
-    assert!(pc.contains(&format!("prefix={prefix}\n")), "{pc}");
+    assert!(pc.contains("prefix=${pcfiledir}/../..\n"), "{pc}");
+    assert!(!pc.contains(&stage.display().to_string()), "{pc}");
     assert!(staged
         .join(format!("lib/libsockserv.so.{VERSION}"))
         .is_file());
@@ -225,6 +263,17 @@ fn pkg_config_builds_dynamic_c_and_cxx_consumers() {
     }
     let (dir, prefix) = installed("pkgconfig");
     let lib = prefix.join("lib");
+    // --define-prefix (pkgconf: the prefix is two levels above the .pc)
+    // has a ${prefix} to override.
+    let vars = sh(
+        "pkg-config --define-prefix --variable=libdir sockserv",
+        dir.path(),
+        &prefix,
+    );
+    assert_eq!(
+        Path::new(stdout(&vars).trim()).canonicalize().unwrap(),
+        lib.canonicalize().unwrap()
+    );
     sh(
         &format!(
             "cc -std=c99 -Wall -Wextra -Wpedantic -Werror {} $(pkg-config --cflags --libs sockserv) \
@@ -304,24 +353,7 @@ fn cmake_find_package_builds_shared_and_static_consumers() {
     }
     let (dir, prefix) = installed("cmake");
     let build = dir.path().join("build");
-    let configure = run(
-        Command::new("cmake")
-            .arg("-S")
-            .arg(root().join("tests/packaging/consumer"))
-            .arg("-B")
-            .arg(&build)
-            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())),
-        LIMIT,
-        "cmake (configure)",
-    );
-    assert_success(&configure, "cmake configure with find_package(sockserv)");
-    let compile = run(
-        Command::new("cmake").arg("--build").arg(&build),
-        LIMIT,
-        "cmake --build",
-    );
-    assert_success(&compile, "cmake --build");
-
+    cmake_build(&prefix, &build);
     let shared = build.join("consumer");
     let needed = dynamic(&shared, "NEEDED");
     assert!(
@@ -338,4 +370,192 @@ fn cmake_find_package_builds_shared_and_static_consumers() {
         "{needed:?}"
     );
     run_consumer(&fat, None);
+}
+
+/// Configures and builds tests/packaging/consumer with find_package(sockserv)
+/// looking in `prefix`.
+fn cmake_build(prefix: &Path, build: &Path) {
+    let configure = run(
+        Command::new("cmake")
+            .arg("-S")
+            .arg(root().join("tests/packaging/consumer"))
+            .arg("-B")
+            .arg(build)
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())),
+        LIMIT,
+        "cmake (configure)",
+    );
+    assert_success(&configure, "cmake configure with find_package(sockserv)");
+    let compile = run(
+        Command::new("cmake").arg("--build").arg(build),
+        LIMIT,
+        "cmake --build",
+    );
+    assert_success(&compile, "cmake --build");
+}
+
+/// `cc -static`: sockserv, libc and all, no loader, no library at run time.
+#[test]
+fn cc_static_links_a_fully_static_consumer() {
+    if !have("pkg-config") {
+        return skipped(
+            "cc_static_links_a_fully_static_consumer",
+            "pkg-config is not installed (apt-get install pkgconf); CI must install it",
+        );
+    }
+    let (dir, prefix) = installed("fullstatic");
+    sh(
+        &format!(
+            "cc -static -std=c99 -Wall -Wextra -Werror {} \
+             $(pkg-config --static --cflags --libs sockserv) -o consumer_full",
+            consumer_source().display()
+        ),
+        dir.path(),
+        &prefix,
+    );
+    let exe = dir.path().join("consumer_full");
+    assert_eq!(dynamic(&exe, "NEEDED"), Vec::<String>::new());
+    let headers = run(
+        Command::new("readelf").arg("-l").arg(&exe),
+        LIMIT,
+        "readelf -l",
+    );
+    assert!(
+        !stdout(&headers).contains("INTERP"),
+        "a static program has no loader:\n{}",
+        stdout(&headers)
+    );
+    // The installed libraries are gone: it cannot be using them.
+    std::fs::remove_dir_all(&prefix).unwrap();
+    run_consumer(&exe, None);
+}
+
+/// Install with a Debian-style multiarch libdir, move the whole prefix
+/// somewhere else, and build and run consumers from the new place through
+/// pkg-config and CMake: nothing in the installed files names the old one.
+#[test]
+fn a_moved_prefix_still_builds_and_runs_consumers() {
+    if !have("pkg-config") || !have("cmake") {
+        return skipped(
+            "a_moved_prefix_still_builds_and_runs_consumers",
+            "pkg-config or cmake is not installed (apt-get install pkgconf cmake); CI must \
+             install them",
+        );
+    }
+    let dir = TempDir::new("moved");
+    let old = dir.path().join("old");
+    let multiarch = "lib/x86_64-linux-gnu";
+    make(
+        "install",
+        &[
+            format!("PREFIX={}", old.display()),
+            format!("libdir={}/{multiarch}", old.display()),
+        ],
+    );
+    let new = dir.path().join("moved/somewhere/new");
+    std::fs::create_dir_all(new.parent().unwrap()).unwrap();
+    std::fs::rename(&old, &new).unwrap();
+    let lib = new.join(multiarch);
+    let pc_dir = lib.join("pkgconfig");
+
+    // pkg-config's answers follow the file.
+    let vars = sh_pc(
+        "pkg-config --variable=libdir sockserv && pkg-config --variable=prefix sockserv",
+        dir.path(),
+        &pc_dir,
+    );
+    let vars = stdout(&vars);
+    let mut lines = vars.lines().map(|l| Path::new(l).canonicalize().unwrap());
+    assert_eq!(lines.next(), Some(lib.canonicalize().unwrap()), "{vars}");
+    assert_eq!(lines.next(), Some(new.canonicalize().unwrap()), "{vars}");
+
+    sh_pc(
+        &format!(
+            "cc -std=c99 -Wall -Werror {} $(pkg-config --cflags --libs sockserv) -o consumer",
+            consumer_source().display()
+        ),
+        dir.path(),
+        &pc_dir,
+    );
+    run_consumer(&dir.path().join("consumer"), Some(&lib));
+
+    let build = dir.path().join("build");
+    cmake_build(&new, &build);
+    run_consumer(&build.join("consumer"), None);
+    run_consumer(&build.join("consumer_static"), None);
+    assert!(!old.exists());
+}
+
+/// The installed library's dynamic symbol table: every sockserv_* function
+/// of the header is defined with the default version SOCKSERV_0 and nothing
+/// else is exported, and a program linked against it records the version
+/// it needs.
+#[test]
+fn installed_library_versions_every_export_as_sockserv_0() {
+    let (dir, prefix) = installed("symver");
+    let so = prefix.join(format!("lib/libsockserv.so.{VERSION}"));
+    let output = run(
+        Command::new("readelf").args(["--dyn-syms", "-W"]).arg(&so),
+        LIMIT,
+        "readelf --dyn-syms",
+    );
+    assert_success(&output, "readelf --dyn-syms");
+    let table = stdout(&output);
+    // Num: Value Size Type Bind Vis Ndx Name; the version node itself is an
+    // absolute symbol named SOCKSERV_0.
+    let defined: Vec<&str> = table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 8 && f[4] == "GLOBAL" && f[6] != "UND" && f[6] != "ABS").then(|| f[7])
+        })
+        .collect();
+    assert!(table.contains(" ABS SOCKSERV_0\n"), "{table}");
+    let functions = crate::abi::header_function_count();
+    assert_eq!(defined.len(), functions, "{table}");
+    for name in &defined {
+        let (bare, version) = name.split_once("@@").unwrap_or((name, ""));
+        assert!(
+            bare.starts_with("sockserv_") && version == "SOCKSERV_0",
+            "{name} is not a SOCKSERV_0 sockserv_ function:\n{table}"
+        );
+    }
+    let versions = run(
+        Command::new("readelf").arg("-V").arg(&so),
+        LIMIT,
+        "readelf -V",
+    );
+    assert!(
+        stdout(&versions).contains("Name: SOCKSERV_0"),
+        "{}",
+        stdout(&versions)
+    );
+
+    if !have("pkg-config") {
+        return skipped(
+            "installed_library_versions_every_export_as_sockserv_0 (consumer)",
+            "pkg-config is not installed (apt-get install pkgconf); CI must install it",
+        );
+    }
+    sh(
+        &format!(
+            "cc -std=c99 {} $(pkg-config --cflags --libs sockserv) -o consumer",
+            consumer_source().display()
+        ),
+        dir.path(),
+        &prefix,
+    );
+    let exe = dir.path().join("consumer");
+    let needs = run(
+        Command::new("objdump").arg("-T").arg(&exe),
+        LIMIT,
+        "objdump -T",
+    );
+    let needs = stdout(&needs);
+    let sockserv: Vec<&str> = needs.lines().filter(|l| l.contains(" sockserv_")).collect();
+    assert!(
+        !sockserv.is_empty() && sockserv.iter().all(|l| l.contains("(SOCKSERV_0)")),
+        "{needs}"
+    );
+    run_consumer(&exe, Some(&prefix.join("lib")));
 }
