@@ -12,6 +12,8 @@ package sockserv
 import "C"
 
 import (
+	"fmt"
+	"os"
 	"runtime/cgo"
 	"unsafe"
 )
@@ -109,4 +111,26 @@ func sockservGoClose(userdata unsafe.Pointer, conn *C.sockserv_conn, reason C.en
 		err = &Error{Op: "on_close", Code: Code(reason), Detail: lastError()}
 	}
 	st.events.OnClose(c, err)
+}
+
+//export sockservGoDatagram
+func sockservGoDatagram(userdata unsafe.Pointer, sock *C.sockserv_dgram, data *C.uint8_t, n C.size_t, from *C.char) {
+	st := cgo.Handle(*(*C.uintptr_t)(userdata)).Value().(*datagramState)
+	defer func() {
+		if v := recover(); v != nil {
+			if st.onPanic != nil {
+				st.onPanic("datagram handler", v)
+			} else {
+				fmt.Fprintf(os.Stderr, "sockserv: the datagram handler panicked: %v\n", v)
+			}
+		}
+	}()
+	if st.handler == nil {
+		return
+	}
+	payload := make([]byte, int(n))
+	if n > 0 {
+		copy(payload, unsafe.Slice((*byte)(unsafe.Pointer(data)), int(n)))
+	}
+	st.handler(st.sock, payload, C.GoString(from))
 }

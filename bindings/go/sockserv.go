@@ -4,7 +4,9 @@
 //
 // A Server runs a handler func per connection on a thread of its own
 // (Handle) or event callbacks on a few I/O threads (HandleEvents); Dial
-// gives a client Conn. Failures are *Error values carrying the C result
+// gives a client Conn. ListenDatagram, DialDatagram and
+// ListenDatagramServer do the same for UDP and Unix datagrams, sealed
+// when a key is set. Failures are *Error values carrying the C result
 // code and the library's detail text; errors.Is(err, sockserv.ErrAuthFailed)
 // tests the code. Everything that holds a C handle has a Close method.
 //
@@ -144,6 +146,15 @@ type Config struct {
 	IdleTimeout time.Duration
 	// ProxyProtocol for servers behind HAProxy and the like.
 	ProxyProtocol ProxyMode
+	// MaxDatagramSize is the largest datagram payload sent or received
+	// (0: default 8192, at most 65507).
+	MaxDatagramSize int
+	// DatagramWindow: with a key, how far a datagram's timestamp may be
+	// from the receiver's clock (0: default 30 s).
+	DatagramWindow time.Duration
+	// DatagramReplayCapacity: with a key, how many accepted datagrams a
+	// socket remembers to refuse replays (0: default 65536).
+	DatagramReplayCapacity int
 }
 
 func millis(d time.Duration, what string) (C.uint32_t, error) {
@@ -218,6 +229,9 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 		{"sockserv_config_set_idle_timeout_ms", cfg.IdleTimeout, func(c *C.sockserv_config, ms C.uint32_t) C.enum_sockserv_result {
 			return C.sockserv_config_set_idle_timeout_ms(c, ms)
 		}},
+		{"sockserv_config_set_datagram_window_ms", cfg.DatagramWindow, func(c *C.sockserv_config, ms C.uint32_t) C.enum_sockserv_result {
+			return C.sockserv_config_set_datagram_window_ms(c, ms)
+		}},
 	}
 	for _, t := range timeouts {
 		if t.d == 0 {
@@ -245,6 +259,18 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 				return C.SOCKSERV_ERR_INVALID_ARGUMENT
 			}
 			return C.sockserv_config_set_io_threads(raw, C.size_t(cfg.IOThreads))
+		}},
+		step{"sockserv_config_set_max_datagram_size", cfg.MaxDatagramSize != 0, func() C.enum_sockserv_result {
+			if cfg.MaxDatagramSize < 0 {
+				return C.SOCKSERV_ERR_INVALID_ARGUMENT
+			}
+			return C.sockserv_config_set_max_datagram_size(raw, C.size_t(cfg.MaxDatagramSize))
+		}},
+		step{"sockserv_config_set_datagram_replay_capacity", cfg.DatagramReplayCapacity != 0, func() C.enum_sockserv_result {
+			if cfg.DatagramReplayCapacity < 0 {
+				return C.SOCKSERV_ERR_INVALID_ARGUMENT
+			}
+			return C.sockserv_config_set_datagram_replay_capacity(raw, C.size_t(cfg.DatagramReplayCapacity))
 		}},
 		step{"sockserv_config_set_proxy_protocol", cfg.ProxyProtocol != ProxyOff, func() C.enum_sockserv_result {
 			return C.sockserv_config_set_proxy_protocol(raw, C.int(cfg.ProxyProtocol))

@@ -16,20 +16,28 @@ use crate::proc::{assert_success, lib_dir, root, run, show, skipped, stdout, Tem
 /// A cold build cache compiles the standard library's cgo parts first.
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// Every test of bindings/go/sockserv_test.go; each must PASS.
-const GO_TESTS: [&str; 9] = [
-    "TestVersion",
-    "TestErrorsCarryCodeAndDetail",
-    "TestThreadedServerAuthenticated",
-    "TestVerifyRefuses",
-    "TestPanickingHandlerIsContained",
-    "TestEventServer",
-    "TestServeAndShutdownFromHandler",
-    "TestCloseWakesABlockedRecv",
-    "TestWithCEchoServer",
-];
-/// The ones that need a Python 3.12+.
-const PYTHON_TESTS: [&str; 2] = ["TestPythonClientToGoServer", "TestGoClientToPythonListener"];
+/// Every `func TestX(t *testing.T)` in bindings/go/*_test.go, with
+/// whether it needs a Python 3.12+ (its body calls `python(t)`).
+fn go_tests() -> Vec<(String, bool)> {
+    let mut tests = Vec::new();
+    for entry in std::fs::read_dir(root().join("bindings/go"))
+        .unwrap()
+        .flatten()
+    {
+        let path = entry.path();
+        if !path.to_string_lossy().ends_with("_test.go") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for func in text.split("\nfunc ").skip(1) {
+            if let Some(name) = func.strip_prefix("Test").and_then(|f| f.split('(').next()) {
+                tests.push((format!("Test{name}"), func.contains("python(t)")));
+            }
+        }
+    }
+    tests.sort();
+    tests
+}
 
 fn have_go() -> bool {
     Command::new("go")
@@ -162,27 +170,25 @@ fn go_binding_tests() {
         "go test -v ./...",
     );
     let out = stdout(&output);
-    let expected = GO_TESTS
-        .iter()
-        .chain(PYTHON_TESTS.iter().filter(|_| python.is_some()));
-    for test in expected {
-        assert!(
-            out.contains(&format!("--- PASS: {test} ")),
-            "{test} did not pass\n{}",
-            show(&output)
-        );
-    }
-    // A test added to the Go file but not to the lists above still runs;
-    // only the Python ones may skip, and only without a Python 3.12+.
-    for line in out.lines().filter(|l| l.starts_with("--- SKIP: ")) {
-        let name = line["--- SKIP: ".len()..]
-            .split(' ')
-            .next()
-            .unwrap_or_default();
-        assert!(
-            python.is_none() && PYTHON_TESTS.contains(&name),
-            "{name} skipped\n{}",
-            show(&output)
-        );
+    let tests = go_tests();
+    assert!(
+        tests.len() >= 15,
+        "only {} Go tests found: {tests:?}",
+        tests.len()
+    );
+    for (test, needs_python) in &tests {
+        if *needs_python && python.is_none() {
+            assert!(
+                out.contains(&format!("--- SKIP: {test} ")),
+                "{}",
+                show(&output)
+            );
+        } else {
+            assert!(
+                out.contains(&format!("--- PASS: {test} ")),
+                "{test} did not pass\n{}",
+                show(&output)
+            );
+        }
     }
 }
