@@ -226,6 +226,20 @@ fn cxx_example_builds_with_its_makefile_and_runs() {
             );
         }
     }
+    for word in ["one", "two"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("datagram udp://127.0.0.1:")
+                    && l.ends_with(&format!("echoed \"{word}\""))),
+            "no datagram echo of {word}\n{}",
+            show(&output)
+        );
+    }
+    assert!(
+        out.contains("datagram server received 2, dropped 0 forged\n"),
+        "{}",
+        show(&output)
+    );
     assert!(out.contains(" greeted \"welcome\"\n"), "{}", show(&output));
     assert!(
         out.contains("wrong key refused: code 11, ") && out.contains("the keys do not match"),
