@@ -167,3 +167,48 @@ func (c *Conn) forget() {
 	c.c = nil
 	c.mu.Unlock()
 }
+
+// Option is a connection option (SOCKSERV_OPT_*).
+type Option int
+
+// The connection options.
+const (
+	OptNoDelay           Option = C.SOCKSERV_OPT_NODELAY            // TCP_NODELAY, 0 or 1
+	OptKeepAlive         Option = C.SOCKSERV_OPT_KEEPALIVE          // SO_KEEPALIVE, 0 or 1
+	OptKeepAliveIdle     Option = C.SOCKSERV_OPT_KEEPALIVE_IDLE     // seconds before the first probe
+	OptKeepAliveInterval Option = C.SOCKSERV_OPT_KEEPALIVE_INTERVAL // seconds between probes
+	OptKeepAliveCount    Option = C.SOCKSERV_OPT_KEEPALIVE_COUNT    // unanswered probes before dropping
+	OptRecvBuffer        Option = C.SOCKSERV_OPT_RCVBUF             // SO_RCVBUF in bytes
+	OptSendBuffer        Option = C.SOCKSERV_OPT_SNDBUF             // SO_SNDBUF in bytes
+	OptLinger            Option = C.SOCKSERV_OPT_LINGER             // SO_LINGER in seconds, -1: off
+	// OptNonblocking 1: a Recv with no whole frame ready, or a Send the
+	// kernel cannot take at all, returns ErrWouldBlock at once; a Send the
+	// kernel took part of succeeds and Flush (or the next Send) writes the
+	// rest. Blocking connections only.
+	OptNonblocking Option = C.SOCKSERV_OPT_NONBLOCKING
+)
+
+// SetOption sets a connection option.
+func (c *Conn) SetOption(o Option, value int64) error {
+	return c.do("sockserv_conn_set_option", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		return C.sockserv_conn_set_option(raw, C.int(o), C.int64_t(value))
+	})
+}
+
+// Option reads a connection option.
+func (c *Conn) Option(o Option) (int64, error) {
+	var v C.int64_t
+	err := c.do("sockserv_conn_get_option", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		return C.sockserv_conn_get_option(raw, C.int(o), &v)
+	})
+	return int64(v), err
+}
+
+// Flush writes what earlier sends left: the rest of a frame in
+// non-blocking mode (ErrWouldBlock while some is left), or replies held
+// by coalesced sends.
+func (c *Conn) Flush() error {
+	return c.do("sockserv_conn_flush", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		return C.sockserv_conn_flush(raw)
+	})
+}

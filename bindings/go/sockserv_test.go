@@ -543,3 +543,51 @@ with Listener(("127.0.0.1", 0), authkey=sys.argv[1].encode()) as l:
 		t.Fatalf("python listener: %v", err)
 	}
 }
+
+func TestOptionsAndNonblocking(t *testing.T) {
+	srv, addr := mustListen(t, "tcp://127.0.0.1:0", nil)
+	srv.Handle(echo)
+	srv.Start()
+	c := mustDial(t, addr, nil)
+	for _, o := range []struct {
+		opt  sockserv.Option
+		want int64
+	}{{sockserv.OptKeepAlive, 1}, {sockserv.OptKeepAliveIdle, 30}, {sockserv.OptLinger, 2}, {sockserv.OptNoDelay, 0}} {
+		if err := c.SetOption(o.opt, o.want); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Option(o.opt); err != nil || got != o.want {
+			t.Fatalf("option %d: %d %v, want %d", o.opt, got, err, o.want)
+		}
+	}
+	if err := c.SetOption(99, 1); !errors.Is(err, sockserv.ErrInvalidArgument) {
+		t.Fatalf("unknown option: %v", err)
+	}
+	// Non-blocking: nothing to receive says so at once.
+	c.SetOption(sockserv.OptNonblocking, 1)
+	start := time.Now()
+	if _, err := c.Recv(); !errors.Is(err, sockserv.ErrWouldBlock) {
+		t.Fatalf("non-blocking recv: %v", err)
+	}
+	if time.Since(start) > time.Second {
+		t.Fatal("the non-blocking recv waited")
+	}
+	if err := c.Send([]byte("nb")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the echo with Poll, then take it.
+	if ready, err := c.Poll(wait); err != nil || !ready {
+		t.Fatalf("poll: %v %v", ready, err)
+	}
+	got, err := c.Recv()
+	for i := 0; i < 100 && errors.Is(err, sockserv.ErrWouldBlock); i++ {
+		time.Sleep(10 * time.Millisecond) // the frame's rest is on its way
+		got, err = c.Recv()
+	}
+	if err != nil || string(got) != "nb" {
+		t.Fatalf("got %q %v", got, err)
+	}
+}
