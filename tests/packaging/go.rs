@@ -16,7 +16,8 @@ use crate::proc::{assert_success, lib_dir, root, run, show, skipped, stdout, Tem
 /// A cold build cache compiles the standard library's cgo parts first.
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// Every `func TestX(t *testing.T)` in bindings/go/*_test.go, with
+/// Every `func TestX(t *testing.T)` and `func ExampleX()` (whose output
+/// `go test` compares) in bindings/go/*_test.go, with
 /// whether it needs a Python 3.12+ (its body calls `python(t)`).
 fn go_tests() -> Vec<(String, bool)> {
     let mut tests = Vec::new();
@@ -30,8 +31,9 @@ fn go_tests() -> Vec<(String, bool)> {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         for func in text.split("\nfunc ").skip(1) {
-            if let Some(name) = func.strip_prefix("Test").and_then(|f| f.split('(').next()) {
-                tests.push((format!("Test{name}"), func.contains("python(t)")));
+            let name = func.split('(').next().unwrap_or_default();
+            if name.starts_with("Test") || name.starts_with("Example") {
+                tests.push((name.to_string(), func.contains("python(t)")));
             }
         }
     }
@@ -165,14 +167,15 @@ fn go_binding_tests() {
         ),
     }
     let output = go(
-        &["test", "-count=1", "-v", "./..."],
+        // Go's own timeout first: a hang ends with every goroutine's stack.
+        &["test", "-count=1", "-v", "-timeout", "300s", "./..."],
         &env,
         "go test -v ./...",
     );
     let out = stdout(&output);
     let tests = go_tests();
     assert!(
-        tests.len() >= 15,
+        tests.len() >= 19,
         "only {} Go tests found: {tests:?}",
         tests.len()
     );
