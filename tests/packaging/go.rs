@@ -2,7 +2,8 @@
 //! against the library this `cargo test` built, with the C example server
 //! (c_examples/echo_server, built here) and Python's
 //! multiprocessing.connection (a Python 3.12+, whose stock handshake is
-//! HMAC-SHA256) as peers. Go's caches live under target/, GOPROXY=off: the
+//! HMAC-SHA256) as peers; and a user's program in a module of its own
+//! that requires the package through a replace line. Go's caches live under target/, GOPROXY=off: the
 //! package uses the standard library only, nothing is fetched. No `go`: a
 //! loud SKIPPED line, and a failure under CI=true (.ci/run installs
 //! golang-go).
@@ -87,6 +88,10 @@ fn python_312() -> Option<PathBuf> {
 }
 
 fn go(args: &[&str], env: &[(&str, String)], what: &str) -> std::process::Output {
+    go_in(&root().join("bindings/go"), args, env, what)
+}
+
+fn go_in(dir: &Path, args: &[&str], env: &[(&str, String)], what: &str) -> std::process::Output {
     let target = lib_dir()
         .parent()
         .and_then(Path::parent)
@@ -96,7 +101,7 @@ fn go(args: &[&str], env: &[(&str, String)], what: &str) -> std::process::Output
     let output = run(
         Command::new("go")
             .args(args)
-            .current_dir(root().join("bindings/go"))
+            .current_dir(dir)
             .env("GOCACHE", target.join("go/cache"))
             .env("GOPATH", target.join("go/path"))
             .env("GOPROXY", "off")
@@ -194,4 +199,48 @@ fn go_binding_tests() {
             );
         }
     }
+}
+
+/// A program of a user's, in a module of its own that requires the package
+/// through a replace line (bindings/go/testdata/program), built and run.
+#[test]
+fn go_program_in_its_own_module() {
+    if !have_go() {
+        let why = "go is not installed (apt-get install golang-go)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{why}: CI must have it (.ci/run installs it)"
+        );
+        return skipped("go_program_in_its_own_module", why);
+    }
+    let dir = TempDir::new("go-program");
+    std::fs::write(
+        dir.path().join("go.mod"),
+        format!(
+            "module example.com/user\n\ngo 1.19\n\nrequire sockserv v0.0.0\n\nreplace sockserv => {}\n",
+            root().join("bindings/go").display()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("bindings/go/testdata/program/main.go"),
+        dir.path().join("main.go"),
+    )
+    .unwrap();
+    let exe = dir.path().join("program");
+    go_in(
+        dir.path(),
+        &["build", "-o", exe.to_str().unwrap(), "."],
+        &[],
+        "go build (a user's module)",
+    );
+    let output = run(&mut Command::new(&exe), LIMIT, "the Go program");
+    assert_success(&output, "the Go program");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        stdout(&output),
+        format!("there and back (sockserv {version})\n"),
+        "{}",
+        show(&output)
+    );
 }
