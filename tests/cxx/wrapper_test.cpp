@@ -709,7 +709,8 @@ static void test_sealed_datagrams() {
 static void test_unix_datagrams() {
     char tmpl[] = "/tmp/sockserv-cxx-XXXXXX";
     if (!::mkdtemp(tmpl)) {
-        CHECK(!"mkdtemp");
+        std::perror("mkdtemp");
+        CHECK(false);
         return;
     }
     std::string path = std::string(tmpl) + "/d.sock";

@@ -248,6 +248,47 @@ fn cxx_example_builds_with_its_makefile_and_runs() {
     );
 }
 
+/// Projects that include the wrapper build with stricter warnings and
+/// newer standards than ours: it must stay silent there too.
+#[test]
+fn cxx_header_is_quiet_under_strict_warnings_and_newer_standards() {
+    // The wrapper test instantiates every template of the wrapper.
+    let sources = [
+        root().join("tests/cxx/wrapper_test.cpp"),
+        root().join("c_examples/cxx_echo.cpp"),
+    ];
+    let strict = [
+        "-Wall",
+        "-Wextra",
+        "-Wpedantic",
+        "-Werror",
+        "-Wshadow",
+        "-Wconversion",
+        "-Wsign-conversion",
+        "-Wold-style-cast",
+        "-Wnon-virtual-dtor",
+    ];
+    let mut compilers = vec!["g++"];
+    if have("clang++") {
+        compilers.push("clang++");
+    }
+    for compiler in compilers {
+        for std in ["-std=c++17", "-std=c++20"] {
+            let output = run(
+                Command::new(compiler)
+                    .arg(std)
+                    .args(strict)
+                    .args(["-fsyntax-only", "-I"])
+                    .arg(root().join("include"))
+                    .args(&sources),
+                LIMIT,
+                compiler,
+            );
+            assert_success(&output, &format!("{compiler} {std} with strict warnings"));
+        }
+    }
+}
+
 #[test]
 fn cxx_header_refuses_older_standards() {
     let dir = TempDir::new("cxx14");
