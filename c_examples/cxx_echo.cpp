@@ -67,8 +67,9 @@ int main(int argc, char **argv) {
             std::cout << "datagram " << udp.local_addr() << " echoed \"" << client.recv_string()
                       << "\"\n";
         }
-        std::cout << "datagram server received " << udp.stats().received << ", dropped "
-                  << udp.stats().bad_tag << " forged\n";
+        const sockserv::dgram_stats counted = client.stats();
+        std::cout << "datagram client sent " << counted.sent << ", received " << counted.received
+                  << "\n";
 
         sockserv::config wrong;
         wrong.set_auth_key("not the key");

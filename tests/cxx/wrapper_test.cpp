@@ -654,8 +654,12 @@ static void test_datagram_server() {
     c.send("still here");
     CHECK(c.recv_string() == "STILL HERE");
 
-    // The server counts a reply once sent: the client may have it first.
-    CHECK(wait_until([&] { return srv.stats().sent == 4; }));
+    // The server counts a datagram once its handler returned, a reply
+    // once sent: the client may have the reply first.
+    CHECK(wait_until([&] {
+        auto st = srv.stats();
+        return st.sent == 4 && st.received == 5;
+    }));
     sockserv::dgram_stats s = srv.stats();
     CHECK(s.received == 5 && s.sent == 4);
     CHECK(s.bad_tag == 1 && s.too_short == 0 && s.replayed == 0 && s.too_large == 0);

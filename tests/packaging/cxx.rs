@@ -236,7 +236,7 @@ fn cxx_example_builds_with_its_makefile_and_runs() {
         );
     }
     assert!(
-        out.contains("datagram server received 2, dropped 0 forged\n"),
+        out.contains("datagram client sent 2, received 2\n"),
         "{}",
         show(&output)
     );
