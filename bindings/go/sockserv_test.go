@@ -592,3 +592,59 @@ func TestOptionsAndNonblocking(t *testing.T) {
 		t.Fatalf("got %q %v", got, err)
 	}
 }
+
+// Close with live connections: a blocked handler gets ErrShutdown, an
+// event-mode connection's OnClose too, and Close returns.
+func TestCloseWithLiveConnections(t *testing.T) {
+	threaded, addr := mustListen(t, "tcp://127.0.0.1:0", nil)
+	handlerErr := make(chan error, 1)
+	threaded.Handle(func(c *sockserv.Conn) {
+		c.Send([]byte("ready"))
+		_, err := c.Recv()
+		handlerErr <- err
+	})
+	threaded.Start()
+	c := mustDial(t, addr, nil)
+	if _, err := c.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	evented, evAddr := mustListen(t, "tcp://127.0.0.1:0", nil)
+	closeErr := make(chan error, 1)
+	evented.HandleEvents(sockserv.Events{
+		OnOpen:  func(c *sockserv.Conn) { c.Send([]byte("ready")) },
+		OnClose: func(_ *sockserv.Conn, err error) { closeErr <- err },
+	})
+	evented.Start()
+	e := mustDial(t, evAddr, nil)
+	if _, err := e.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, srv := range []*sockserv.Server{threaded, evented} {
+		done := make(chan struct{})
+		go func() { srv.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(wait):
+			t.Fatal("Close did not return")
+		}
+	}
+	for what, ch := range map[string]chan error{"the handler": handlerErr, "OnClose": closeErr} {
+		select {
+		case err := <-ch:
+			if !errors.Is(err, sockserv.ErrShutdown) {
+				t.Fatalf("%s saw %v, want ErrShutdown", what, err)
+			}
+		default:
+			t.Fatalf("%s did not finish before Close returned", what)
+		}
+	}
+	// The clients see the connections end.
+	if _, err := c.Recv(); err == nil {
+		t.Fatal("threaded client still connected")
+	}
+	if _, err := e.Recv(); err == nil {
+		t.Fatal("event client still connected")
+	}
+}
