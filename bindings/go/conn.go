@@ -46,6 +46,33 @@ func Dial(addr string, cfg *Config) (*Conn, error) {
 	return &Conn{c: raw, owned: true}, nil
 }
 
+// Role says which side of the handshake an adopted socket takes.
+type Role int
+
+// The roles (SOCKSERV_ROLE_*).
+const (
+	RoleServer Role = C.SOCKSERV_ROLE_SERVER // the socket was accepted: it challenges first
+	RoleClient Role = C.SOCKSERV_ROLE_CLIENT // the socket was connected: it answers first
+)
+
+// NewConn adopts a connected stream socket (TCP or Unix) you already
+// have, runs the handshake in role when cfg has a key, then frames over
+// it. On success the Conn owns fd and closes it; on failure fd is still
+// yours. (From a net.Conn: dup the descriptor of its File() and close
+// both Go values.)
+func NewConn(fd int, cfg *Config, role Role) (*Conn, error) {
+	var raw *C.sockserv_conn
+	err := withConfig(cfg, func(c *C.sockserv_config) error {
+		return call("sockserv_conn_from_fd", func() C.enum_sockserv_result {
+			return C.sockserv_conn_from_fd(C.int(fd), c, C.int(role), &raw)
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c: raw, owned: true}, nil
+}
+
 func (c *Conn) do(op string, f func(*C.sockserv_conn) C.enum_sockserv_result) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -646,5 +647,64 @@ func TestCloseWithLiveConnections(t *testing.T) {
 	}
 	if _, err := e.Recv(); err == nil {
 		t.Fatal("event client still connected")
+	}
+}
+
+// Behind a load balancer: a PROXY v1 header names the client, and the
+// socket is then adopted with NewConn; a malformed header is counted.
+func TestProxyProtocolAndNewConn(t *testing.T) {
+	cfg := keyed(key)
+	cfg.ProxyProtocol = sockserv.ProxyRequired
+	srv, addr := mustListen(t, "tcp://127.0.0.1:0", cfg)
+	srv.Handle(func(c *sockserv.Conn) {
+		peer, _ := c.PeerAddr()
+		c.Send([]byte(peer))
+	})
+	srv.Start()
+	hostPort := strings.TrimPrefix(addr, "tcp://")
+	port := hostPort[strings.LastIndex(hostPort, ":")+1:]
+
+	raw, err := net.DialTimeout("tcp", hostPort, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 192.0.2.1 (TEST-NET-1) is only named, never sent to.
+	fmt.Fprintf(raw, "PROXY TCP4 192.0.2.1 127.0.0.1 5555 %s\r\n", port)
+	f, err := raw.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Dup(int(f.Fd()))
+	f.Close()
+	raw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sockserv.NewConn(fd, keyed(key), sockserv.RoleClient)
+	if err != nil {
+		syscall.Close(fd)
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := c.Recv(); err != nil || string(got) != "tcp://192.0.2.1:5555" {
+		t.Fatalf("peer seen as %q: %v", got, err)
+	}
+
+	bad, err := net.DialTimeout("tcp", hostPort, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	bad.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	bad.SetReadDeadline(time.Now().Add(wait))
+	if n, err := bad.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("the server answered a malformed header with %d bytes", n)
+	}
+	eventually(t, "the PROXY failure to be counted", func() bool {
+		st, _ := srv.Stats()
+		return st.ProxyFailures == 1
+	})
+	if _, err := sockserv.NewConn(-1, nil, sockserv.RoleClient); !errors.Is(err, sockserv.ErrInvalidArgument) {
+		t.Fatalf("NewConn(-1): %v", err)
 	}
 }
