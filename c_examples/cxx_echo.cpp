@@ -1,6 +1,7 @@
 // cxx_echo: sockserv.hpp in one program. An authenticated echo server in
 // threaded mode (a lambda per connection) and one in event mode (lambdas
-// for open/frame/close), a client for each, and a client with a wrong key.
+// for open/frame/close), a client for each, a sealed UDP datagram echo,
+// and a client with a wrong key.
 //
 //     ./cxx_echo [MESSAGE...]
 //
@@ -8,6 +9,7 @@
 
 #include <iostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sockserv.hpp"
@@ -50,6 +52,24 @@ int main(int argc, char **argv) {
                           << conn.recv_string() << "\"\n";
             }
         } // each connection closes here
+
+        // Datagrams: a UDP server sealed with the same key (each datagram
+        // carries a timestamp and an HMAC tag; replays are refused), and a
+        // client socket connected to it.
+        sockserv::dgram_server udp("udp://127.0.0.1:0", cfg);
+        udp.on_datagram([](sockserv::dgram_ref sock, sockserv::bytes data, std::string_view from) {
+            sock.send_to(std::string(from), data); // replies never wait
+        });
+        udp.start();
+        sockserv::dgram client = sockserv::dgram::connect(udp.local_addr(), cfg);
+        for (const std::string &m : messages) {
+            client.send(m);
+            std::cout << "datagram " << udp.local_addr() << " echoed \"" << client.recv_string()
+                      << "\"\n";
+        }
+        const sockserv::dgram_stats counted = client.stats();
+        std::cout << "datagram client sent " << counted.sent << ", received " << counted.received
+                  << "\n";
 
         sockserv::config wrong;
         wrong.set_auth_key("not the key");

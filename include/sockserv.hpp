@@ -1,9 +1,10 @@
 /*
  * sockserv.hpp: a header-only C++17 wrapper over sockserv.h.
  *
- * - RAII: sockserv::config, sockserv::server and sockserv::connection own
- *   their C handle and free it in their destructor; they move, never copy.
- *   sockserv::conn_ref is a borrowed connection (what handlers receive).
+ * - RAII: sockserv::config, sockserv::server, sockserv::connection,
+ *   sockserv::dgram and sockserv::dgram_server own their C handle and free
+ *   it in their destructor; they move, never copy. sockserv::conn_ref and
+ *   sockserv::dgram_ref are borrowed (what handlers receive).
  * - Buffers: sockserv::bytes, a pointer and a size, made from a string,
  *   string_view, vector, array or (pointer, size).
  * - Callbacks are any callables (lambdas), reached through C trampolines
@@ -12,7 +13,7 @@
  *   the server's exception handler (default: printed to stderr).
  * - Errors: a failed call throws sockserv::error, which carries the code and
  *   the detail from sockserv_last_error. Calls that can fail at run time
- *   (bind, serve, connect, send, receive, poll) have a noexcept twin that
+ *   (bind, serve, connect, open, send, receive, poll, flush) have a noexcept twin that
  *   takes std::nothrow as its last argument, returns the sockserv_result and
  *   writes its outputs through reference parameters, only on success.
  *
@@ -56,6 +57,9 @@ inline std::string last_error() {
     sockserv_last_error(buf.data(), buf.size());
     return std::string(buf.data());
 }
+
+/// Forgets the calling thread's last failure detail (sockserv_clear_error).
+inline void clear_error() noexcept { sockserv_clear_error(); }
 
 /// The library's version, "MAJOR.MINOR.PATCH" (the header's is in the
 /// SOCKSERV_VERSION_* macros).
@@ -219,6 +223,26 @@ public:
     config &set_idle_timeout_ms(std::uint32_t ms) {
         return set(sockserv_config_set_idle_timeout_ms(get(), ms), "sockserv_config_set_idle_timeout_ms");
     }
+    config &set_v6_only(bool on) {
+        return set(sockserv_config_set_v6_only(get(), on), "sockserv_config_set_v6_only");
+    }
+    config &set_coalesce_sends(bool on) {
+        return set(sockserv_config_set_coalesce_sends(get(), on), "sockserv_config_set_coalesce_sends");
+    }
+    /// SOCKSERV_PROXY_OFF, _OPTIONAL or _REQUIRED.
+    config &set_proxy_protocol(int mode) {
+        return set(sockserv_config_set_proxy_protocol(get(), mode), "sockserv_config_set_proxy_protocol");
+    }
+    config &set_max_datagram_size(std::size_t b) {
+        return set(sockserv_config_set_max_datagram_size(get(), b), "sockserv_config_set_max_datagram_size");
+    }
+    config &set_datagram_window_ms(std::uint32_t ms) {
+        return set(sockserv_config_set_datagram_window_ms(get(), ms), "sockserv_config_set_datagram_window_ms");
+    }
+    config &set_datagram_replay_capacity(std::size_t n) {
+        return set(sockserv_config_set_datagram_replay_capacity(get(), n),
+                   "sockserv_config_set_datagram_replay_capacity");
+    }
 
     ///@}
 
@@ -336,6 +360,34 @@ public:
         return on;
     }
     ///@}
+    /// A connection option (SOCKSERV_OPT_NODELAY, _KEEPALIVE, _RCVBUF,
+    /// _NONBLOCKING...; sockserv_conn_set_option / _get_option).
+    ///@{
+    void set_option(int option, std::int64_t value) const {
+        detail::check(sockserv_conn_set_option(conn_, option, value), "sockserv_conn_set_option");
+    }
+    std::int64_t option(int option) const {
+        std::int64_t value = 0;
+        detail::check(sockserv_conn_get_option(conn_, option, &value), "sockserv_conn_get_option");
+        return value;
+    }
+    ///@}
+    /// Non-blocking mode (SOCKSERV_OPT_NONBLOCKING): receives and sends
+    /// that would wait give SOCKSERV_ERR_WOULD_BLOCK (use the nothrow twins);
+    /// a send the kernel took part of is finished by the next send or flush().
+    ///@{
+    void set_nonblocking(bool on) const { set_option(SOCKSERV_OPT_NONBLOCKING, on ? 1 : 0); }
+    bool nonblocking() const { return option(SOCKSERV_OPT_NONBLOCKING) != 0; }
+    ///@}
+    /// Writes what an earlier send left (non-blocking mode: the rest of a
+    /// frame; with coalesced sends: the held replies). The nothrow twin
+    /// gives SOCKSERV_ERR_WOULD_BLOCK while some is left in non-blocking mode.
+    ///@{
+    void flush() const { detail::check(flush(std::nothrow), "sockserv_conn_flush"); }
+    [[nodiscard]] sockserv_result flush(std::nothrow_t) const noexcept {
+        return sockserv_conn_flush(conn_);
+    }
+    ///@}
     /// TCP keepalive; zero timings keep the kernel's (sockserv_conn_set_keepalive).
     void set_keepalive(bool on, std::uint32_t idle_s = 0, std::uint32_t interval_s = 0,
                        std::uint32_t count = 0) const {
@@ -444,18 +496,13 @@ struct server_stats {
     std::uint64_t refused_when_full;  ///< SOCKSERV_STAT_REFUSED_WHEN_FULL
     std::uint64_t handshake_failures; ///< SOCKSERV_STAT_HANDSHAKE_FAILURES
     std::uint64_t handled;            ///< SOCKSERV_STAT_HANDLED
+    std::uint64_t proxy_failures;     ///< SOCKSERV_STAT_PROXY_FAILURES
 };
 
 namespace detail {
 
-/// What a server's C callbacks reach through userdata. Owned by the server
-/// and freed only after sockserv_server_free, when no callback can run.
-struct callbacks {
-    std::function<void(conn_ref)> handler;
-    std::function<bool(std::string_view)> verify;
-    std::function<void(conn_ref)> on_open;
-    std::function<void(conn_ref, bytes)> on_frame;
-    std::function<void(conn_ref, sockserv_result)> on_close;
+/// Where a callback's exception goes (shared by both kinds of server).
+struct reporter {
     std::function<void(std::exception_ptr)> on_exception;
 
     /// Hands an exception caught at the boundary to on_exception, or prints
@@ -473,6 +520,16 @@ struct callbacks {
             std::fprintf(stderr, "sockserv: the %s threw an exception\n", where);
         }
     }
+};
+
+/// What a server's C callbacks reach through userdata. Owned by the server
+/// and freed only after sockserv_server_free, when no callback can run.
+struct callbacks : reporter {
+    std::function<void(conn_ref)> handler;
+    std::function<bool(std::string_view)> verify;
+    std::function<void(conn_ref)> on_open;
+    std::function<void(conn_ref, bytes)> on_frame;
+    std::function<void(conn_ref, sockserv_result)> on_close;
 };
 
 // The trampolines: C linkage, as the C function pointer types want. Each
@@ -640,10 +697,18 @@ public:
             {SOCKSERV_STAT_REFUSED_WHEN_FULL, &s.refused_when_full},
             {SOCKSERV_STAT_HANDSHAKE_FAILURES, &s.handshake_failures},
             {SOCKSERV_STAT_HANDLED, &s.handled},
+            {SOCKSERV_STAT_PROXY_FAILURES, &s.proxy_failures},
         };
         for (const auto &[stat, value] : all)
             check(sockserv_server_stat(get(), stat, value), "sockserv_server_stat");
         return s;
+    }
+
+    /// One counter (SOCKSERV_STAT_*).
+    std::uint64_t stat(int which) const {
+        std::uint64_t value = 0;
+        check(sockserv_server_stat(get(), which, &value), "sockserv_server_stat");
+        return value;
     }
 
     /// Moves ownership; `other` is left empty.
@@ -684,6 +749,378 @@ private:
     // Declared first, destroyed last: after the server that calls into it.
     std::unique_ptr<detail::callbacks> cb_;
     std::unique_ptr<sockserv_server, deleter> srv_;
+};
+
+/// sockserv_dgram_stat's counters, all at once.
+struct dgram_stats {
+    std::uint64_t sent;        ///< SOCKSERV_DGRAM_STAT_SENT
+    std::uint64_t received;    ///< SOCKSERV_DGRAM_STAT_RECEIVED
+    std::uint64_t too_large;   ///< SOCKSERV_DGRAM_STAT_TOO_LARGE
+    std::uint64_t too_short;   ///< SOCKSERV_DGRAM_STAT_TOO_SHORT
+    std::uint64_t bad_version; ///< SOCKSERV_DGRAM_STAT_BAD_VERSION
+    std::uint64_t bad_tag;     ///< SOCKSERV_DGRAM_STAT_BAD_TAG
+    std::uint64_t too_old;     ///< SOCKSERV_DGRAM_STAT_TOO_OLD
+    std::uint64_t too_new;     ///< SOCKSERV_DGRAM_STAT_TOO_NEW
+    std::uint64_t replayed;    ///< SOCKSERV_DGRAM_STAT_REPLAYED
+};
+
+/// A datagram received with its sender (dgram_ref::recv_from).
+struct datagram {
+    std::vector<std::uint8_t> data; ///< The payload (checked and unsealed with a key).
+    std::string from;               ///< The sender ("udp://127.0.0.1:40000", "unixgram://@name").
+    /// The payload as characters (no copy).
+    std::string_view as_string_view() const noexcept {
+        return std::string_view(reinterpret_cast<const char *>(data.data()), data.size());
+    }
+};
+
+/// A datagram socket you do not own: what a datagram server's handler
+/// receives and what dgram_server::socket() lends (valid until the server
+/// is freed). A plain pointer: copy it freely. With a key in the config,
+/// every datagram is sealed and checked (docs/DATAGRAM.md).
+class dgram_ref {
+public:
+    /// No socket (operator bool is false).
+    dgram_ref() noexcept = default;
+    /// Borrows a C handle (not freed here).
+    explicit dgram_ref(sockserv_dgram *sock) noexcept : sock_(sock) {}
+
+    /// Sends one datagram to `to` (an address string, e.g. a sender's).
+    ///@{
+    void send_to(const std::string &to, bytes data) const {
+        detail::check(send_to(to, data, std::nothrow), "sockserv_dgram_send_to");
+    }
+    [[nodiscard]] sockserv_result send_to(const std::string &to, bytes data, std::nothrow_t) const noexcept {
+        return sockserv_dgram_send_to(sock_, to.c_str(), data.data(), data.size());
+    }
+    ///@}
+    /// Sends one datagram to the connected peer (dgram::connect).
+    ///@{
+    void send(bytes data) const { detail::check(send(data, std::nothrow), "sockserv_dgram_send"); }
+    [[nodiscard]] sockserv_result send(bytes data, std::nothrow_t) const noexcept {
+        return sockserv_dgram_send(sock_, data.data(), data.size());
+    }
+    ///@}
+
+    /// Copies the next datagram's payload into buf (cap bytes), its sender
+    /// into `from`, and returns its size. Too small: the nothrow twin gives
+    /// SOCKSERV_ERR_INSUFFICIENT_SIZE with the size needed in `len`, and the
+    /// datagram stays queued.
+    ///@{
+    std::size_t recv_from(std::uint8_t *buf, std::size_t cap, std::string &from) const {
+        std::size_t len = 0;
+        detail::check(recv_from(buf, cap, len, from, std::nothrow), "sockserv_dgram_recv_from");
+        return len;
+    }
+    [[nodiscard]] sockserv_result recv_from(std::uint8_t *buf, std::size_t cap, std::size_t &len,
+                                            std::string &from, std::nothrow_t) const noexcept {
+        char addr[SOCKSERV_ADDRSTRLEN];
+        std::size_t got = 0, needed = 0;
+        sockserv_result rc = sockserv_dgram_recv_from(sock_, buf, cap, &got, addr, sizeof addr, &needed);
+        if (rc == SOCKSERV_OK || rc == SOCKSERV_ERR_INSUFFICIENT_SIZE)
+            len = got;
+        if (rc == SOCKSERV_OK) {
+            try {
+                from.assign(addr);
+            } catch (...) {
+                return SOCKSERV_ERR_IO; // no memory for the address
+            }
+        }
+        return rc;
+    }
+    ///@}
+    /// The next datagram and its sender, in a buffer of the size it needs.
+    datagram recv_from() const {
+        datagram d;
+        d.data.resize(SOCKSERV_DEFAULT_DATAGRAM_SIZE);
+        std::size_t len = 0;
+        sockserv_result rc = recv_from(d.data.data(), d.data.size(), len, d.from, std::nothrow);
+        if (rc == SOCKSERV_ERR_INSUFFICIENT_SIZE) { // still queued: again with room
+            d.data.resize(len);
+            rc = recv_from(d.data.data(), d.data.size(), len, d.from, std::nothrow);
+        }
+        detail::check(rc, "sockserv_dgram_recv_from");
+        d.data.resize(len);
+        return d;
+    }
+
+    /// Copies the next datagram's payload into buf (cap bytes) and returns
+    /// its size (for connected sockets; too small as recv_from).
+    ///@{
+    std::size_t recv_into(std::uint8_t *buf, std::size_t cap) const {
+        std::size_t len = 0;
+        detail::check(recv_into(buf, cap, len, std::nothrow), "sockserv_dgram_recv");
+        return len;
+    }
+    [[nodiscard]] sockserv_result recv_into(std::uint8_t *buf, std::size_t cap, std::size_t &len,
+                                            std::nothrow_t) const noexcept {
+        return sockserv_dgram_recv(sock_, buf, cap, &len);
+    }
+    ///@}
+    /// The next datagram's payload, copied.
+    std::string recv_string() const {
+        std::string out(SOCKSERV_DEFAULT_DATAGRAM_SIZE, '\0');
+        std::size_t len = 0;
+        auto buf = [&] { return reinterpret_cast<std::uint8_t *>(out.data()); };
+        sockserv_result rc = recv_into(buf(), out.size(), len, std::nothrow);
+        if (rc == SOCKSERV_ERR_INSUFFICIENT_SIZE) {
+            out.resize(len);
+            rc = recv_into(buf(), out.size(), len, std::nothrow);
+        }
+        detail::check(rc, "sockserv_dgram_recv");
+        out.resize(len);
+        return out;
+    }
+
+    /// The bound address ("udp://127.0.0.1:40000", "unixgram://@00a1f").
+    std::string local_addr() const {
+        char buf[SOCKSERV_ADDRSTRLEN];
+        std::size_t needed = 0;
+        detail::check(sockserv_dgram_local_addr(sock_, buf, sizeof buf, &needed), "sockserv_dgram_local_addr");
+        return std::string(buf);
+    }
+    /// The socket, still owned here: never read from it (with a key the
+    /// datagrams would go unchecked) or close it.
+    int fd() const {
+        int fd = -1;
+        detail::check(sockserv_dgram_fd(sock_, &fd), "sockserv_dgram_fd");
+        return fd;
+    }
+    /// The timeout of each later send and receive (0: none).
+    ///@{
+    void set_timeout_ms(std::uint32_t ms) const {
+        detail::check(sockserv_dgram_set_timeout_ms(sock_, ms), "sockserv_dgram_set_timeout_ms");
+    }
+    std::uint32_t timeout_ms() const {
+        std::uint32_t ms = 0;
+        detail::check(sockserv_dgram_get_timeout_ms(sock_, &ms), "sockserv_dgram_get_timeout_ms");
+        return ms;
+    }
+    ///@}
+    /// One counter (SOCKSERV_DGRAM_STAT_*).
+    std::uint64_t stat(int which) const {
+        std::uint64_t value = 0;
+        detail::check(sockserv_dgram_stat(sock_, which, &value), "sockserv_dgram_stat");
+        return value;
+    }
+    /// Every counter.
+    dgram_stats stats() const {
+        return dgram_stats{stat(SOCKSERV_DGRAM_STAT_SENT),        stat(SOCKSERV_DGRAM_STAT_RECEIVED),
+                           stat(SOCKSERV_DGRAM_STAT_TOO_LARGE),   stat(SOCKSERV_DGRAM_STAT_TOO_SHORT),
+                           stat(SOCKSERV_DGRAM_STAT_BAD_VERSION), stat(SOCKSERV_DGRAM_STAT_BAD_TAG),
+                           stat(SOCKSERV_DGRAM_STAT_TOO_OLD),     stat(SOCKSERV_DGRAM_STAT_TOO_NEW),
+                           stat(SOCKSERV_DGRAM_STAT_REPLAYED)};
+    }
+
+    /// The C handle, for calls the wrapper does not cover.
+    sockserv_dgram *get() const noexcept { return sock_; }
+    /// Whether there is a socket.
+    explicit operator bool() const noexcept { return sock_ != nullptr; }
+
+protected:
+    /// The C handle (owned by a dgram, borrowed by a dgram_ref).
+    sockserv_dgram *sock_ = nullptr;
+};
+
+/// A datagram socket you own (sockserv_dgram_open, _connect), freed by the
+/// destructor. Move-only; converts to dgram_ref to lend it.
+class dgram : public dgram_ref {
+public:
+    /// No socket.
+    dgram() noexcept = default;
+
+    /// Opens a socket bound to `local_addr` ("udp://127.0.0.1:0",
+    /// "unixgram:///path", "unixgram://@name"), or unbound with nullptr
+    /// (the first send_to binds it in the destination's family).
+    ///@{
+    static dgram open(const char *local_addr, const config &cfg) {
+        dgram out;
+        detail::check(open(local_addr, cfg, out, std::nothrow), "sockserv_dgram_open");
+        return out;
+    }
+    static dgram open(const char *local_addr = nullptr) {
+        sockserv_dgram *raw = nullptr;
+        detail::check(sockserv_dgram_open(local_addr, nullptr, &raw), "sockserv_dgram_open");
+        return dgram(raw);
+    }
+    [[nodiscard]] static sockserv_result open(const char *local_addr, const config &cfg, dgram &out,
+                                              std::nothrow_t) noexcept {
+        sockserv_dgram *raw = nullptr;
+        sockserv_result rc = sockserv_dgram_open(local_addr, cfg.get(), &raw);
+        if (rc == SOCKSERV_OK)
+            out = dgram(raw);
+        return rc;
+    }
+    ///@}
+    /// Opens a socket connected to `addr`: send() goes there and only its
+    /// datagrams are received.
+    ///@{
+    static dgram connect(const std::string &addr, const config &cfg) {
+        dgram out;
+        detail::check(connect(addr, cfg, out, std::nothrow), "sockserv_dgram_connect");
+        return out;
+    }
+    [[nodiscard]] static sockserv_result connect(const std::string &addr, const config &cfg, dgram &out,
+                                                 std::nothrow_t) noexcept {
+        sockserv_dgram *raw = nullptr;
+        sockserv_result rc = sockserv_dgram_connect(addr.c_str(), cfg.get(), &raw);
+        if (rc == SOCKSERV_OK)
+            out = dgram(raw);
+        return rc;
+    }
+    ///@}
+
+    dgram(const dgram &) = delete;
+    dgram &operator=(const dgram &) = delete;
+    /// Moves ownership; `other` is left empty.
+    ///@{
+    dgram(dgram &&other) noexcept : dgram_ref(std::exchange(other.sock_, nullptr)) {}
+    dgram &operator=(dgram &&other) noexcept {
+        if (this != &other) {
+            sockserv_dgram_free(sock_);
+            sock_ = std::exchange(other.sock_, nullptr);
+        }
+        return *this;
+    }
+    ///@}
+    /// Closes and frees the socket (removing a Unix socket file it bound).
+    ~dgram() { sockserv_dgram_free(sock_); }
+
+    /// Gives up ownership: free the handle with sockserv_dgram_free.
+    sockserv_dgram *release() noexcept { return std::exchange(sock_, nullptr); }
+
+private:
+    explicit dgram(sockserv_dgram *raw) noexcept : dgram_ref(raw) {}
+};
+
+namespace detail {
+/// What a datagram server's C handler reaches through userdata.
+struct dgram_callbacks : reporter {
+    std::function<void(dgram_ref, bytes, std::string_view)> handler;
+};
+
+extern "C" {
+inline void sockserv_cxx_dgram_handler(void *userdata, sockserv_dgram *sock, const std::uint8_t *data,
+                                       std::size_t len, const char *from) {
+    auto *cb = static_cast<dgram_callbacks *>(userdata);
+    try {
+        cb->handler(dgram_ref(sock), bytes(data, len), from);
+    } catch (...) {
+        cb->report(std::current_exception(), "datagram handler");
+    }
+}
+} // extern "C"
+} // namespace detail
+
+/// A datagram server (sockserv_dgram_server_*): one thread receives on a
+/// bound socket and runs the handler for each datagram. The destructor
+/// stops it and joins its thread. Set the handler before start() or
+/// serve(). Move-only.
+class dgram_server {
+public:
+    /// No server.
+    dgram_server() noexcept = default;
+    /// Binds `addr` ("udp://127.0.0.1:0", "unixgram:///path"); without a
+    /// config, with the defaults.
+    ///@{
+    explicit dgram_server(const std::string &addr) { bind_or_throw(addr, nullptr); }
+    dgram_server(const std::string &addr, const config &cfg) { bind_or_throw(addr, cfg.get()); }
+    ///@}
+    /// The constructor's nothrow twin: the code, and `out` on success.
+    [[nodiscard]] static sockserv_result bind(const std::string &addr, const config &cfg, dgram_server &out,
+                                              std::nothrow_t) noexcept {
+        sockserv_dgram_server *raw = nullptr;
+        sockserv_result rc = sockserv_dgram_server_new(addr.c_str(), cfg.get(), &raw);
+        if (rc == SOCKSERV_OK) {
+            dgram_server made;
+            made.srv_.reset(raw);
+            out = std::move(made);
+        }
+        return rc;
+    }
+
+    /// `handler(dgram_ref sock, bytes data, std::string_view from)` runs on
+    /// the server's thread for each datagram, one at a time; `data` and
+    /// `from` are valid during the call only. Reply with sock.send_to(from, ...).
+    template <class F> dgram_server &on_datagram(F handler) {
+        detail::check(sockserv_dgram_server_set_handler(get(), detail::sockserv_cxx_dgram_handler, &callbacks()),
+                      "sockserv_dgram_server_set_handler");
+        cb_->handler = std::move(handler);
+        return *this;
+    }
+    /// Receives every exception the handler threw (default: printed to stderr).
+    template <class F> dgram_server &on_exception(F handler) {
+        callbacks().on_exception = std::move(handler);
+        return *this;
+    }
+
+    /// Serves on a background thread and returns at once.
+    ///@{
+    void start() { detail::check(start(std::nothrow), "sockserv_dgram_server_start"); }
+    [[nodiscard]] sockserv_result start(std::nothrow_t) noexcept { return sockserv_dgram_server_start(get()); }
+    ///@}
+    /// Serves on this thread until shutdown().
+    ///@{
+    void serve() { detail::check(serve(std::nothrow), "sockserv_dgram_server_serve"); }
+    [[nodiscard]] sockserv_result serve(std::nothrow_t) noexcept { return sockserv_dgram_server_serve(get()); }
+    ///@}
+    /// Stops serving, from any thread (the handler too); returns at once.
+    void shutdown() noexcept { sockserv_dgram_server_shutdown(get()); }
+
+    /// The bound address, e.g. "udp://127.0.0.1:40123".
+    std::string local_addr() const {
+        char buf[SOCKSERV_ADDRSTRLEN];
+        std::size_t needed = 0;
+        detail::check(sockserv_dgram_server_local_addr(get(), buf, sizeof buf, &needed),
+                      "sockserv_dgram_server_local_addr");
+        return std::string(buf);
+    }
+    /// The server's socket, lent until the server is freed: to send from
+    /// other threads, and for its counters.
+    dgram_ref socket() const {
+        sockserv_dgram *sock = nullptr;
+        detail::check(sockserv_dgram_server_socket(get(), &sock), "sockserv_dgram_server_socket");
+        return dgram_ref(sock);
+    }
+    /// Every counter of its socket.
+    dgram_stats stats() const { return socket().stats(); }
+
+    /// Moves ownership; `other` is left empty.
+    ///@{
+    dgram_server(dgram_server &&other) noexcept = default;
+    dgram_server &operator=(dgram_server &&other) noexcept {
+        srv_ = std::move(other.srv_); // ours is freed before our callbacks go
+        cb_ = std::move(other.cb_);
+        return *this;
+    }
+    ///@}
+    dgram_server(const dgram_server &) = delete;
+    dgram_server &operator=(const dgram_server &) = delete;
+    /// Stops and frees the server, then the handler.
+    ~dgram_server() { srv_.reset(); }
+
+    /// The C handle, for calls the wrapper does not cover; still owned here.
+    sockserv_dgram_server *get() const noexcept { return srv_.get(); }
+    /// Whether there is a server.
+    explicit operator bool() const noexcept { return srv_ != nullptr; }
+
+private:
+    void bind_or_throw(const std::string &addr, const sockserv_config *cfg) {
+        sockserv_dgram_server *raw = nullptr;
+        detail::check(sockserv_dgram_server_new(addr.c_str(), cfg, &raw), "sockserv_dgram_server_new");
+        srv_.reset(raw);
+    }
+    detail::dgram_callbacks &callbacks() {
+        if (!cb_)
+            cb_ = std::make_unique<detail::dgram_callbacks>();
+        return *cb_;
+    }
+    struct deleter {
+        void operator()(sockserv_dgram_server *s) const noexcept { sockserv_dgram_server_free(s); }
+    };
+    // Declared first, destroyed last: after the server that calls into it.
+    std::unique_ptr<detail::dgram_callbacks> cb_;
+    std::unique_ptr<sockserv_dgram_server, deleter> srv_;
 };
 
 /// HMAC-SHA256(key, msg).

@@ -1,0 +1,3 @@
+module sockserv
+
+go 1.19
