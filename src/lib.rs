@@ -7,6 +7,7 @@
 //! socket; [`conn`], [`server`] and [`client`] drive them over blocking
 //! sockets.
 
+#![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod address;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod event_conn;
 mod event_engine;
 mod event_loop;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod frame;
 pub mod listener;
@@ -32,6 +34,7 @@ pub mod recv_buffer;
 pub mod server;
 mod socket_file;
 pub mod sockopt;
+#[allow(unsafe_code)]
 mod sys;
 pub mod systemd;
 mod threaded;
