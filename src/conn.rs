@@ -10,8 +10,6 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-
-use crate::server::lock;
 use std::time::{Duration, Instant};
 
 use rand::TryRng;
@@ -25,6 +23,7 @@ use crate::frame::{self, encode_header};
 use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
 use crate::sockopt::{self, SockOpt};
+use crate::sync::lock;
 use crate::sys::{self, Interest};
 use crate::timeout_cell::TimeoutCell;
 

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::TryRng;
@@ -35,72 +35,12 @@ use crate::datagram_address::{
 use crate::datagram_auth::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
 use crate::error::{Error, ErrorKind, Result};
 use crate::socket_file::{self, SocketFile};
+use crate::sync::lock;
 use crate::sys::{self, Interest};
 use crate::timeout_cell::TimeoutCell;
 
-/// socketserver's `max_packet_size`, and our default maximum payload.
-pub(crate) const DEFAULT_MAX_DATAGRAM_SIZE: usize = 8192;
-/// The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes).
-pub(crate) const MAX_DATAGRAM_SIZE: usize = 65507;
-/// How far a sealed datagram's timestamp may be from the receiver's clock.
-pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
-/// Accepted datagrams remembered for the replay check, at most.
-pub(crate) const DEFAULT_REPLAY_CAPACITY: usize = 65536;
-
 /// How long a send with a timeout rests between retries on a full peer.
 const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
-
-/// Datagram settings, part of [`Config`].
-#[derive(Clone, Debug)]
-pub struct DatagramConfig {
-    /// The largest payload sent or received, in bytes (with keys, the
-    /// datagram on the wire is [`OVERHEAD`] bytes longer).
-    pub max_size: usize,
-    /// With keys: the freshness window, both ways.
-    pub window: Duration,
-    /// With keys: the most datagrams remembered against replays.
-    pub replay_capacity: usize,
-}
-
-impl Default for DatagramConfig {
-    fn default() -> DatagramConfig {
-        DatagramConfig {
-            max_size: DEFAULT_MAX_DATAGRAM_SIZE,
-            window: DEFAULT_WINDOW,
-            replay_capacity: DEFAULT_REPLAY_CAPACITY,
-        }
-    }
-}
-
-impl DatagramConfig {
-    pub fn set_max_size(&mut self, size: usize) -> Result<()> {
-        if size == 0 || size > MAX_DATAGRAM_SIZE {
-            return Err(invalid(format!(
-                "max datagram size {size} is outside 1..={MAX_DATAGRAM_SIZE}"
-            )));
-        }
-        self.max_size = size;
-        Ok(())
-    }
-
-    pub fn set_window(&mut self, window: Duration) -> Result<()> {
-        if window.is_zero() {
-            return Err(invalid(
-                "the datagram window must be at least 1 ms: with 0 only a clock in exact step would be accepted".into(),
-            ));
-        }
-        self.window = window;
-        Ok(())
-    }
-
-    pub fn set_replay_capacity(&mut self, capacity: usize) -> Result<()> {
-        if capacity == 0 {
-            return Err(invalid("the replay capacity must be at least 1".into()));
-        }
-        self.replay_capacity = capacity;
-        Ok(())
-    }
-}
 
 /// Counters of one socket; each only grows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -756,14 +696,4 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
-}
-
-fn invalid(detail: String) -> Error {
-    Error::new(ErrorKind::InvalidArgument, detail)
-}
-
-/// Locks, ignoring poisoning: a panicking handler cannot leave the receive
-/// state half-updated (each update is one assignment).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -11,7 +11,7 @@ use socket2::Socket;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_loop::Inbox;
 use crate::frame::encode_header;
-use crate::server::lock;
+use crate::sync::lock;
 
 /// The callbacks of an event-driven server. They run on the I/O thread
 /// that owns the connection: while one runs, that thread's other

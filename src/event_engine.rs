@@ -8,10 +8,11 @@ use std::thread::{self, JoinHandle};
 
 use socket2::Socket;
 
+use crate::driver::{Context, Driver};
 use crate::error::{Error, Result};
 use crate::event_conn::EventHandler;
 use crate::event_loop::{Command, EngineShared, Inbox, IoThread};
-use crate::server::{lock, Context, Driver};
+use crate::sync::lock;
 
 pub(crate) struct EventEngine {
     shared: Arc<EngineShared>,

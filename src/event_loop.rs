@@ -24,11 +24,12 @@ use socket2::Socket;
 use crate::address::format_sockaddr;
 use crate::auth::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::deadlines::Deadlines;
+use crate::driver::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
 use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
-use crate::server::{lock, Context};
+use crate::sync::lock;
 use crate::sys;
 
 const WAKER: Token = Token(usize::MAX);

@@ -20,6 +20,7 @@ pub mod datagram_address;
 pub mod datagram_auth;
 pub mod datagram_server;
 mod deadlines;
+mod driver;
 pub mod error;
 pub mod event_conn;
 mod event_engine;
@@ -34,6 +35,7 @@ pub mod recv_buffer;
 pub mod server;
 mod socket_file;
 pub mod sockopt;
+mod sync;
 #[allow(unsafe_code)]
 mod sys;
 pub mod systemd;

@@ -14,11 +14,11 @@
 //! Dropping the server stops the loop, closes every live connection, joins
 //! every thread and closes the listener.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,82 +26,19 @@ use socket2::Socket;
 
 use crate::address::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
-use crate::conn::Connection;
+use crate::driver::{Context, Driver};
+pub use crate::driver::{Handler, Stats, Verify};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event_conn::EventHandler;
 use crate::event_engine::EventEngine;
 use crate::listener::Listener;
-use crate::proxy_protocol::ProxyMode;
+use crate::sync::lock;
 use crate::sys;
 use crate::threaded::Threaded;
-
-/// Runs once per authenticated connection, on that connection's thread.
-pub type Handler = Arc<dyn Fn(&Arc<Connection>) + Send + Sync>;
-/// Sees the peer address before anything else happens; `false` refuses.
-pub type Verify = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// How long the accept loop rests after an accept error such as EMFILE
 /// (out of file descriptors), instead of spinning on a readable listener.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
-/// Counters a server keeps; each only grows, except `active`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub accepted: u64,
-    pub active: u64,
-    pub refused_by_verify: u64,
-    pub refused_when_full: u64,
-    pub handshake_failures: u64,
-    /// Connections closed for a missing or malformed PROXY header.
-    pub proxy_failures: u64,
-    pub handled: u64,
-}
-
-/// What the accept loop hands connections to.
-pub(crate) trait Driver: Send + Sync {
-    /// Takes an accepted connection that passed verify and the cap.
-    fn adopt(&self, socket: Socket, peer: String);
-    /// Connections adopted that have not ended yet.
-    fn running(&self) -> usize;
-    /// Closes every live connection and joins every thread the driver has.
-    fn close_all(&self);
-}
-
-/// What drivers share with the server: settings, counters, and the way to
-/// tell the accept loop that a slot freed.
-pub(crate) struct Context {
-    pub config: Config,
-    verify: Mutex<Option<Verify>>,
-    pub handshake_failures: AtomicU64,
-    pub proxy_failures: AtomicU64,
-    pub refused_by_verify: AtomicU64,
-    pub handled: AtomicU64,
-    wake_tx: UnixStream,
-}
-
-impl Context {
-    /// Runs the verify callback, if any, counting a refusal.
-    pub fn verify(&self, peer: &str) -> bool {
-        let verify = lock(&self.verify).clone();
-        let ok = verify.is_none_or(|verify| verify(peer));
-        if !ok {
-            self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    /// Whether verify waits for the PROXY header (the client's address)
-    /// instead of running at accept time.
-    pub fn verify_after_proxy_header(&self) -> bool {
-        self.config.proxy_protocol == ProxyMode::Required
-    }
-
-    /// Wakes the accept loop (a connection ended, or shutdown).
-    pub fn wake(&self) {
-        // A full socket buffer already holds a wake-up: WouldBlock is fine.
-        let _ = (&self.wake_tx).write(&[1]);
-    }
-}
 
 /// How connections will be served, chosen before the server starts.
 enum Mode {
@@ -147,15 +84,7 @@ impl Server {
         }
         Ok(Server {
             shared: Arc::new(Shared {
-                context: Arc::new(Context {
-                    config: config.clone(),
-                    verify: Mutex::new(None),
-                    handshake_failures: AtomicU64::new(0),
-                    proxy_failures: AtomicU64::new(0),
-                    refused_by_verify: AtomicU64::new(0),
-                    handled: AtomicU64::new(0),
-                    wake_tx,
-                }),
+                context: Arc::new(Context::new(config.clone(), wake_tx)),
                 listener,
                 mode: Mutex::new(Mode::Threaded(None)),
                 driver: OnceLock::new(),
@@ -192,7 +121,7 @@ impl Server {
     /// Sets the verify callback; only before the server starts.
     pub fn set_verify(&self, verify: Verify) -> Result<()> {
         self.shared.expect_idle("set the verify callback")?;
-        *lock(&self.shared.context.verify) = Some(verify);
+        self.shared.context.set_verify(verify);
         Ok(())
     }
 
@@ -398,11 +327,4 @@ impl Shared {
         }
         self.driver().adopt(socket, peer);
     }
-}
-
-/// Locks, ignoring poisoning: every update under the server's locks is a
-/// single insert, remove or assignment, so a panic cannot leave one
-/// half-done.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -11,7 +11,8 @@ use socket2::Socket;
 
 use crate::auth::Role;
 use crate::conn::Connection;
-use crate::server::{lock, Context, Driver, Handler};
+use crate::driver::{Context, Driver, Handler};
+use crate::sync::lock;
 
 pub(crate) struct Threaded {
     shared: Arc<Shared>,

@@ -676,7 +676,7 @@ mod tests {
     /// The header's literals are the core's values.
     #[test]
     fn constants_match_the_core() {
-        use crate::datagram::{DEFAULT_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE};
+        use crate::config::{DEFAULT_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE};
         assert_eq!(SOCKSERV_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE);
         assert_eq!(SOCKSERV_DEFAULT_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE);
         assert_eq!(SOCKSERV_DATAGRAM_OVERHEAD, crate::datagram_auth::OVERHEAD);
