@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{arg_mut, bytes, guard, guard_value, out, sockserv_result};
 use crate::config::{Config, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
-use crate::proxy_protocol::ProxyMode;
+use crate::proto::proxy::ProxyMode;
 
 /// Settings for servers and clients (opaque). Create with
 /// `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do

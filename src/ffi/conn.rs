@@ -13,12 +13,12 @@ use super::{
     arg, bytes, bytes_mut, c_str, copy_str, guard, guard_value, out, sockserv_config,
     sockserv_result,
 };
-use crate::auth::Role;
 use crate::config::Config;
-use crate::conn::{Connection, RecvInto};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event_conn::EventConn;
-use crate::sockopt::{self, SockOpt};
+use crate::proto::handshake::Role;
+use crate::server::event::conn::EventConn;
+use crate::stream::connection::{Connection, RecvInto};
+use crate::sys::sockopt::{self, SockOpt};
 
 /// A framed connection (opaque). Sending is safe from several threads at
 /// once (frames never interleave), and one thread may receive while others
@@ -121,7 +121,7 @@ pub unsafe extern "C" fn sockserv_connect(
         let (addr, conn_out) = unsafe { (c_str(addr, "addr")?, out(conn_out, "conn_out")?) };
         // SAFETY: caller contract: NULL or a live config.
         let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
-        let conn = crate::client::connect(addr, &config)?;
+        let conn = crate::stream::client::connect(addr, &config)?;
         conn_out.put(new_handle(conn));
         Ok(())
     })

@@ -20,8 +20,8 @@ use super::{
     sockserv_result,
 };
 use crate::config::Config;
-use crate::datagram::{DgramSocket, Take};
-use crate::datagram_server::DgramServer;
+use crate::datagram::server::DgramServer;
+use crate::datagram::socket::{DgramSocket, Take};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The largest maximum datagram size: the largest UDP payload over IPv4.
@@ -676,9 +676,9 @@ mod tests {
     /// The header's literals are the core's values.
     #[test]
     fn constants_match_the_core() {
-        use crate::config::{DEFAULT_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE};
+        use crate::config::datagram::{DEFAULT_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE};
         assert_eq!(SOCKSERV_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE);
         assert_eq!(SOCKSERV_DEFAULT_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE);
-        assert_eq!(SOCKSERV_DATAGRAM_OVERHEAD, crate::datagram_auth::OVERHEAD);
+        assert_eq!(SOCKSERV_DATAGRAM_OVERHEAD, crate::proto::sealed::OVERHEAD);
     }
 }

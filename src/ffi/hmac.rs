@@ -2,7 +2,7 @@
 
 use super::{bytes, bytes_mut, guard, sockserv_result};
 use crate::error::{Error, ErrorKind};
-use crate::mac;
+use crate::proto::mac;
 
 /// Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
 /// for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a

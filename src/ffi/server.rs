@@ -10,10 +10,10 @@ use super::{
     sockserv_conn, sockserv_result,
 };
 use crate::config::Config;
-use crate::conn::Connection;
 use crate::error::{Error, ErrorKind};
-use crate::event_conn::{EventConn, EventHandler};
-use crate::server::Server;
+use crate::server::accept::Server;
+use crate::server::event::conn::{EventConn, EventHandler};
+use crate::stream::connection::Connection;
 
 /// A listening server (opaque). Its functions may be called from any
 /// thread, except `sockserv_server_free`, which must be the last call.

@@ -3,11 +3,11 @@
 
 use socket2::{Domain, Socket, Type};
 
-use crate::address::Address;
-use crate::auth::Role;
+use crate::addr::stream::Address;
 use crate::config::Config;
-use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::proto::handshake::Role;
+use crate::stream::connection::Connection;
 
 /// Connects to `addr` (`tcp://HOST:PORT` or `unix://PATH`). Each resolved
 /// address is tried in turn; the error of the last one is reported.

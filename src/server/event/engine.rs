@@ -8,11 +8,11 @@ use std::thread::{self, JoinHandle};
 
 use socket2::Socket;
 
-use crate::driver::{Context, Driver};
 use crate::error::{Error, Result};
-use crate::event_conn::EventHandler;
-use crate::event_loop::{Command, EngineShared, Inbox, IoThread};
-use crate::sync::lock;
+use crate::server::driver::{Context, Driver};
+use crate::server::event::conn::EventHandler;
+use crate::server::event::io_thread::{Command, EngineShared, Inbox, IoThread};
+use crate::util::sync::lock;
 
 pub(crate) struct EventEngine {
     shared: Arc<EngineShared>,

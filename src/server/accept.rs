@@ -1,9 +1,9 @@
 //! A server: one accept loop, shared by both ways of serving connections.
 //!
 //! - Threaded (like `socketserver.ThreadingTCPServer`, with a cap): a
-//!   [`Handler`] runs on a thread per connection ([`crate::threaded`]).
+//!   [`Handler`] runs on a thread per connection ([`crate::server::threaded`]).
 //! - Event-driven: an [`EventHandler`] gets callbacks from a few I/O
-//!   threads that hold every connection ([`crate::event_engine`]).
+//!   threads that hold every connection ([`crate::server::event::engine`]).
 //!
 //! The accept loop verifies each peer, applies the connection cap and hands
 //! the socket to the driver. `serve` runs it on the caller's thread, `start`
@@ -24,17 +24,17 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::address::{format_sockaddr, Address};
+use crate::addr::stream::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
-use crate::driver::{Context, Driver};
-pub use crate::driver::{Handler, Stats, Verify};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event_conn::EventHandler;
-use crate::event_engine::EventEngine;
-use crate::listener::Listener;
-use crate::sync::lock;
+use crate::server::driver::{Context, Driver};
+pub use crate::server::driver::{Handler, Stats, Verify};
+use crate::server::event::conn::EventHandler;
+use crate::server::event::engine::EventEngine;
+use crate::server::threaded::Threaded;
+use crate::stream::listener::Listener;
 use crate::sys;
-use crate::threaded::Threaded;
+use crate::util::sync::lock;
 
 /// How long the accept loop rests after an accept error such as EMFILE
 /// (out of file descriptors), instead of spinning on a readable listener.

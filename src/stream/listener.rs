@@ -9,11 +9,11 @@ use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::address::{format_sockaddr, Address};
+use crate::addr::stream::{format_sockaddr, Address};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::socket_file::{self, SocketFile};
-use crate::{sys, systemd};
+use crate::sys::socket_file::{self, SocketFile};
+use crate::sys::{self, systemd};
 
 pub struct Listener {
     socket: Socket,

@@ -9,10 +9,10 @@ use std::thread::{self, JoinHandle};
 
 use socket2::Socket;
 
-use crate::auth::Role;
-use crate::conn::Connection;
-use crate::driver::{Context, Driver, Handler};
-use crate::sync::lock;
+use crate::proto::handshake::Role;
+use crate::server::driver::{Context, Driver, Handler};
+use crate::stream::connection::Connection;
+use crate::util::sync::lock;
 
 pub(crate) struct Threaded {
     shared: Arc<Shared>,

@@ -1,5 +1,5 @@
 //! Datagram sockets (UDP over IPv4 and IPv6, Unix datagram): the blocking
-//! driver of [`crate::datagram_auth`]. One datagram is one message; the
+//! driver of [`crate::proto::sealed`]. One datagram is one message; the
 //! kernel keeps the boundaries, so there is no framing.
 //!
 //! - With keys, every datagram sent is sealed (header + tag, see
@@ -27,17 +27,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::TryRng;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::auth::Keys;
-use crate::config::Config;
-use crate::datagram_address::{
+use crate::addr::datagram::{
     format_dgram_sockaddr, literal_sockaddr, write_dgram_sockaddr, DgramAddress,
 };
-use crate::datagram_auth::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::socket_file::{self, SocketFile};
-use crate::sync::lock;
+use crate::proto::handshake::Keys;
+use crate::proto::sealed::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
+use crate::sys::socket_file::{self, SocketFile};
 use crate::sys::{self, Interest};
-use crate::timeout_cell::TimeoutCell;
+use crate::util::sync::lock;
+use crate::util::timeout_cell::TimeoutCell;
 
 /// How long a send with a timeout rests between retries on a full peer.
 const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
@@ -386,8 +386,8 @@ impl DgramSocket {
     ) -> Result<()> {
         let sealed = match self.keys.first() {
             Some(key) => {
-                let header = datagram_auth::seal_header(now_ms(), random_nonce()?);
-                let tag = datagram_auth::seal_tag(key, &header, payload);
+                let header = sealed::seal_header(now_ms(), random_nonce()?);
+                let tag = sealed::seal_tag(key, &header, payload);
                 Some((header, tag))
             }
             None => None,
@@ -554,7 +554,7 @@ impl DgramSocket {
             None => *pending = Some(0..n),
             Some(opener) => match opener.open(&buf[..n], now_ms()) {
                 Ok(payload) => {
-                    let start = datagram_auth::HEADER_LEN;
+                    let start = sealed::HEADER_LEN;
                     *pending = Some(start..start + payload.len());
                 }
                 Err(why) => {

@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::datagram::DgramSocket;
+use crate::datagram::socket::DgramSocket;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 

@@ -18,8 +18,8 @@ use std::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::auth::Keys;
-use crate::mac::verify_hmac_sha256;
+use crate::proto::handshake::Keys;
+use crate::proto::mac::verify_hmac_sha256;
 
 /// The only format version this code speaks.
 pub(crate) const VERSION: u8 = 1;
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(&d[1..9], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&d[9..25], &[0xaa; 16]);
         assert_eq!(&d[25..27], b"hi");
-        assert_eq!(&d[27..], &crate::mac::hmac_sha256(KEY, &d[..27]));
+        assert_eq!(&d[27..], &crate::proto::mac::hmac_sha256(KEY, &d[..27]));
     }
 
     /// A fixed vector, also written in docs/DATAGRAM.md, so another

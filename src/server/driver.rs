@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use socket2::Socket;
 
 use crate::config::Config;
-use crate::conn::Connection;
-use crate::proxy_protocol::ProxyMode;
-use crate::sync::lock;
+use crate::proto::proxy::ProxyMode;
+use crate::stream::connection::Connection;
+use crate::util::sync::lock;
 
 /// Runs once per authenticated connection, on that connection's thread.
 pub type Handler = Arc<dyn Fn(&Arc<Connection>) + Send + Sync>;

@@ -5,7 +5,7 @@
 
 use std::os::fd::RawFd;
 
-use crate::address::SystemdSocket;
+use crate::addr::stream::SystemdSocket;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The first descriptor systemd passes.

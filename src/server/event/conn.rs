@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use socket2::Socket;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::event_loop::Inbox;
-use crate::frame::encode_header;
-use crate::sync::lock;
+use crate::proto::frame::encode_header;
+use crate::server::event::io_thread::Inbox;
+use crate::util::sync::lock;
 
 /// The callbacks of an event-driven server. They run on the I/O thread
 /// that owns the connection: while one runs, that thread's other

@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::error::Result;
-use crate::frame::{self, Header};
+use crate::proto::frame::{self, Header};
 
 /// What [`RecvBuffer::next_frame`] found in the buffered bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ fn frame_len(header: &Header) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::encode_header;
+    use crate::proto::frame::encode_header;
 
     fn framed(payload: &[u8]) -> Vec<u8> {
         let mut v = encode_header(payload.len() as u64).as_bytes().to_vec();

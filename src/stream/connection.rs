@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 use rand::TryRng;
 use socket2::Socket;
 
-use crate::address::format_sockaddr;
-use crate::auth::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use crate::addr::stream::format_sockaddr;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::{self, encode_header};
-use crate::proxy_protocol::{self, Parsed, ProxyMode};
-use crate::recv_buffer::{Decoded, RecvBuffer};
-use crate::sockopt::{self, SockOpt};
-use crate::sync::lock;
+use crate::proto::frame::{self, encode_header};
+use crate::proto::handshake::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use crate::proto::proxy::{self, Parsed, ProxyMode};
+use crate::proto::recv_buffer::{Decoded, RecvBuffer};
+use crate::sys::sockopt::{self, SockOpt};
 use crate::sys::{self, Interest};
-use crate::timeout_cell::TimeoutCell;
+use crate::util::sync::lock;
+use crate::util::timeout_cell::TimeoutCell;
 
 /// Coalesced replies are held up to this many bytes.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -284,7 +284,7 @@ impl Connection {
         self.timeout.get()
     }
 
-    /// The socket, for options (see [`crate::sockopt`]); reading or writing
+    /// The socket, for options (see [`crate::sys::sockopt`]); reading or writing
     /// it directly would break the framing.
     pub fn socket(&self) -> &Socket {
         &self.socket
@@ -534,7 +534,7 @@ impl Connection {
             return Ok(());
         };
         loop {
-            match proxy_protocol::parse(buf.pending()) {
+            match proxy::parse(buf.pending()) {
                 Ok(Parsed::Header { len, source }) => {
                     buf.consume(len);
                     if let Some(source) = source {

@@ -21,16 +21,16 @@ use rand::TryRng;
 use slab::Slab;
 use socket2::Socket;
 
-use crate::address::format_sockaddr;
-use crate::auth::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
-use crate::deadlines::Deadlines;
-use crate::driver::Context;
+use crate::addr::stream::format_sockaddr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::event_conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
-use crate::proxy_protocol::{self, Parsed, ProxyMode};
-use crate::recv_buffer::{Decoded, RecvBuffer};
-use crate::sync::lock;
+use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use crate::proto::proxy::{self, Parsed, ProxyMode};
+use crate::proto::recv_buffer::{Decoded, RecvBuffer};
+use crate::server::driver::Context;
+use crate::server::event::conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
+use crate::server::event::deadlines::Deadlines;
 use crate::sys;
+use crate::util::sync::lock;
 
 const WAKER: Token = Token(usize::MAX);
 /// The scratch buffer each read lands in first.
@@ -593,7 +593,7 @@ fn take_proxy_header(
         return Ok(true);
     };
     let peer = conn.handle.peer_addr().to_string();
-    match proxy_protocol::parse(buf.pending()) {
+    match proxy::parse(buf.pending()) {
         Ok(Parsed::NeedMore) => return Ok(false),
         Ok(Parsed::Header { len, source }) => {
             buf.consume(len);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use socket2::SockAddr;
 
-use crate::address::{parse_host_port, MAX_UNIX_PATH};
+use crate::addr::stream::{parse_host_port, MAX_UNIX_PATH};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

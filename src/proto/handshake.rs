@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::mac::Digest;
+use crate::proto::mac::Digest;
 
 pub const CHALLENGE: &[u8] = b"#CHALLENGE#";
 pub const WELCOME: &[u8] = b"#WELCOME#";
@@ -262,7 +262,7 @@ fn show(msg: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mac::hmac_sha256;
+    use crate::proto::mac::hmac_sha256;
 
     fn keys(list: &[&[u8]]) -> Keys {
         list.iter().map(|k| k.to_vec()).collect::<Vec<_>>().into()
