@@ -3,7 +3,12 @@
 //!
 //! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`.
 
+mod recv;
+mod send;
 pub mod server;
 pub mod socket;
+mod stats;
 
-pub use socket::{DgramSocket, DgramStats, RecvFrom, Take};
+pub use recv::{RecvFrom, Take};
+pub use socket::DgramSocket;
+pub use stats::DgramStats;

@@ -15,133 +15,59 @@
 //!
 //! Thread safety: sends may come from any thread at once (each is one
 //! system call); receives are serialised by a lock.
+//!
+//! This file holds the socket and its creation; sending is in `send`,
+//! receiving in `recv`, the counters in `stats`.
 
-use std::io::{self, IoSlice};
-use std::ops::Range;
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rand::TryRng;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::addr::datagram::{
-    format_dgram_sockaddr, literal_sockaddr, write_dgram_sockaddr, DgramAddress,
-};
+use crate::addr::datagram::{format_dgram_sockaddr, DgramAddress};
 use crate::config::Config;
+use crate::datagram::recv::RecvState;
+use crate::datagram::send::send_error;
+use crate::datagram::stats::{Counters, DgramStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Keys;
-use crate::proto::sealed::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
+use crate::proto::sealed::Opener;
 use crate::sys::socket_file::{self, SocketFile};
-use crate::sys::{self, Interest};
 use crate::util::sync::lock;
 use crate::util::timeout_cell::TimeoutCell;
 
-/// How long a send with a timeout rests between retries on a full peer.
-const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
-
-/// Counters of one socket; each only grows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DgramStats {
-    pub sent: u64,
-    /// Datagrams delivered (to a receive or a server's handler).
-    pub received: u64,
-    /// Received datagrams over the maximum size, discarded.
-    pub too_large: u64,
-    /// The rest are drops of sealed datagrams, one counter per reason.
-    pub too_short: u64,
-    pub bad_version: u64,
-    pub bad_tag: u64,
-    pub too_old: u64,
-    pub too_new: u64,
-    pub replayed: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    received: AtomicU64,
-    too_large: AtomicU64,
-    too_short: AtomicU64,
-    bad_version: AtomicU64,
-    bad_tag: AtomicU64,
-    too_old: AtomicU64,
-    too_new: AtomicU64,
-    replayed: AtomicU64,
-}
-
-impl Counters {
-    fn rejected(&self, why: &Rejection) {
-        let counter = match why {
-            Rejection::TooShort { .. } => &self.too_short,
-            Rejection::BadVersion(_) => &self.bad_version,
-            Rejection::BadTag => &self.bad_tag,
-            Rejection::TooOld { .. } => &self.too_old,
-            Rejection::TooNew { .. } => &self.too_new,
-            Rejection::Replayed => &self.replayed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What a receive callback does with the datagram it was shown.
-pub enum Take<R> {
-    /// Consumed: the next receive gets the next datagram.
-    Done(R),
-    /// Left queued (the caller's buffer was too small): the next receive
-    /// gets the same datagram again.
-    Keep(R),
-}
-
-/// The result of [`DgramSocket::recv_from`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RecvFrom {
-    /// The payload was copied: its length, and the sender.
-    Copied { len: usize, from: String },
-    /// The buffer is too small for the payload, which stays queued: its size.
-    TooSmall(usize),
-}
-
 /// The socket, once it exists: sockets opened without an address are
 /// created by their first send, in the family of the destination.
-struct Bound {
-    socket: Socket,
-    local: String,
-    domain: Domain,
+pub(super) struct Bound {
+    pub(super) socket: Socket,
+    pub(super) local: String,
+    pub(super) domain: Domain,
     /// The socket file we created: held only to be removed on drop.
-    _socket_file: Option<SocketFile>,
-}
-
-struct RecvState {
-    /// Holds one datagram as it came off the wire; allocated on first use.
-    buf: Vec<u8>,
-    opener: Option<Opener>,
-    /// The payload of a datagram received but not yet taken, within `buf`.
-    pending: Option<Range<usize>>,
-    /// Its sender, in address form.
-    from: String,
+    pub(super) _socket_file: Option<SocketFile>,
 }
 
 pub struct DgramSocket {
-    bound: OnceLock<Bound>,
+    pub(super) bound: OnceLock<Bound>,
     /// Serialises the lazy creation of the socket.
-    creating: Mutex<()>,
-    connected: bool,
-    keys: Keys,
-    max_size: usize,
+    pub(super) creating: Mutex<()>,
+    pub(super) connected: bool,
+    pub(super) keys: Keys,
+    pub(super) max_size: usize,
     /// Milliseconds for each send and receive; 0 waits for ever.
-    timeout: TimeoutCell,
-    recv: Mutex<RecvState>,
+    pub(super) timeout: TimeoutCell,
+    pub(super) recv: Mutex<RecvState>,
     /// A server receives on this socket: receives from elsewhere are refused
     /// and sends never wait.
-    served: AtomicBool,
-    counters: Counters,
+    pub(super) served: AtomicBool,
+    pub(super) counters: Counters,
 }
 
 impl DgramSocket {
-    fn new(config: &Config, connected: bool) -> DgramSocket {
+    pub(super) fn new(config: &Config, connected: bool) -> DgramSocket {
         let d = &config.datagram;
         let opener = (!config.keys.is_empty()).then(|| {
             let window_ms = d.window.as_millis().min(u64::MAX as u128) as u64;
@@ -207,80 +133,6 @@ impl DgramSocket {
         Ok(socket)
     }
 
-    /// Sends `payload` as one datagram to `to`.
-    pub fn send_to(&self, to: &str, payload: &[u8]) -> Result<()> {
-        self.check_size(payload.len())?;
-        // IP literals and Unix names (every reply to a `from`) take the
-        // path without allocating; host names are resolved.
-        let targets = match literal_sockaddr(to) {
-            Some(target) => Targets::One(target),
-            None => {
-                let parsed = DgramAddress::parse(to)?;
-                Targets::Resolved(parsed.resolve()?)
-            }
-        };
-        let bound = self.bound_for(to, targets.first())?;
-        let target = targets.find(bound.domain).ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidAddress,
-                format!(
-                    "cannot send to {to} from {}: another address family",
-                    bound.local
-                ),
-            )
-        })?;
-        self.transmit(bound, Some(target), payload, to)
-    }
-
-    /// Sends `payload` to the address the socket is connected to.
-    pub fn send(&self, payload: &[u8]) -> Result<()> {
-        self.check_size(payload.len())?;
-        let bound = self.bound()?;
-        if !self.connected {
-            return Err(Error::new(
-                ErrorKind::InvalidState,
-                "the datagram socket is not connected: use send_to with an address",
-            ));
-        }
-        self.transmit(bound, None, payload, "the connected peer")
-    }
-
-    /// Receives the next datagram and hands its payload and sender to `f`,
-    /// borrowed from the socket's buffer; `f` decides whether it is taken.
-    /// Waits up to the timeout; dropped datagrams do not end the wait.
-    pub fn recv_with<R>(&self, f: impl FnOnce(&[u8], &str) -> Take<R>) -> Result<R> {
-        self.check_not_served()?;
-        let deadline = self.deadline();
-        self.receive(Some(deadline), f)
-            .map(|r| r.expect("a waiting receive returns a datagram or an error"))
-    }
-
-    /// Receives the next datagram into `out`, like `recvfrom`. A payload
-    /// larger than `out` stays queued and its size is reported.
-    pub fn recv_from(&self, out: &mut [u8]) -> Result<RecvFrom> {
-        self.recv_with(|payload, from| {
-            if payload.len() > out.len() {
-                return Take::Keep(RecvFrom::TooSmall(payload.len()));
-            }
-            out[..payload.len()].copy_from_slice(payload);
-            Take::Done(RecvFrom::Copied {
-                len: payload.len(),
-                from: from.to_string(),
-            })
-        })
-    }
-
-    /// Receives the next datagram as an owned payload and sender.
-    pub fn recv(&self) -> Result<(Vec<u8>, String)> {
-        self.recv_with(|payload, from| Take::Done((payload.to_vec(), from.to_string())))
-    }
-
-    /// For a server's loop: like [`DgramSocket::recv_with`] (the datagram is
-    /// always taken) without waiting: `None` when nothing is queued.
-    pub(crate) fn try_recv_with<R>(&self, f: impl FnOnce(&[u8], &str) -> R) -> Result<Option<R>> {
-        self.receive(None, |payload, from| Take::Done(f(payload, from)))
-    }
-
     /// The bound address (`udp://127.0.0.1:40123`, `unixgram:///path`,
     /// `unixgram://@name`); a socket that has not sent yet has none.
     pub fn local_addr(&self) -> Result<&str> {
@@ -326,7 +178,7 @@ impl DgramSocket {
         self.served.store(true, Ordering::SeqCst);
     }
 
-    fn check_not_served(&self) -> Result<()> {
+    pub(super) fn check_not_served(&self) -> Result<()> {
         if self.served.load(Ordering::SeqCst) {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -336,7 +188,7 @@ impl DgramSocket {
         Ok(())
     }
 
-    fn check_size(&self, len: usize) -> Result<()> {
+    pub(super) fn check_size(&self, len: usize) -> Result<()> {
         if len > self.max_size {
             return Err(Error::new(
                 ErrorKind::DatagramTooLarge,
@@ -349,7 +201,7 @@ impl DgramSocket {
         Ok(())
     }
 
-    fn bound(&self) -> Result<&Bound> {
+    pub(super) fn bound(&self) -> Result<&Bound> {
         self.bound.get().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidState,
@@ -360,7 +212,7 @@ impl DgramSocket {
 
     /// The socket, created now for `target`'s family if it does not exist
     /// yet.
-    fn bound_for(&self, to: &str, target: &SockAddr) -> Result<&Bound> {
+    pub(super) fn bound_for(&self, to: &str, target: &SockAddr) -> Result<&Bound> {
         if let Some(bound) = self.bound.get() {
             return Ok(bound);
         }
@@ -373,208 +225,19 @@ impl DgramSocket {
         Ok(self.bound.get().expect("just set"))
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    pub(super) fn deadline(&self) -> Option<Instant> {
         self.timeout().map(|t| Instant::now() + t)
-    }
-
-    fn transmit(
-        &self,
-        bound: &Bound,
-        to: Option<&SockAddr>,
-        payload: &[u8],
-        to_text: &str,
-    ) -> Result<()> {
-        let sealed = match self.keys.first() {
-            Some(key) => {
-                let header = sealed::seal_header(now_ms(), random_nonce()?);
-                let tag = sealed::seal_tag(key, &header, payload);
-                Some((header, tag))
-            }
-            None => None,
-        };
-        let parts;
-        let bufs: &[IoSlice<'_>] = match &sealed {
-            Some((header, tag)) => {
-                parts = [
-                    IoSlice::new(header),
-                    IoSlice::new(payload),
-                    IoSlice::new(tag),
-                ];
-                &parts
-            }
-            None => &[IoSlice::new(payload)][..],
-        };
-        let served = self.served.load(Ordering::SeqCst);
-        let deadline = if served { None } else { self.deadline() };
-        let flags = libc::MSG_NOSIGNAL
-            | if served || deadline.is_some() {
-                libc::MSG_DONTWAIT
-            } else {
-                0
-            };
-        let mut retried = false;
-        loop {
-            let sent = match to {
-                Some(addr) => bound.socket.send_to_vectored_with_flags(bufs, addr, flags),
-                None => bound.socket.send_vectored_with_flags(bufs, flags),
-            };
-            match sent {
-                Ok(_) => {
-                    // A datagram leaves whole or not at all.
-                    self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && served => {
-                    return Err(Error::new(
-                        ErrorKind::WouldBlock,
-                        format!("sending to {to_text}: the receiver's queue is full; the datagram was not sent"),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let timed_out = || {
-                        Error::new(
-                            ErrorKind::TimedOut,
-                            format!("sending to {to_text}: the receiver's queue stayed full until the timeout"),
-                        )
-                    };
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(timed_out());
-                    }
-                    let ready = sys::wait(bound.socket.as_raw_fd(), Interest::Write, deadline)
-                        .map_err(|e| Error::io(format_args!("sending to {to_text}"), &e))?;
-                    if !ready {
-                        return Err(timed_out());
-                    }
-                    // An unconnected Unix socket polls writable while the
-                    // receiver's queue is full (poll sees only our own
-                    // buffer): pause between retries instead of spinning.
-                    if retried {
-                        std::thread::sleep(SEND_RETRY_PAUSE);
-                    }
-                    retried = true;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                    let wire = payload.len() + sealed.map_or(0, |_| OVERHEAD);
-                    return Err(Error::new(
-                        ErrorKind::DatagramTooLarge,
-                        format!("sending to {to_text}: the kernel refused a datagram of {wire} bytes: {e}"),
-                    ));
-                }
-                Err(e) => return Err(send_error(&format!("sending to {to_text}"), &e)),
-            }
-        }
-    }
-
-    /// The receive loop. `deadline` is `None` for a single non-blocking
-    /// attempt, `Some(None)` to wait for ever, `Some(Some(t))` to wait until
-    /// `t`. Returns `None` only for the non-blocking attempt.
-    fn receive<R>(
-        &self,
-        deadline: Option<Option<Instant>>,
-        f: impl FnOnce(&[u8], &str) -> Take<R>,
-    ) -> Result<Option<R>> {
-        let bound = self.bound()?;
-        let mut st = lock(&self.recv);
-        loop {
-            // Taken before `f` runs, so a panicking handler drops the
-            // datagram instead of seeing it again.
-            if let Some(range) = st.pending.take() {
-                return Ok(Some(match f(&st.buf[range.clone()], &st.from) {
-                    Take::Done(r) => {
-                        self.counters.received.fetch_add(1, Ordering::Relaxed);
-                        r
-                    }
-                    Take::Keep(r) => {
-                        st.pending = Some(range);
-                        r
-                    }
-                }));
-            }
-            match self.take_one(bound, &mut st)? {
-                Took::Payload | Took::Dropped => {}
-                Took::Empty => {
-                    let Some(deadline) = deadline else {
-                        return Ok(None);
-                    };
-                    let ready = sys::wait(bound.socket.as_raw_fd(), Interest::Read, deadline)
-                        .map_err(|e| Error::io(format_args!("receiving on {}", bound.local), &e))?;
-                    if !ready {
-                        return Err(Error::new(
-                            ErrorKind::TimedOut,
-                            format!("no datagram arrived on {} within the timeout", bound.local),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Takes one datagram off the socket, without waiting, into the buffer.
-    fn take_one(&self, bound: &Bound, st: &mut RecvState) -> Result<Took> {
-        let limit = self.max_size + if st.opener.is_some() { OVERHEAD } else { 0 };
-        if st.buf.len() != limit {
-            st.buf = vec![0; limit];
-        }
-        let fd = bound.socket.as_raw_fd();
-        let (n, sender) = loop {
-            match sys::recv_from(fd, &mut st.buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
-                Ok(got) => break got,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Took::Empty),
-                Err(e) => return Err(Error::io(format_args!("receiving on {}", bound.local), &e)),
-            }
-        };
-        write_dgram_sockaddr(&sender, &mut st.from);
-        if n > limit {
-            self.counters.too_large.fetch_add(1, Ordering::Relaxed);
-            let of = if st.opener.is_some() {
-                format!(
-                    "the maximum of {limit} bytes ({} of payload and {OVERHEAD} of header and tag)",
-                    self.max_size
-                )
-            } else {
-                format!("the maximum datagram size of {limit} bytes")
-            };
-            return Err(Error::new(
-                ErrorKind::DatagramTooLarge,
-                format!(
-                    "datagram of {n} bytes from {} exceeds {of}; it was discarded",
-                    st.from
-                ),
-            ));
-        }
-        let RecvState {
-            buf,
-            opener,
-            pending,
-            ..
-        } = st;
-        match opener {
-            None => *pending = Some(0..n),
-            Some(opener) => match opener.open(&buf[..n], now_ms()) {
-                Ok(payload) => {
-                    let start = sealed::HEADER_LEN;
-                    *pending = Some(start..start + payload.len());
-                }
-                Err(why) => {
-                    self.counters.rejected(&why);
-                    return Ok(Took::Dropped);
-                }
-            },
-        }
-        Ok(Took::Payload)
     }
 }
 
 /// Where a send may go: a literal's one address, or a name's resolved ones.
-enum Targets {
+pub(super) enum Targets {
     One(SockAddr),
     Resolved(Vec<SockAddr>),
 }
 
 impl Targets {
-    fn first(&self) -> &SockAddr {
+    pub(super) fn first(&self) -> &SockAddr {
         match self {
             Targets::One(a) => a,
             Targets::Resolved(all) => &all[0],
@@ -582,18 +245,12 @@ impl Targets {
     }
 
     /// The first address a socket of `domain` can send to.
-    fn find(&self, domain: Domain) -> Option<&SockAddr> {
+    pub(super) fn find(&self, domain: Domain) -> Option<&SockAddr> {
         match self {
             Targets::One(a) => (a.domain() == domain).then_some(a),
             Targets::Resolved(all) => all.iter().find(|a| a.domain() == domain),
         }
     }
-}
-
-enum Took {
-    Payload,
-    Dropped,
-    Empty,
 }
 
 /// Binds a new socket to `target` (the resolved `addr`).
@@ -670,30 +327,4 @@ fn create_socket(domain: Domain, to: &str) -> Result<Bound> {
         socket,
         _socket_file: None,
     })
-}
-
-/// A send or connect error; a Unix path with nobody bound to it (missing
-/// or stale) is a refused connection, as for stream sockets.
-fn send_error(doing: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
-            Error::new(ErrorKind::ConnectionRefused, format!("{doing}: {e}"))
-        }
-        _ => Error::io(doing, e),
-    }
-}
-
-fn random_nonce() -> Result<[u8; NONCE_LEN]> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut nonce)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("the OS random source failed: {e}")))?;
-    Ok(nonce)
-}
-
-/// Milliseconds since the Unix epoch (0 for a clock set before 1970).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
 }

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::datagram::server::DgramServer;
-use crate::datagram::socket::{DgramSocket, Take};
+use crate::datagram::{DgramSocket, Take};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The largest maximum datagram size: the largest UDP payload over IPv4.

@@ -12,7 +12,7 @@ use super::{
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::server::accept::Server;
-use crate::server::event::conn::{EventConn, EventHandler};
+use crate::server::event::{EventConn, EventHandler};
 use crate::stream::connection::Connection;
 
 /// A listening server (opaque). Its functions may be called from any

@@ -10,22 +10,8 @@ use socket2::Socket;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::frame::encode_header;
-use crate::server::event::io_thread::Inbox;
+use crate::server::event::inbox::Inbox;
 use crate::util::sync::lock;
-
-/// The callbacks of an event-driven server. They run on the I/O thread
-/// that owns the connection: while one runs, that thread's other
-/// connections wait, so they must not block (hand long work to a thread of
-/// your own and reply with [`EventConn::send`], which any thread may call).
-pub trait EventHandler: Send + Sync {
-    /// The connection passed the handshake (or needs none).
-    fn on_open(&self, conn: &Arc<EventConn>);
-    /// One whole frame, borrowed for the call.
-    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]);
-    /// The connection ended: exactly once for every opened connection.
-    /// `None` is a close asked for with [`EventConn::close`].
-    fn on_close(&self, conn: &Arc<EventConn>, reason: Option<&Error>);
-}
 
 /// Frames at least this large are written by `send` itself when nothing is
 /// queued, instead of being copied into the queue.

@@ -1,8 +1,8 @@
 //! One I/O thread of the event-driven engine: an epoll instance (through
-//! mio) holding its share of the connections, an inbox other threads post
-//! to, and a heap of deadlines. It reads as much as the kernel has, decodes
-//! every whole frame of it and calls back; it writes what was queued, many
-//! frames per system call.
+//! mio) holding its share of the connections, its [`Inbox`], and a heap of
+//! deadlines. This file holds the loop, adopting, reading and closing; the
+//! protocol phases are in `dispatch`, writing and backpressure in `writer`,
+//! the timers in `timers`.
 //!
 //! Memory per idle connection stays small: reads land in one scratch buffer
 //! per thread, and only a partial frame left at the end of a read is copied
@@ -10,129 +10,70 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rand::TryRng;
 use slab::Slab;
 use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
-use crate::proto::proxy::{self, Parsed, ProxyMode};
-use crate::proto::recv_buffer::{Decoded, RecvBuffer};
-use crate::server::driver::Context;
-use crate::server::event::conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
+use crate::proto::handshake::Handshake;
+use crate::proto::proxy::ProxyMode;
+use crate::proto::recv_buffer::RecvBuffer;
+use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
+use crate::server::event::dispatch::{dispatch, start};
+use crate::server::event::engine::EngineShared;
+use crate::server::event::handler::callback;
+use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::sys;
-use crate::util::sync::lock;
 
-const WAKER: Token = Token(usize::MAX);
+pub(super) const WAKER: Token = Token(usize::MAX);
 /// The scratch buffer each read lands in first.
-const SCRATCH_SIZE: usize = 64 * 1024;
+pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
-const READS_PER_TURN: usize = 16;
+pub(super) const READS_PER_TURN: usize = 16;
 /// A connection's own buffers are freed when idle and larger than this.
-const KEEP_IDLE_BUFFER: usize = 64 * 1024;
+pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// How long a connection closed with `close()` may take to write what it
 /// had queued.
-const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What other threads ask of an I/O thread.
-pub(crate) enum Command {
-    Adopt(Socket, String),
-    Flush(usize, u64),
-    Close(usize, u64),
-    Stop,
-}
-
-/// The mailbox of an I/O thread.
-pub(crate) struct Inbox {
-    commands: Mutex<Vec<Command>>,
-    waker: Waker,
-}
-
-thread_local! {
-    /// The inbox of the I/O thread running on this thread, if any: posting
-    /// to your own inbox needs no wake-up, as the loop drains it anyway.
-    static OWN_INBOX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-impl Inbox {
-    pub fn post(&self, command: Command) {
-        let first = {
-            let mut commands = lock(&self.commands);
-            commands.push(command);
-            commands.len() == 1
-        };
-        let own = OWN_INBOX.with(|c| c.get()) == self as *const Inbox as usize;
-        if first && !own {
-            let _ = self.waker.wake();
-        }
-    }
-
-    pub fn flush(&self, token: usize, id: u64) {
-        self.post(Command::Flush(token, id));
-    }
-
-    pub fn close(&self, token: usize, id: u64) {
-        self.post(Command::Close(token, id));
-    }
-
-    fn is_empty(&self) -> bool {
-        lock(&self.commands).is_empty()
-    }
-
-    fn take(&self) -> Vec<Command> {
-        std::mem::take(&mut *lock(&self.commands))
-    }
-}
-
-/// Settings and state every I/O thread of one engine shares.
-pub(crate) struct EngineShared {
-    pub context: Arc<Context>,
-    pub handler: Arc<dyn EventHandler>,
-    /// Connections adopted and not yet closed, across threads.
-    pub active: AtomicUsize,
-    pub next_id: AtomicU64,
-}
-
-struct Conn {
+pub(super) struct Conn {
     /// Shared with callbacks and senders; owns the socket.
-    handle: Arc<EventConn>,
+    pub(super) handle: Arc<EventConn>,
     /// A partial frame left over from the last read.
-    recv: RecvBuffer,
+    pub(super) recv: RecvBuffer,
     /// A PROXY protocol header still expected before the first frame.
-    proxy: Option<ProxyMode>,
-    handshake: Option<Handshake>,
+    pub(super) proxy: Option<ProxyMode>,
+    pub(super) handshake: Option<Handshake>,
     /// The deadline of the handshake (and of a required PROXY header).
-    handshake_deadline: Instant,
+    pub(super) handshake_deadline: Instant,
     /// Frames taken from the handle's queue, being written.
-    writing: Vec<u8>,
-    written: usize,
-    last_activity: Instant,
-    read_paused: bool,
-    opened: bool,
-    closing_since: Option<Instant>,
+    pub(super) writing: Vec<u8>,
+    pub(super) written: usize,
+    pub(super) last_activity: Instant,
+    pub(super) read_paused: bool,
+    pub(super) opened: bool,
+    pub(super) closing_since: Option<Instant>,
 }
 
 /// Why a connection is being closed; `None` reason: asked by the owner.
-type Outcome = std::result::Result<(), Option<Error>>;
+pub(super) type Outcome = std::result::Result<(), Option<Error>>;
 
 pub(crate) struct IoThread {
-    poll: Poll,
-    inbox: Arc<Inbox>,
-    shared: Arc<EngineShared>,
-    conns: Slab<Conn>,
-    deadlines: Deadlines,
-    scratch: RecvBuffer,
+    pub(super) poll: Poll,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) shared: Arc<EngineShared>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) deadlines: Deadlines,
+    pub(super) scratch: RecvBuffer,
     /// Connections whose reads stopped at READS_PER_TURN with data left.
-    read_again: Vec<usize>,
+    pub(super) read_again: Vec<usize>,
 }
 
 impl IoThread {
@@ -141,10 +82,7 @@ impl IoThread {
         let waker = Waker::new(poll.registry(), WAKER)?;
         Ok(IoThread {
             poll,
-            inbox: Arc::new(Inbox {
-                commands: Mutex::new(Vec::new()),
-                waker,
-            }),
+            inbox: Arc::new(Inbox::new(waker)),
             shared,
             conns: Slab::new(),
             deadlines: Deadlines::default(),
@@ -205,7 +143,7 @@ impl IoThread {
     }
 
     /// Runs posted commands until none are left; true on `Stop`.
-    fn run_commands(&mut self) -> bool {
+    pub(super) fn run_commands(&mut self) -> bool {
         loop {
             let commands = self.inbox.take();
             if commands.is_empty() {
@@ -223,11 +161,11 @@ impl IoThread {
         }
     }
 
-    fn is_live(&self, token: usize, id: u64) -> bool {
+    pub(super) fn is_live(&self, token: usize, id: u64) -> bool {
         self.conns.get(token).is_some_and(|c| c.handle.id() == id)
     }
 
-    fn adopt(&mut self, socket: Socket, peer: String) {
+    pub(super) fn adopt(&mut self, socket: Socket, peer: String) {
         // A socket that cannot even be registered is dropped (closed); it
         // was never opened, so no callback runs.
         if self.try_adopt(socket, peer).is_err() {
@@ -235,7 +173,7 @@ impl IoThread {
         }
     }
 
-    fn try_adopt(&mut self, socket: Socket, peer: String) -> Result<()> {
+    pub(super) fn try_adopt(&mut self, socket: Socket, peer: String) -> Result<()> {
         let config = &self.shared.context.config;
         let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {peer}"), &e);
         socket
@@ -316,20 +254,11 @@ impl IoThread {
         Ok(())
     }
 
-    /// Starts watching an opened connection for idleness, if configured.
-    fn arm_idle(&mut self, token: usize) {
-        if let Some(idle) = self.shared.context.config.idle_timeout {
-            let conn = &self.conns[token];
-            self.deadlines
-                .push(conn.last_activity + idle, token, conn.handle.id());
-        }
-    }
-
     /// Reads and delivers. `drain`: read until the kernel says there is no
     /// more; otherwise a short read is taken to mean the socket is empty
     /// (saving a system call), which is true unless an end of stream is
     /// already pending behind the data, with no new edge to come.
-    fn on_readable(&mut self, token: usize, drain: bool) {
+    pub(super) fn on_readable(&mut self, token: usize, drain: bool) {
         let Some(conn) = self.conns.get_mut(token) else {
             return;
         };
@@ -403,58 +332,8 @@ impl IoThread {
         }
     }
 
-    /// Writes what is queued until done or the socket is full.
-    fn flush(&mut self, token: usize) {
-        let Some(conn) = self.conns.get_mut(token) else {
-            return;
-        };
-        match write_queued(conn) {
-            Err(e) => return self.close(token, Some(e)),
-            // The socket is full: the next writable edge resumes.
-            Ok(false) => return,
-            Ok(true) => {}
-        }
-        if conn.writing.capacity() > KEEP_IDLE_BUFFER {
-            conn.writing = Vec::new();
-        }
-        if conn.closing_since.is_some() {
-            return self.close(token, None);
-        }
-        if conn.read_paused && conn.handle.queued_bytes() < conn.handle.max_queued() / 4 {
-            conn.read_paused = false;
-            self.resume_reading(token);
-        }
-    }
-
-    /// Delivers frames buffered while reads were paused, then reads on.
-    fn resume_reading(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        let mut buf = std::mem::take(&mut conn.recv);
-        let outcome = dispatch(&self.shared, conn, &mut buf);
-        conn.recv = buf;
-        let paused = conn.read_paused;
-        match outcome {
-            Ok(()) if !paused => self.on_readable(token, true),
-            Ok(()) => self.flush(token),
-            Err(reason) => self.close(token, reason),
-        }
-    }
-
-    /// `close()` was called: stop reading, write what is queued, then close
-    /// (within CLOSE_LINGER).
-    fn begin_close(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        if conn.closing_since.is_none() {
-            let now = Instant::now();
-            conn.closing_since = Some(now);
-            self.deadlines
-                .push(now + CLOSE_LINGER, token, conn.handle.id());
-        }
-        self.flush(token);
-    }
-
     /// Removes the connection, closes its socket and reports it.
-    fn close(&mut self, token: usize, reason: Option<Error>) {
+    pub(super) fn close(&mut self, token: usize, reason: Option<Error>) {
         let Some(conn) = self.conns.try_remove(token) else {
             return;
         };
@@ -477,222 +356,13 @@ impl IoThread {
         self.release_slot();
     }
 
-    fn release_slot(&self) {
+    pub(super) fn release_slot(&self) {
         let before = self.shared.active.fetch_sub(1, Ordering::AcqRel);
         // The accept loop waits for a free slot only when full.
         if before >= self.shared.context.config.max_connections {
             self.shared.context.wake();
         }
     }
-
-    /// Handles every deadline that has passed.
-    fn expire(&mut self, now: Instant) {
-        while let Some((token, id)) = self.deadlines.pop_due(now) {
-            if !self.is_live(token, id) {
-                continue;
-            }
-            let conn = &self.conns[token];
-            let config = &self.shared.context.config;
-            let (due, why) = if let Some(since) = conn.closing_since {
-                (since + CLOSE_LINGER, None)
-            } else if conn.handshake.is_some() || conn.proxy == Some(ProxyMode::Required) {
-                let ms = config.handshake_timeout.as_millis();
-                (
-                    conn.handshake_deadline,
-                    Some(Error::new(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "handshake with {}: timed out after {ms} ms",
-                            conn.handle.peer_addr()
-                        ),
-                    )),
-                )
-            } else if let Some(idle) = config.idle_timeout {
-                (
-                    conn.last_activity + idle,
-                    Some(Error::new(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "{} was idle for {} ms",
-                            conn.handle.peer_addr(),
-                            idle.as_millis()
-                        ),
-                    )),
-                )
-            } else {
-                continue;
-            };
-            if due > now {
-                self.deadlines.push(due, token, id);
-            } else {
-                self.close(token, why);
-            }
-        }
-    }
-}
-
-/// Decodes and delivers every whole frame in `buf`: handshake messages to
-/// the handshake, then frames to `on_frame`. Stops early when the
-/// connection's send queue is backed up (reads pause) or it is closing.
-fn dispatch(shared: &EngineShared, conn: &mut Conn, buf: &mut RecvBuffer) -> Outcome {
-    let config = &shared.context.config;
-    if conn.proxy.is_some() && !take_proxy_header(shared, conn, buf)? {
-        return Ok(());
-    }
-    loop {
-        if conn.read_paused || conn.handle.close_requested() {
-            return Ok(());
-        }
-        let max = if conn.handshake.is_some() {
-            MAX_HANDSHAKE_FRAME
-        } else {
-            config.max_frame_size
-        };
-        let frame = match buf.next_frame(max) {
-            Ok(Decoded::Frame(frame)) => frame,
-            Ok(Decoded::NeedMore(_)) => return Ok(()),
-            Err(e) => {
-                return Err(Some(
-                    e.context(format!("receiving from {}", conn.handle.peer_addr())),
-                ))
-            }
-        };
-        if let Some(hs) = &mut conn.handshake {
-            let step = hs.receive(buf.bytes(frame));
-            while let Some(msg) = hs.poll_transmit() {
-                conn.handle.queue_internal(&msg);
-            }
-            step.map_err(|e| {
-                Some(e.context(format!("handshake with {}", conn.handle.peer_addr())))
-            })?;
-            if hs.is_done() {
-                conn.handshake = None;
-                open(shared, conn)?;
-            }
-        } else {
-            let handler = &shared.handler;
-            let handle = &conn.handle;
-            let payload = buf.bytes(frame);
-            callback(|| handler.on_frame(handle, payload))?;
-        }
-        if conn.handle.queued_bytes() >= conn.handle.max_queued() / 2 {
-            conn.read_paused = true;
-        }
-    }
-}
-
-/// Consumes the PROXY protocol header at the start of `buf`: `false` while
-/// more bytes are needed. In required mode, verify runs on the address it
-/// names, then the handshake starts.
-fn take_proxy_header(
-    shared: &EngineShared,
-    conn: &mut Conn,
-    buf: &mut RecvBuffer,
-) -> std::result::Result<bool, Option<Error>> {
-    let Some(mode) = conn.proxy else {
-        return Ok(true);
-    };
-    let peer = conn.handle.peer_addr().to_string();
-    match proxy::parse(buf.pending()) {
-        Ok(Parsed::NeedMore) => return Ok(false),
-        Ok(Parsed::Header { len, source }) => {
-            buf.consume(len);
-            if let Some(source) = source {
-                conn.handle.set_proxied_peer(format!("tcp://{source}"));
-            }
-        }
-        Ok(Parsed::Absent) if mode == ProxyMode::Optional => {}
-        Ok(Parsed::Absent) => {
-            return Err(Some(Error::new(
-                ErrorKind::Protocol,
-                format!("{peer} sent no PROXY protocol header, which this server requires"),
-            )))
-        }
-        Err(e) => return Err(Some(e.context(format!("connection from {peer}")))),
-    }
-    conn.proxy = None;
-    if mode == ProxyMode::Required {
-        if !shared.context.verify(conn.handle.peer_addr()) {
-            return Err(None);
-        }
-        start(shared, conn)?;
-    }
-    Ok(true)
-}
-
-/// Starts a connection: the handshake when there are keys (its challenge
-/// queued), else it is open at once.
-fn start(shared: &EngineShared, conn: &mut Conn) -> Outcome {
-    let keys = &shared.context.config.keys;
-    if keys.is_empty() {
-        return open(shared, conn);
-    }
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::SysRng.try_fill_bytes(&mut nonce).map_err(|e| {
-        Some(Error::new(
-            ErrorKind::Io,
-            format!("the OS random source failed: {e}"),
-        ))
-    })?;
-    let mut hs = Handshake::new(Role::Server, keys.clone(), nonce);
-    while let Some(msg) = hs.poll_transmit() {
-        conn.handle.queue_internal(&msg);
-    }
-    conn.handshake = Some(hs);
-    Ok(())
-}
-
-/// Writes the connection's queued frames until all are written (`true`)
-/// or the socket is full (`false`).
-fn write_queued(conn: &mut Conn) -> Result<bool> {
-    loop {
-        if conn.written == conn.writing.len() {
-            conn.writing.clear();
-            conn.written = 0;
-            conn.handle.take_queued(&mut conn.writing);
-            if conn.writing.is_empty() {
-                return Ok(true);
-            }
-        }
-        let rest = &conn.writing[conn.written..];
-        match conn
-            .handle
-            .socket()
-            .send_with_flags(rest, libc::MSG_NOSIGNAL)
-        {
-            Ok(n) => {
-                conn.written += n;
-                conn.handle.written(conn.writing.len() - conn.written);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Error::io(
-                    format_args!("sending to {}", conn.handle.peer_addr()),
-                    &e,
-                ))
-            }
-        }
-    }
-}
-
-/// The handshake is done (or there is none): the connection is open.
-fn open(shared: &EngineShared, conn: &mut Conn) -> Outcome {
-    conn.opened = true;
-    let handler = &shared.handler;
-    let handle = &conn.handle;
-    callback(|| handler.on_open(handle))
-}
-
-/// Runs a user callback; a panic closes the connection instead of killing
-/// the I/O thread.
-fn callback(f: impl FnOnce()) -> Outcome {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
-        Some(Error::new(
-            ErrorKind::Panic,
-            "a callback panicked; its connection was closed",
-        ))
-    })
 }
 
 fn end_of_stream(conn: &Conn, buf: &RecvBuffer) -> Error {

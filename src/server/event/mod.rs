@@ -2,8 +2,13 @@
 //! share of the connections and calling an [`EventHandler`] back.
 //!
 //! - [`engine`]: starts the I/O threads and deals connections to them.
-//! - `io_thread`: one I/O thread's loop: reads, frames, writes, timers.
-//! - `deadlines`: the timer heap of an I/O thread.
+//! - `inbox`: the mailbox other threads post commands to.
+//! - `io_thread`: one I/O thread's loop: adopting, reading, closing.
+//! - `dispatch`: the protocol phases run on what was read (PROXY header,
+//!   handshake, frames to `on_frame`).
+//! - `writer`: writing queued frames, backpressure, close after flush.
+//! - `timers` over `deadlines` (the heap): handshake, idle, linger.
+//! - `handler`: the [`EventHandler`] callbacks and how they are run.
 //! - [`conn`]: the connection handle callbacks and other threads send on.
 //!
 //! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`, `stream`,
@@ -11,7 +16,13 @@
 
 pub mod conn;
 mod deadlines;
+mod dispatch;
 pub(crate) mod engine;
+mod handler;
+mod inbox;
 mod io_thread;
+mod timers;
+mod writer;
 
-pub use conn::{EventConn, EventHandler};
+pub use conn::EventConn;
+pub use handler::EventHandler;
