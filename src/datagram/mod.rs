@@ -3,6 +3,7 @@
 //!
 //! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`.
 
+mod open;
 mod recv;
 mod send;
 pub mod server;

@@ -3,16 +3,14 @@
 //! dropping what fails, never cutting one short.
 
 use std::io;
-use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::addr::datagram::write_dgram_sockaddr;
-use crate::datagram::send::now_ms;
-use crate::datagram::socket::{Bound, DgramSocket};
+use crate::datagram::socket::{now_ms, Bound, DgramSocket, RecvState};
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::sealed::{self, Opener, OVERHEAD};
+use crate::proto::sealed::{self, OVERHEAD};
 use crate::sys::{self, Interest};
 use crate::util::sync::lock;
 
@@ -32,16 +30,6 @@ pub enum RecvFrom {
     Copied { len: usize, from: String },
     /// The buffer is too small for the payload, which stays queued: its size.
     TooSmall(usize),
-}
-
-pub(super) struct RecvState {
-    /// Holds one datagram as it came off the wire; allocated on first use.
-    pub(super) buf: Vec<u8>,
-    pub(super) opener: Option<Opener>,
-    /// The payload of a datagram received but not yet taken, within `buf`.
-    pub(super) pending: Option<Range<usize>>,
-    /// Its sender, in address form.
-    pub(super) from: String,
 }
 
 pub(super) enum Took {

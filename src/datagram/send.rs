@@ -4,13 +4,14 @@
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::TryRng;
 use socket2::SockAddr;
 
 use crate::addr::datagram::{literal_sockaddr, DgramAddress};
-use crate::datagram::socket::{Bound, DgramSocket, Targets};
+use crate::datagram::open::{send_error, Targets};
+use crate::datagram::socket::{now_ms, Bound, DgramSocket};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::sealed::{self, NONCE_LEN, OVERHEAD};
 use crate::sys::{self, Interest};
@@ -147,28 +148,10 @@ impl DgramSocket {
     }
 }
 
-/// A send or connect error; a Unix path with nobody bound to it (missing
-/// or stale) is a refused connection, as for stream sockets.
-pub(super) fn send_error(doing: &str, e: &io::Error) -> Error {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
-            Error::new(ErrorKind::ConnectionRefused, format!("{doing}: {e}"))
-        }
-        _ => Error::io(doing, e),
-    }
-}
-
 fn random_nonce() -> Result<[u8; NONCE_LEN]> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::SysRng
         .try_fill_bytes(&mut nonce)
         .map_err(|e| Error::new(ErrorKind::Io, format!("the OS random source failed: {e}")))?;
     Ok(nonce)
-}
-
-/// Milliseconds since the Unix epoch (0 for a clock set before 1970).
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
 }

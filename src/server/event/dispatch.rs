@@ -8,9 +8,8 @@ use crate::error::{Error, ErrorKind};
 use crate::proto::handshake::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::proto::proxy::{self, Parsed, ProxyMode};
 use crate::proto::recv_buffer::{Decoded, RecvBuffer};
-use crate::server::event::engine::EngineShared;
-use crate::server::event::handler::callback;
-use crate::server::event::io_thread::{Conn, Outcome};
+use crate::server::event::handler::{callback, Outcome};
+use crate::server::event::state::{Conn, EngineShared};
 
 /// Decodes and delivers every whole frame in `buf`: handshake messages to
 /// the handshake, then frames to `on_frame`. Stops early when the

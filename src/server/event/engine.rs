@@ -12,17 +12,8 @@ use crate::error::{Error, Result};
 use crate::server::driver::{Context, Driver};
 use crate::server::event::handler::EventHandler;
 use crate::server::event::inbox::{Command, Inbox};
-use crate::server::event::io_thread::IoThread;
+use crate::server::event::state::{EngineShared, IoThread};
 use crate::util::sync::lock;
-
-/// Settings and state every I/O thread of one engine shares.
-pub(crate) struct EngineShared {
-    pub context: Arc<Context>,
-    pub handler: Arc<dyn EventHandler>,
-    /// Connections adopted and not yet closed, across threads.
-    pub active: AtomicUsize,
-    pub next_id: AtomicU64,
-}
 
 pub(crate) struct EventEngine {
     shared: Arc<EngineShared>,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind};
 use crate::server::event::conn::EventConn;
-use crate::server::event::io_thread::Outcome;
 
 /// The callbacks of an event-driven server. They run on the I/O thread
 /// that owns the connection: while one runs, that thread's other
@@ -22,6 +21,9 @@ pub trait EventHandler: Send + Sync {
     /// `None` is a close asked for with [`EventConn::close`].
     fn on_close(&self, conn: &Arc<EventConn>, reason: Option<&Error>);
 }
+
+/// Why a connection is being closed; `None` reason: asked by the owner.
+pub(super) type Outcome = std::result::Result<(), Option<Error>>;
 
 /// Runs a user callback; a panic closes the connection instead of killing
 /// the I/O thread.

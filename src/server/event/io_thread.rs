@@ -1,8 +1,8 @@
 //! One I/O thread of the event-driven engine: an epoll instance (through
 //! mio) holding its share of the connections, its [`Inbox`], and a heap of
-//! deadlines. This file holds the loop, adopting, reading and closing; the
-//! protocol phases are in `dispatch`, writing and backpressure in `writer`,
-//! the timers in `timers`.
+//! deadlines (its state is in `state`). This file holds the loop, adopting,
+//! reading and closing; the protocol phases are in `dispatch`, writing and
+//! backpressure in `writer`, the timers in `timers`.
 //!
 //! Memory per idle connection stays small: reads land in one scratch buffer
 //! per thread, and only a partial frame left at the end of a read is copied
@@ -21,60 +21,17 @@ use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::handshake::Handshake;
 use crate::proto::proxy::ProxyMode;
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
 use crate::server::event::dispatch::{dispatch, start};
-use crate::server::event::engine::EngineShared;
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
+use crate::server::event::state::{
+    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, READS_PER_TURN, SCRATCH_SIZE, WAKER,
+};
 use crate::sys;
-
-pub(super) const WAKER: Token = Token(usize::MAX);
-/// The scratch buffer each read lands in first.
-pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
-/// Reads per readiness event before other connections get a turn.
-pub(super) const READS_PER_TURN: usize = 16;
-/// A connection's own buffers are freed when idle and larger than this.
-pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
-/// How long a connection closed with `close()` may take to write what it
-/// had queued.
-pub(super) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
-
-pub(super) struct Conn {
-    /// Shared with callbacks and senders; owns the socket.
-    pub(super) handle: Arc<EventConn>,
-    /// A partial frame left over from the last read.
-    pub(super) recv: RecvBuffer,
-    /// A PROXY protocol header still expected before the first frame.
-    pub(super) proxy: Option<ProxyMode>,
-    pub(super) handshake: Option<Handshake>,
-    /// The deadline of the handshake (and of a required PROXY header).
-    pub(super) handshake_deadline: Instant,
-    /// Frames taken from the handle's queue, being written.
-    pub(super) writing: Vec<u8>,
-    pub(super) written: usize,
-    pub(super) last_activity: Instant,
-    pub(super) read_paused: bool,
-    pub(super) opened: bool,
-    pub(super) closing_since: Option<Instant>,
-}
-
-/// Why a connection is being closed; `None` reason: asked by the owner.
-pub(super) type Outcome = std::result::Result<(), Option<Error>>;
-
-pub(crate) struct IoThread {
-    pub(super) poll: Poll,
-    pub(super) inbox: Arc<Inbox>,
-    pub(super) shared: Arc<EngineShared>,
-    pub(super) conns: Slab<Conn>,
-    pub(super) deadlines: Deadlines,
-    pub(super) scratch: RecvBuffer,
-    /// Connections whose reads stopped at READS_PER_TURN with data left.
-    pub(super) read_again: Vec<usize>,
-}
 
 impl IoThread {
     pub fn new(shared: Arc<EngineShared>) -> io::Result<IoThread> {

@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: starts the I/O threads and deals connections to them.
 //! - `inbox`: the mailbox other threads post commands to.
+//! - `state`: what the I/O threads keep (shared, per thread, per connection).
 //! - `io_thread`: one I/O thread's loop: adopting, reading, closing.
 //! - `dispatch`: the protocol phases run on what was read (PROXY header,
 //!   handshake, frames to `on_frame`).
@@ -21,6 +22,7 @@ pub(crate) mod engine;
 mod handler;
 mod inbox;
 mod io_thread;
+mod state;
 mod timers;
 mod writer;
 

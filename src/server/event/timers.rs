@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::error::{Error, ErrorKind};
 use crate::proto::proxy::ProxyMode;
-use crate::server::event::io_thread::{IoThread, CLOSE_LINGER};
+use crate::server::event::state::{IoThread, CLOSE_LINGER};
 
 impl IoThread {
     /// Starts watching an opened connection for idleness, if configured.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::server::event::dispatch::dispatch;
-use crate::server::event::io_thread::{Conn, IoThread, CLOSE_LINGER, KEEP_IDLE_BUFFER};
+use crate::server::event::state::{Conn, IoThread, CLOSE_LINGER, KEEP_IDLE_BUFFER};
 
 impl IoThread {
     /// Writes what is queued until done or the socket is full.
