@@ -271,3 +271,59 @@ fn the_reader_finds_imports() {
     );
     assert_eq!(found, ["sys", "proto::frame"]);
 }
+
+/// README's "Layout" section names every file under src/ (a folder stands
+/// for its mod.rs), and no other.
+#[test]
+fn readme_layout_matches_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let section = readme
+        .split("\n## Layout\n")
+        .nth(1)
+        .expect("README has a Layout section");
+    let section = section.split("\n## ").next().unwrap();
+    let mut listed = BTreeSet::new();
+    let mut dirs: Vec<String> = Vec::new();
+    for line in section.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        if indent < 4 || indent % 4 != 0 {
+            continue;
+        }
+        let level = indent / 4 - 1;
+        let path = if level == 0 {
+            if !name.starts_with("src/") {
+                continue;
+            }
+            name.to_string()
+        } else {
+            let Some(parent) = dirs.get(level - 1) else {
+                continue;
+            };
+            format!("{parent}{name}")
+        };
+        if path.ends_with('/') {
+            // A folder's line describes its mod.rs.
+            listed.insert(format!("{path}mod.rs"));
+            dirs.truncate(level);
+            dirs.push(path);
+        } else {
+            listed.insert(path);
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let actual: BTreeSet<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+        .collect();
+    let missing: Vec<_> = actual.difference(&listed).collect();
+    let extra: Vec<_> = listed.difference(&actual).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README's Layout and src/ differ: not listed {missing:?}, listed but absent {extra:?}"
+    );
+}
