@@ -56,6 +56,24 @@
 #define SOCKSERV_PROXY_REQUIRED 2
 
 /**
+ * `sockserv_config_set_max_datagram_size`: the largest maximum datagram
+ * size, the largest UDP payload over IPv4.
+ */
+#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
+
+/**
+ * The default maximum datagram size (Python socketserver's
+ * `max_packet_size`).
+ */
+#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
+
+/**
+ * Bytes a sealed datagram (sent with a key) carries beyond its payload:
+ * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+ */
+#define SOCKSERV_DATAGRAM_OVERHEAD 57
+
+/**
  * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
  */
 #define SOCKSERV_ROLE_SERVER 0
@@ -110,23 +128,6 @@
  * `sockserv_conn_set_option`.
  */
 #define SOCKSERV_OPT_NONBLOCKING 8
-
-/**
- * The largest maximum datagram size: the largest UDP payload over IPv4.
- */
-#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
-
-/**
- * The default maximum datagram size (Python socketserver's
- * `max_packet_size`).
- */
-#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
-
-/**
- * Bytes a sealed datagram (sent with a key) carries beyond its payload:
- * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
- */
-#define SOCKSERV_DATAGRAM_OVERHEAD 57
 
 /**
  * `sockserv_dgram_stat`: datagrams sent.
@@ -395,15 +396,6 @@ typedef void (*sockserv_dgram_handler_fn)(void *userdata,
                                           const char *from);
 
 /**
- * Handles one connection, on a thread of its own, after the handshake
- * succeeded. `conn` is borrowed: valid until the handler returns, when the
- * server closes it (do not free it). Runs concurrently with other handlers,
- * so `userdata` must be safe to share between threads. Must not throw a
- * C++ exception or longjmp out.
- */
-typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
-
-/**
  * Event mode: a connection passed the handshake (or needs none). `conn`
  * stays valid until `on_close` for it returns; other threads may send on
  * it until then. Runs on the connection's I/O thread; with several I/O
@@ -437,6 +429,15 @@ typedef void (*sockserv_close_fn)(void *userdata,
                                   enum sockserv_result reason);
 
 /**
+ * Handles one connection, on a thread of its own, after the handshake
+ * succeeded. `conn` is borrowed: valid until the handler returns, when the
+ * server closes it (do not free it). Runs concurrently with other handlers,
+ * so `userdata` must be safe to share between threads. Must not throw a
+ * C++ exception or longjmp out.
+ */
+typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
  * Decides whether to serve a peer, before the handshake: `peer_addr` is
  * its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
  * Return true to serve, false to close the connection. Runs on the accept
@@ -456,6 +457,10 @@ extern "C" {
  * 1024 connections at most (then wait), backlog 1024, SO_REUSEADDR on,
  * SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
  * `sockserv_config_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config_out` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_new(struct sockserv_config **config_out);
 
@@ -468,6 +473,12 @@ void sockserv_config_free(struct sockserv_config *config);
  * Sets the shared key (replacing any others): connections then run the
  * HMAC-SHA256 handshake. The key is copied. An empty key is refused
  * (`SOCKSERV_ERR_INVALID_ARGUMENT`): it would let in anyone using one too.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+ * non-zero `key_len`.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_auth_key(struct sockserv_config *config,
                                                   const uint8_t *key,
@@ -477,6 +488,12 @@ enum sockserv_result sockserv_config_set_auth_key(struct sockserv_config *config
  * Adds a key a server also accepts, for key rotation: a peer that proves
  * any of them is let in, and the server answers with the key that matched.
  * A client uses the first key.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+ * non-zero `key_len`.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_add_auth_key(struct sockserv_config *config,
                                                   const uint8_t *key,
@@ -484,12 +501,21 @@ enum sockserv_result sockserv_config_add_auth_key(struct sockserv_config *config
 
 /**
  * Removes every key: connections then skip the handshake (plain framing).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_clear_auth_keys(struct sockserv_config *config);
 
 /**
  * The largest frame payload accepted, in bytes (default 64 MiB, up to
  * 2^63 - 1). A bigger frame is refused before anything is allocated.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above 2^63 - 1.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_max_frame_size(struct sockserv_config *config,
                                                         uint64_t max_bytes);
@@ -497,6 +523,11 @@ enum sockserv_result sockserv_config_set_max_frame_size(struct sockserv_config *
 /**
  * How long the whole handshake may take, on both sides (default 10000;
  * 0 is refused).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_handshake_timeout_ms(struct sockserv_config *config,
                                                               uint32_t timeout_ms);
@@ -504,6 +535,10 @@ enum sockserv_result sockserv_config_set_handshake_timeout_ms(struct sockserv_co
 /**
  * The initial timeout of each send and receive on new connections
  * (default 0: wait for ever). See `sockserv_conn_set_timeout_ms`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_io_timeout_ms(struct sockserv_config *config,
                                                        uint32_t timeout_ms);
@@ -511,6 +546,11 @@ enum sockserv_result sockserv_config_set_io_timeout_ms(struct sockserv_config *c
 /**
  * How long `sockserv_connect` waits for each address to accept (default
  * 10000; 0 is refused).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_config *config,
                                                             uint32_t timeout_ms);
@@ -518,6 +558,11 @@ enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_conf
 /**
  * The most connections a server serves at once (default 1024, at least 1);
  * see `sockserv_config_set_when_full` for what happens past it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config *config,
                                                          size_t max);
@@ -527,23 +572,42 @@ enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config 
  * in the kernel's accept queue (up to the backlog) until a slot frees, then
  * its handshake starts; its handshake timeout runs on the client meanwhile.
  * `SOCKSERV_WHEN_FULL_REFUSE`: it is accepted and closed at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT neither `SOCKSERV_WHEN_FULL_WAIT` nor
+ * `SOCKSERV_WHEN_FULL_REFUSE`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_when_full(struct sockserv_config *config, int when_full);
 
 /**
  * The listen(2) backlog (default 1024; the kernel caps it at somaxconn).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT below 1.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_backlog(struct sockserv_config *config, int backlog);
 
 /**
  * SO_REUSEADDR on TCP listeners (default on: a restarted server can bind
  * while old connections sit in TIME_WAIT).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_reuse_address(struct sockserv_config *config, bool on);
 
 /**
  * SO_REUSEPORT on TCP listeners (default off): several processes may bind
  * the same port and the kernel spreads connections among them.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *config, bool on);
 
@@ -551,11 +615,19 @@ enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *conf
  * IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
  * clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
  * the system's default stands (Linux: false).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config, bool on);
 
 /**
  * TCP_NODELAY on new TCP connections (default on: frames leave at once).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
 
@@ -567,17 +639,29 @@ enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config,
  * that pipelines requests then gets its replies many per system call. The
  * cost: a handler that works long between a send and its next receive
  * holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_coalesce_sends(struct sockserv_config *config, bool on);
 
 /**
  * SO_KEEPALIVE on new TCP connections (default off), with the kernel's
  * timings; `sockserv_conn_set_keepalive` sets timings per connection.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_keepalive(struct sockserv_config *config, bool on);
 
 /**
  * Event mode: the number of I/O threads (default 0: one per core).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_io_threads(struct sockserv_config *config, size_t threads);
 
@@ -588,6 +672,11 @@ enum sockserv_result sockserv_config_set_io_threads(struct sockserv_config *conf
  * when nothing else is queued); reading from that peer pauses once half
  * the limit is queued and resumes below a quarter, so a peer that does not
  * read cannot grow the server's memory.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_max_queued_bytes(struct sockserv_config *config,
                                                           size_t max_bytes);
@@ -595,6 +684,10 @@ enum sockserv_result sockserv_config_set_max_queued_bytes(struct sockserv_config
 /**
  * Event mode: close a connection whose queue is over the limit instead of
  * refusing the send (default off).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_config *config,
                                                               bool on);
@@ -602,6 +695,10 @@ enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_co
 /**
  * Event mode: close connections that receive nothing for this long
  * (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config *config,
                                                          uint32_t timeout_ms);
@@ -610,8 +707,57 @@ enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config 
  * Servers: whether connections start with a PROXY protocol header from a
  * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
  * Clients ignore it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT none of the `SOCKSERV_PROXY_*` modes.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
+
+/**
+ * The largest datagram payload sent or received, in bytes (default
+ * `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
+ * `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
+ * `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
+ * received is discarded with that code (a server counts it). With a key
+ * the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above `SOCKSERV_MAX_DATAGRAM_SIZE`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_datagram_size(struct sockserv_config *config,
+                                                           size_t max_bytes);
+
+/**
+ * With a key: how far a datagram's timestamp may be from the receiver's
+ * clock, either way, in milliseconds (default 30000; 0 is refused). Older
+ * or newer datagrams are dropped and counted.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_config *config,
+                                                            uint32_t window_ms);
+
+/**
+ * With a key: how many accepted datagrams a socket remembers to refuse
+ * their replays (default 65536, at least 1; about 40 bytes each). They
+ * are forgotten once outside the window; when the memory is full the
+ * oldest is forgotten and nothing that old is accepted any more, so a
+ * replay is never let in.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
+                                                                  size_t capacity);
 
 /**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
@@ -822,35 +968,6 @@ void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
 void sockserv_conn_free(struct sockserv_conn *conn);
 
 /**
- * The largest datagram payload sent or received, in bytes (default
- * `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
- * `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
- * `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
- * received is discarded with that code (a server counts it). With a key
- * the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
- */
-enum sockserv_result sockserv_config_set_max_datagram_size(struct sockserv_config *config,
-                                                           size_t max_bytes);
-
-/**
- * With a key: how far a datagram's timestamp may be from the receiver's
- * clock, either way, in milliseconds (default 30000; 0 is refused). Older
- * or newer datagrams are dropped and counted.
- */
-enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_config *config,
-                                                            uint32_t window_ms);
-
-/**
- * With a key: how many accepted datagrams a socket remembers to refuse
- * their replays (default 65536, at least 1; about 40 bytes each). They
- * are forgotten once outside the window; when the memory is full the
- * oldest is forgotten and nothing that old is accepted any more, so a
- * replay is never let in.
- */
-enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
-                                                                  size_t capacity);
-
-/**
  * Opens a datagram socket (connect-less, like `socket(SOCK_DGRAM)`).
  * `local_addr` binds it: "udp://0.0.0.0:0", "udp://[::1]:5000",
  * "unixgram:///tmp/me.sock" (a stale file is replaced, and the file is
@@ -1051,6 +1168,21 @@ enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_
 void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
 
 /**
+ * Makes the server event-driven: instead of a thread per connection, a
+ * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
+ * and call `on_open`, `on_frame` for each whole frame, and `on_close`
+ * (any may be NULL). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+ * `sockserv_server_set_handler`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ */
+enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
+                                                        sockserv_open_fn on_open,
+                                                        sockserv_frame_fn on_frame,
+                                                        sockserv_close_fn on_close,
+                                                        void *userdata);
+
+/**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
  * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
  * non-zero length. Any key length
@@ -1122,21 +1254,6 @@ enum sockserv_result sockserv_server_new(const char *addr,
 enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
                                                  sockserv_handler_fn handler,
                                                  void *userdata);
-
-/**
- * Makes the server event-driven: instead of a thread per connection, a
- * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
- * and call `on_open`, `on_frame` for each whole frame, and `on_close`
- * (any may be NULL). Only before the server starts, else
- * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
- * `sockserv_server_set_handler`. `userdata` must stay valid until
- * `sockserv_server_free` returns.
- */
-enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
-                                                        sockserv_open_fn on_open,
-                                                        sockserv_frame_fn on_frame,
-                                                        sockserv_close_fn on_close,
-                                                        void *userdata);
 
 /**
  * Sets the function that accepts or refuses each peer by address (NULL:

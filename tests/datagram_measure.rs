@@ -98,7 +98,7 @@ fn round_trips(server_addr: &str, key: Option<&[u8]>, payload: usize) {
     if let Some(key) = key {
         cfg.set_key(key).unwrap();
     }
-    cfg.io_timeout = Some(Duration::from_secs(5));
+    cfg.set_io_timeout(Some(Duration::from_secs(5)));
     let server = DgramServer::bind(server_addr, &cfg).unwrap();
     server
         .set_handler(Arc::new(|sock: &DgramSocket, data: &[u8], from: &str| {

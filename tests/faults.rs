@@ -97,10 +97,8 @@ fn killed_clients(mode: Mode) {
 #[test]
 fn threaded_a_peer_that_never_reads_times_out_with_bounded_memory() {
     let _memory = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
-    let config = Config {
-        io_timeout: Some(Duration::from_millis(500)),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_timeout(Some(Duration::from_millis(500)));
     let outcome: Arc<Mutex<Option<(u64, Error)>>> = Arc::default();
     let server = Server::bind("tcp://127.0.0.1:0", &config).unwrap();
     let out = outcome.clone();
@@ -169,7 +167,7 @@ fn slowloris(mode: Mode) {
     config.set_handshake_timeout(TIMEOUT).unwrap();
     // One slot: while the slowloris holds it, nobody else is served.
     config.set_max_connections(1).unwrap();
-    config.when_full = WhenFull::Wait;
+    config.set_when_full(WhenFull::Wait);
     let (server, seen) = counting_echo_server(&config, mode);
 
     let mut slow = raw(&server);
@@ -242,7 +240,7 @@ fn flood_refused(mode: Mode) {
     const FLOOD: u64 = 200;
     let mut config = config_with_key(KEY);
     config.set_max_connections(CAP).unwrap();
-    config.when_full = WhenFull::Refuse;
+    config.set_when_full(WhenFull::Refuse);
     let (server, seen) = counting_echo_server(&config, mode);
     let holders: Vec<Connection> = (0..CAP)
         .map(|_| {
@@ -439,10 +437,8 @@ impl EventHandler for Panicky {
 fn event_a_panicking_callback_closes_only_its_connection() {
     let handler = Arc::new(Panicky::default());
     // One I/O thread: the panic happens on the bystander's thread too.
-    let config = Config {
-        io_threads: 1,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_threads(1);
     let server = event_server("tcp://127.0.0.1:0", &config, handler.clone());
     let bystander = connect(server.local_addr(), &config).unwrap();
     roundtrip(&bystander, b"before");

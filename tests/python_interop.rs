@@ -320,7 +320,7 @@ fn config(key: Option<&[u8]>) -> Config {
         None => Config::default(),
     };
     // sockserv's side of every exchange is bounded too.
-    c.io_timeout = Some(Duration::from_secs(30));
+    c.set_io_timeout(Some(Duration::from_secs(30)));
     c
 }
 

@@ -249,7 +249,7 @@ fn an_empty_key_cannot_be_set() {
         c.add_key(b"").unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
-    assert!(c.keys.is_empty());
+    assert_eq!(c.key_count(), 0);
     let mut cfg: *mut sockserv_config = std::ptr::null_mut();
     // SAFETY: valid out-pointer; the config is freed below.
     unsafe {

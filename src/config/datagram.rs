@@ -14,16 +14,18 @@ pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Accepted datagrams remembered for the replay check, at most.
 pub(crate) const DEFAULT_REPLAY_CAPACITY: usize = 65536;
 
-/// Datagram settings, part of [`crate::config::Config`].
+/// Datagram settings, part of [`crate::config::Config`]
+/// ([`Config::datagram_mut`](crate::config::Config::datagram_mut) changes
+/// them). Private fields behind validated setters, like `Config`.
 #[derive(Clone, Debug)]
 pub struct DatagramConfig {
     /// The largest payload sent or received, in bytes (with keys, the
     /// datagram on the wire is [`crate::proto::sealed::OVERHEAD`] bytes longer).
-    pub max_size: usize,
+    pub(crate) max_size: usize,
     /// With keys: the freshness window, both ways.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// With keys: the most datagrams remembered against replays.
-    pub replay_capacity: usize,
+    pub(crate) replay_capacity: usize,
 }
 
 impl Default for DatagramConfig {
@@ -37,6 +39,7 @@ impl Default for DatagramConfig {
 }
 
 impl DatagramConfig {
+    /// The largest payload sent or received (1 to 65507; default 8192).
     pub fn set_max_size(&mut self, size: usize) -> Result<()> {
         if size == 0 || size > MAX_DATAGRAM_SIZE {
             return Err(invalid(format!(
@@ -47,6 +50,7 @@ impl DatagramConfig {
         Ok(())
     }
 
+    /// With keys: the freshness window, both ways (not zero; default 30 s).
     pub fn set_window(&mut self, window: Duration) -> Result<()> {
         if window.is_zero() {
             return Err(invalid(
@@ -57,12 +61,31 @@ impl DatagramConfig {
         Ok(())
     }
 
+    /// With keys: the most datagrams remembered against replays (at least
+    /// 1; default 65536).
     pub fn set_replay_capacity(&mut self, capacity: usize) -> Result<()> {
         if capacity == 0 {
             return Err(invalid("the replay capacity must be at least 1".into()));
         }
         self.replay_capacity = capacity;
         Ok(())
+    }
+}
+
+impl DatagramConfig {
+    /// The largest payload sent or received.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// With keys: the freshness window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// With keys: the most datagrams remembered against replays.
+    pub fn replay_capacity(&self) -> usize {
+        self.replay_capacity
     }
 }
 

@@ -10,6 +10,6 @@ pub mod server;
 pub mod socket;
 mod stats;
 
-pub use recv::{RecvFrom, Take};
+pub use recv::{RecvFrom, RecvInto, Take};
 pub use socket::DgramSocket;
 pub use stats::DgramStats;

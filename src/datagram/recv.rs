@@ -32,6 +32,28 @@ pub enum RecvFrom {
     TooSmall(usize),
 }
 
+/// The result of [`DgramSocket::recv_into`]: the payload's size and the
+/// size of the sender's address with a terminating NUL (0 when no address
+/// buffer was given).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvInto {
+    /// Both were copied (the address NUL-terminated).
+    Copied {
+        /// The payload's size.
+        len: usize,
+        /// The address's size, NUL included.
+        from_len: usize,
+    },
+    /// A buffer is too small: nothing was copied and the datagram stays
+    /// queued for the next receive.
+    TooSmall {
+        /// The payload's size.
+        len: usize,
+        /// The address's size, NUL included.
+        from_len: usize,
+    },
+}
+
 pub(super) enum Took {
     Payload,
     Dropped,
@@ -61,6 +83,26 @@ impl DgramSocket {
                 len: payload.len(),
                 from: from.to_string(),
             })
+        })
+    }
+
+    /// Receives the next datagram into `buf`, and its sender's address,
+    /// NUL-terminated, into `from` if given (the C API's `recvfrom`). If
+    /// either does not fit, nothing is copied and the datagram stays queued.
+    pub fn recv_into(&self, buf: &mut [u8], from: Option<&mut [u8]>) -> Result<RecvInto> {
+        self.recv_with(|payload, sender| {
+            let len = payload.len();
+            let from_len = from.as_ref().map_or(0, |_| sender.len() + 1);
+            let fits = len <= buf.len() && from.as_ref().is_none_or(|f| from_len <= f.len());
+            if !fits {
+                return Take::Keep(RecvInto::TooSmall { len, from_len });
+            }
+            buf[..len].copy_from_slice(payload);
+            if let Some(from) = from {
+                from[..sender.len()].copy_from_slice(sender.as_bytes());
+                from[sender.len()] = 0;
+            }
+            Take::Done(RecvInto::Copied { len, from_len })
         })
     }
 

@@ -2,18 +2,16 @@
 //! `sockserv_conn_from_fd` (yours to free) or lent to a server's handler.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Socket, Type};
+use socket2::Socket;
 
 use super::{
-    arg, bytes, bytes_mut, c_str, copy_str, guard, guard_value, out, sockserv_config,
-    sockserv_result,
+    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, guard, guard_value, out,
+    sockserv_config, sockserv_result,
 };
-use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Role;
 use crate::server::event::conn::EventConn;
@@ -119,9 +117,7 @@ pub unsafe extern "C" fn sockserv_connect(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let (addr, conn_out) = unsafe { (c_str(addr, "addr")?, out(conn_out, "conn_out")?) };
-        // SAFETY: caller contract: NULL or a live config.
-        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
-        let conn = crate::stream::client::connect(addr, &config)?;
+        let conn = crate::stream::client::connect(addr, &config_or_default(config))?;
         conn_out.put(new_handle(conn));
         Ok(())
     })
@@ -144,8 +140,6 @@ pub unsafe extern "C" fn sockserv_conn_from_fd(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let conn_out = unsafe { out(conn_out, "conn_out") }?;
-        // SAFETY: caller contract: NULL or a live config.
-        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
         let role = match role {
             SOCKSERV_ROLE_SERVER => Role::Server,
             SOCKSERV_ROLE_CLIENT => Role::Client,
@@ -155,34 +149,9 @@ pub unsafe extern "C" fn sockserv_conn_from_fd(
                 )))
             }
         };
-        if fd < 0 {
-            return Err(invalid(format!("fd {fd} is negative")));
-        }
-        // SAFETY: the caller hands us `fd`, an open descriptor; on every
-        // failure path below it is released with into_raw_fd, not closed.
-        let socket = unsafe { Socket::from_raw_fd(fd) };
-        match socket.r#type() {
-            Ok(ty) if ty == Type::STREAM => {}
-            Ok(_) => {
-                let _ = socket.into_raw_fd();
-                return Err(invalid(format!("fd {fd} is not a stream socket")));
-            }
-            Err(e) => {
-                let _ = socket.into_raw_fd();
-                return Err(Error::io(format_args!("fd {fd} is not a socket"), &e)
-                    .with_kind(ErrorKind::InvalidArgument));
-            }
-        }
-        match Connection::establish(socket, &config, role) {
-            Ok(conn) => {
-                conn_out.put(new_handle(conn));
-                Ok(())
-            }
-            Err((e, socket)) => {
-                let _ = socket.into_raw_fd();
-                Err(e)
-            }
-        }
+        let conn = crate::stream::adopt::adopt(fd, &config_or_default(config), role)?;
+        conn_out.put(new_handle(conn));
+        Ok(())
     })
 }
 

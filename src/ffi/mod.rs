@@ -13,23 +13,31 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
+// The header follows this order, one group per C object (cbindgen keeps
+// source order): results and errors, config, server, event callbacks,
+// connection, datagram socket, datagram server, HMAC.
 mod config;
 mod conn;
-mod datagram;
+mod dgram;
+mod dgram_server;
+mod events;
 mod hmac;
 mod result;
 mod server;
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use config::*;
 pub use conn::*;
-pub use datagram::*;
+pub use dgram::*;
+pub use dgram_server::*;
+pub use events::*;
 pub use hmac::*;
 pub use result::*;
 pub use server::*;
@@ -96,6 +104,23 @@ fn guard(body: impl FnOnce() -> Result<()>) -> sockserv_result {
 /// swallowed and `fallback` returned.
 fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// A C `userdata` pointer, carried to the threads that run callbacks.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+// SAFETY: sockserv never dereferences userdata; the C API documents which
+// thread runs each callback that receives it, so the caller shares it
+// knowingly.
+unsafe impl Send for UserData {}
+// SAFETY: as above: only handed back to the caller's callbacks.
+unsafe impl Sync for UserData {}
+
+/// The config a `_new`, `_open` or `_connect` call was given, copied, or
+/// the defaults for NULL.
+fn config_or_default(config: *const sockserv_config) -> Config {
+    // SAFETY: caller contract: NULL or a live config.
+    unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone())
 }
 
 fn null(name: &str) -> Error {
