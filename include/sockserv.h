@@ -763,10 +763,26 @@ enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockser
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
  * "unix://PATH"), trying each resolved address within the connect
  * timeout, then runs the handshake when `config` has a key. `config` is
- * copied; NULL means the defaults. Codes: `SOCKSERV_ERR_CONNECTION_REFUSED`,
- * `_TIMED_OUT`, `_AUTH_FAILED` (wrong key), `_AUTH_PROTOCOL`, `_CLOSED` (the
- * server closed it, e.g. when full), `_INVALID_ADDRESS`. Free the
+ * copied; NULL means the defaults. A full server that refuses
+ * (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
  * connection with `sockserv_conn_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `conn_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED nobody accepts connections there.
+ * @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+ * @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+ * @retval SOCKSERV_ERR_TIMED_OUT no address accepted within the connect timeout,
+ * or the handshake took longer than its timeout.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * handshake message.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+ * broke the framing.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_connect(const char *addr,
                                       const struct sockserv_config *config,
@@ -780,6 +796,21 @@ enum sockserv_result sockserv_connect(const char *addr,
  * when freed; on failure `fd` is left open and still yours. A
  * non-blocking `fd` works too (sockserv waits with poll(2)); for
  * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `role` is unknown, or `fd` is negative, not
+ * open, not a socket or not a stream socket.
+ * @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+ * @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+ * @retval SOCKSERV_ERR_TIMED_OUT the handshake took longer than its timeout.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * handshake message.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+ * broke the framing.
+ * @retval SOCKSERV_ERR_IO the socket is not connected, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_from_fd(int fd,
                                            const struct sockserv_config *config,
@@ -792,9 +823,7 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
  * Blocking connections: returns when the kernel took all of it, or the
  * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
  * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
- * stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
- * went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
- * `_IO`.
+ * stream would be out of sync.
  *
  * Event-mode connections: never blocks, from any thread (inside
  * `on_frame` too): the frame is copied into the connection's queue and its
@@ -802,6 +831,18 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
  * (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
  * with `sockserv_config_set_close_when_backed_up` the connection is closed
  * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_TIMED_OUT the timeout passed (blocking connections).
+ * @retval SOCKSERV_ERR_CLOSED the peer went away, or (event mode) the connection is
+ * closed or was closed for being backed up.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: the kernel took nothing; event
+ * mode: the queue is over its limit.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
                                         const uint8_t *data,
@@ -811,12 +852,25 @@ enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
  * Receives the next frame, whole, without copying: `*data` and `*len`
  * point into the connection's buffer, valid until the next receive or
  * poll on this connection or its free. `*data` is not NULL, even for an
- * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
- * other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
- * connection is then closed), `_TIMED_OUT` (what arrived is kept),
- * `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
- * `_INVALID_STATE` on an event-mode connection (frames arrive in
- * `on_frame`).
+ * empty frame. After `SOCKSERV_ERR_TRUNCATED_FRAME`,
+ * `SOCKSERV_ERR_FRAME_TOO_LARGE` or `SOCKSERV_ERR_PROTOCOL` the connection
+ * is closed. Not for event-mode connections (frames arrive in `on_frame`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `data` or `len` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed between frames.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * frame.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE the frame is over the maximum frame size.
+ * @retval SOCKSERV_ERR_PROTOCOL the peer broke the framing (or a required PROXY
+ * header).
+ * @retval SOCKSERV_ERR_TIMED_OUT the timeout passed; what arrived is kept.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: no whole frame is ready.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
                                         const uint8_t **data,
@@ -827,6 +881,16 @@ enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
  * `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
  * the size needed, and the frame stays queued for the next receive. Other
  * codes as `sockserv_conn_recv`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `len`, or `buf` with a non-zero `cap` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the frame does not fit; `*len` is its size.
+ * @retval SOCKSERV_ERR_CLOSED, SOCKSERV_ERR_TRUNCATED_FRAME,
+ * SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL,
+ * SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_BROKEN,
+ * SOCKSERV_ERR_SHUTDOWN, SOCKSERV_ERR_INVALID_STATE, SOCKSERV_ERR_IO as for
+ * `sockserv_conn_recv`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
                                              uint8_t *buf,
@@ -839,6 +903,15 @@ enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
  * data, end of stream or an error is waiting on the socket (so a receive
  * will not wait for the first byte). Blocking connections only
  * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
+ * @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
+ * writing replies held by coalescing failed.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO poll(2) failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
                                         int timeout_ms,
@@ -848,6 +921,11 @@ enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
  * Writes the peer's address ("tcp://127.0.0.1:5000", "tcp://[::1]:5000",
  * "unix://PATH", or "unix://" for an unnamed socket) like
  * `sockserv_server_local_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_peer_addr(const struct sockserv_conn *conn,
                                              char *buf,
@@ -856,6 +934,11 @@ enum sockserv_result sockserv_conn_peer_addr(const struct sockserv_conn *conn,
 
 /**
  * Writes this end's address, like `sockserv_conn_peer_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
                                               char *buf,
@@ -866,6 +949,10 @@ enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
  * The socket's file descriptor, for poll/select or options sockserv does
  * not wrap. It stays owned by the connection: do not close it, and do not
  * read or write it directly (that would break the framing).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd);
 
@@ -875,12 +962,22 @@ enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd)
  * frame, and the connection stays usable. Blocking connections only
  * (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
  * `sockserv_config_set_idle_timeout_ms`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *conn,
                                                   uint32_t timeout_ms);
 
 /**
  * Reads the timeout set by `sockserv_conn_set_timeout_ms` (0: none).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `timeout_ms` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *conn,
                                                   uint32_t *timeout_ms);
@@ -896,6 +993,14 @@ enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *co
  * before anything else by the next send or `sockserv_conn_flush`, so frames
  * are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
  * POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown or `value` out of range.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+ * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+ * socket).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
                                               int option,
@@ -903,6 +1008,14 @@ enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
 
 /**
  * Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+ * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+ * socket).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
                                               int option,
@@ -913,17 +1026,38 @@ enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
  * finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
  * while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
  * the timeout.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: some of the frame is left.
+ * @retval SOCKSERV_ERR_TIMED_OUT blocking mode: the timeout passed.
+ * @retval SOCKSERV_ERR_CLOSED the peer went away.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
 
 /**
  * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
  * sockets). The same as `SOCKSERV_OPT_NODELAY`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn, bool on);
 
 /**
  * Reads TCP_NODELAY into `*on`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `on` is NULL.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_get_nodelay(const struct sockserv_conn *conn, bool *on);
 
@@ -932,6 +1066,12 @@ enum sockserv_result sockserv_conn_get_nodelay(const struct sockserv_conn *conn,
  * probe goes after `idle_s` seconds of silence, then every `interval_s`,
  * and the connection is dropped after `count` unanswered probes; zeros
  * keep the kernel's timings.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT a timing is out of the kernel's range.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *conn,
                                                  bool on,
@@ -945,11 +1085,19 @@ enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *con
  * runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
  * waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
  * (a client connection must still be freed with `sockserv_conn_free`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_close(const struct sockserv_conn *conn);
 
 /**
  * Attaches a pointer of yours to the connection (not used by sockserv).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_set_userdata(const struct sockserv_conn *conn, void *userdata);
 
@@ -978,6 +1126,14 @@ void sockserv_conn_free(struct sockserv_conn *conn);
  * (a Unix socket must be bound for replies to reach it). `config` (copied;
  * NULL: defaults) gives the key, the maximum size and the initial timeout
  * (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `local_addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `local_addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_open(const char *local_addr,
                                          const struct sockserv_config *config,
@@ -991,6 +1147,14 @@ enum sockserv_result sockserv_dgram_open(const char *local_addr,
  * "connects" without a packet: a closed port shows as
  * `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
  * nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_connect(const char *addr,
                                             const struct sockserv_config *config,
@@ -1004,6 +1168,19 @@ enum sockserv_result sockserv_dgram_connect(const char *addr,
  * A Unix peer whose queue is full makes it wait up to the timeout
  * (`SOCKSERV_ERR_TIMED_OUT`); a Unix path nobody is bound to gives
  * `SOCKSERV_ERR_CONNECTION_REFUSED`. UDP gives no news of delivery.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `to`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `to` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `to` cannot be parsed or resolved, or is of
+ * another address family than the socket.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+ * was sent.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+ * @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK a server's socket: a Unix peer's queue is full.
+ * @retval SOCKSERV_ERR_IO another OS error (the OS random source, with a key).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_send_to(const struct sockserv_dgram *sock,
                                             const char *to,
@@ -1013,6 +1190,17 @@ enum sockserv_result sockserv_dgram_send_to(const struct sockserv_dgram *sock,
 /**
  * Sends `data` as one datagram to the connected peer (see
  * `sockserv_dgram_connect`); `SOCKSERV_ERR_INVALID_STATE` if not connected.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket is not connected.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+ * was sent.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED the peer is gone (Unix), or an earlier
+ * datagram was refused (UDP).
+ * @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_send(const struct sockserv_dgram *sock,
                                          const uint8_t *data,
@@ -1035,6 +1223,20 @@ enum sockserv_result sockserv_dgram_send(const struct sockserv_dgram *sock,
  * (never cut short silently). Not on a server's socket
  * (`SOCKSERV_ERR_INVALID_STATE`: datagrams go to its handler), nor on a
  * socket that has no address yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, `len` or `from_needed`, or `buf` or
+ * `from` with a non-zero size is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload or the address does not fit; the
+ * sizes were written and the datagram stays queued.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE the datagram is over the maximum size and
+ * was discarded.
+ * @retval SOCKSERV_ERR_TIMED_OUT nothing arrived within the timeout.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a connected UDP socket's peer port is
+ * closed.
+ * @retval SOCKSERV_ERR_INVALID_STATE a server's socket, or one with no address yet.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_recv_from(const struct sockserv_dgram *sock,
                                               uint8_t *buf,
@@ -1049,6 +1251,15 @@ enum sockserv_result sockserv_dgram_recv_from(const struct sockserv_dgram *sock,
  * `sockserv_dgram_recv_from`, without the sender (for connected sockets).
  * Too small: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is the size needed
  * and the datagram stays queued.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `len`, or `buf` with a non-zero `cap` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload does not fit; `*len` is its size
+ * and the datagram stays queued.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE, SOCKSERV_ERR_TIMED_OUT,
+ * SOCKSERV_ERR_CONNECTION_REFUSED, SOCKSERV_ERR_INVALID_STATE,
+ * SOCKSERV_ERR_IO as for `sockserv_dgram_recv_from`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_recv(const struct sockserv_dgram *sock,
                                          uint8_t *buf,
@@ -1060,6 +1271,12 @@ enum sockserv_result sockserv_dgram_recv(const struct sockserv_dgram *sock,
  * "unixgram://@00a1f") like `sockserv_server_local_addr`.
  * `SOCKSERV_ERR_INVALID_STATE` for a socket opened with NULL that has not
  * sent yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_local_addr(const struct sockserv_dgram *sock,
                                                char *buf,
@@ -1071,18 +1288,31 @@ enum sockserv_result sockserv_dgram_local_addr(const struct sockserv_dgram *sock
  * not wrap; it stays owned by the socket. Do not read from it directly
  * when a key is set (the datagrams would not be checked).
  * `SOCKSERV_ERR_INVALID_STATE` for a socket that has no address yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_fd(const struct sockserv_dgram *sock, int *fd);
 
 /**
  * Sets the timeout of each later send and receive (0: wait for ever).
  * Sends from a server's socket never wait, whatever it is set to.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_set_timeout_ms(const struct sockserv_dgram *sock,
                                                    uint32_t timeout_ms);
 
 /**
  * Reads the timeout set by `sockserv_dgram_set_timeout_ms` (0: none).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `timeout_ms` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *sock,
                                                    uint32_t *timeout_ms);
@@ -1090,6 +1320,11 @@ enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *
 /**
  * Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
  * for a server, of its socket (`sockserv_dgram_server_socket`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_DGRAM_STAT_*`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_stat(const struct sockserv_dgram *sock,
                                          int stat,
@@ -1110,6 +1345,15 @@ void sockserv_dgram_free(struct sockserv_dgram *sock);
  * NULL means the defaults. A stale Unix socket file is replaced; the file
  * is removed when the server is freed. Free with
  * `sockserv_dgram_server_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+ * live socket owns the Unix socket file).
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_new(const char *addr,
                                                const struct sockserv_config *config,
@@ -1119,6 +1363,11 @@ enum sockserv_result sockserv_dgram_server_new(const char *addr,
  * Sets the function run for each datagram (NULL: none; datagrams are
  * received, counted and dropped). Only before the server starts, else
  * `SOCKSERV_ERR_INVALID_STATE`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_set_handler(const struct sockserv_dgram_server *server,
                                                        sockserv_dgram_handler_fn handler,
@@ -1128,6 +1377,10 @@ enum sockserv_result sockserv_dgram_server_set_handler(const struct sockserv_dgr
  * The server's socket, lent (do not free it; it lives until
  * `sockserv_dgram_server_free`): for its counters (`sockserv_dgram_stat`),
  * and to send from other threads than the handler's.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_socket(const struct sockserv_dgram_server *server,
                                                   struct sockserv_dgram **sock_out);
@@ -1135,6 +1388,11 @@ enum sockserv_result sockserv_dgram_server_socket(const struct sockserv_dgram_se
 /**
  * Writes the bound address ("udp://127.0.0.1:40123") like
  * `sockserv_server_local_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgram_server *server,
                                                       char *buf,
@@ -1144,11 +1402,24 @@ enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgra
 /**
  * Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
  * returns `SOCKSERV_OK`. A server serves once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_serve(const struct sockserv_dgram_server *server);
 
 /**
  * Serves on a background thread and returns at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO no thread could be started.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_start(const struct sockserv_dgram_server *server);
 
@@ -1156,6 +1427,10 @@ enum sockserv_result sockserv_dgram_server_start(const struct sockserv_dgram_ser
  * Stops serving, from any thread (the handler too), and returns at once;
  * the handler call under way finishes. Datagrams still queued are dropped
  * when the server is freed.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_server *server);
 
@@ -1175,6 +1450,11 @@ void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
  * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
  * `sockserv_server_set_handler`. `userdata` must stay valid until
  * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
                                                         sockserv_open_fn on_open,
@@ -1187,6 +1467,11 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
  * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
  * non-zero length. Any key length
  * works, 0 included; NULL is allowed for a length of 0.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `mac_out` is NULL, or `key` or `msg` is NULL
+ * with a non-zero length.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
                                           size_t key_len,
@@ -1198,6 +1483,12 @@ enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
  * Checks that `mac` (`mac_len` bytes) is HMAC-SHA256(`key`, `msg`):
  * `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
  * checked first, then the bytes are compared in constant time.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `key`, `msg` or `mac` is NULL with a
+ * non-zero length.
+ * @retval SOCKSERV_ERR_AUTH_FAILED `mac` is not the HMAC (or not 32 bytes).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_hmac_sha256_verify(const uint8_t *key,
                                                  size_t key_len,
@@ -1240,6 +1531,17 @@ const char *sockserv_version(void);
  * with `sockserv_server_local_addr`). `config` is copied; NULL means the
  * defaults. A stale Unix socket file is replaced; the file is removed when
  * the server is freed. Free the server with `sockserv_server_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
+ * no systemd socket.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
+ * not a listening stream socket, or `LISTEN_FDS` is malformed.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+ * live server owns the Unix socket file).
+ * @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_new(const char *addr,
                                          const struct sockserv_config *config,
@@ -1250,6 +1552,11 @@ enum sockserv_result sockserv_server_new(const char *addr,
  * the connection is closed after the handshake). Only before the server
  * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
  * until `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
                                                  sockserv_handler_fn handler,
@@ -1260,6 +1567,11 @@ enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *s
  * accept all). Only before the server starts, else
  * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
  * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
                                                 sockserv_verify_fn verify,
@@ -1271,6 +1583,11 @@ enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *se
  * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
  * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
  * enough.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
                                                 char *buf,
@@ -1283,6 +1600,13 @@ enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *se
  * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
  * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
  * a new one).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO starting the I/O threads failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
 
@@ -1290,6 +1614,13 @@ enum sockserv_result sockserv_server_serve(const struct sockserv_server *server)
  * Serves on a background thread and returns at once. The same codes as
  * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
  * started.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO no thread could be started.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
 
@@ -1299,12 +1630,21 @@ enum sockserv_result sockserv_server_start(const struct sockserv_server *server)
  * clients. Live connections go on until their handlers return or the
  * server is freed. Not async-signal-safe: from a signal, wake a thread of
  * yours (sigwait, a self-pipe) and call it there.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
 
 /**
  * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
  * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
                                           int stat,

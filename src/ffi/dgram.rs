@@ -72,6 +72,14 @@ fn with_dgram(
 /// (a Unix socket must be bound for replies to reach it). `config` (copied;
 /// NULL: defaults) gives the key, the maximum size and the initial timeout
 /// (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `local_addr` is not UTF-8.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `local_addr` cannot be parsed or resolved.
+/// @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_open(
     local_addr: *const c_char,
@@ -100,6 +108,14 @@ pub unsafe extern "C" fn sockserv_dgram_open(
 /// "connects" without a packet: a closed port shows as
 /// `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
 /// nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `sock_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+/// @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_connect(
     addr: *const c_char,
@@ -122,6 +138,19 @@ pub unsafe extern "C" fn sockserv_dgram_connect(
 /// A Unix peer whose queue is full makes it wait up to the timeout
 /// (`SOCKSERV_ERR_TIMED_OUT`); a Unix path nobody is bound to gives
 /// `SOCKSERV_ERR_CONNECTION_REFUSED`. UDP gives no news of delivery.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `to`, or `data` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `to` is not UTF-8.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `to` cannot be parsed or resolved, or is of
+/// another address family than the socket.
+/// @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+/// was sent.
+/// @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+/// @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+/// @retval SOCKSERV_ERR_WOULD_BLOCK a server's socket: a Unix peer's queue is full.
+/// @retval SOCKSERV_ERR_IO another OS error (the OS random source, with a key).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_send_to(
     sock: *const sockserv_dgram,
@@ -138,6 +167,17 @@ pub unsafe extern "C" fn sockserv_dgram_send_to(
 
 /// Sends `data` as one datagram to the connected peer (see
 /// `sockserv_dgram_connect`); `SOCKSERV_ERR_INVALID_STATE` if not connected.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, or `data` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the socket is not connected.
+/// @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+/// was sent.
+/// @retval SOCKSERV_ERR_CONNECTION_REFUSED the peer is gone (Unix), or an earlier
+/// datagram was refused (UDP).
+/// @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_send(
     sock: *const sockserv_dgram,
@@ -166,6 +206,20 @@ pub unsafe extern "C" fn sockserv_dgram_send(
 /// (never cut short silently). Not on a server's socket
 /// (`SOCKSERV_ERR_INVALID_STATE`: datagrams go to its handler), nor on a
 /// socket that has no address yet.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, `len` or `from_needed`, or `buf` or
+/// `from` with a non-zero size is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload or the address does not fit; the
+/// sizes were written and the datagram stays queued.
+/// @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE the datagram is over the maximum size and
+/// was discarded.
+/// @retval SOCKSERV_ERR_TIMED_OUT nothing arrived within the timeout.
+/// @retval SOCKSERV_ERR_CONNECTION_REFUSED a connected UDP socket's peer port is
+/// closed.
+/// @retval SOCKSERV_ERR_INVALID_STATE a server's socket, or one with no address yet.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_recv_from(
     sock: *const sockserv_dgram,
@@ -206,6 +260,15 @@ pub unsafe extern "C" fn sockserv_dgram_recv_from(
 /// `sockserv_dgram_recv_from`, without the sender (for connected sockets).
 /// Too small: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is the size needed
 /// and the datagram stays queued.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `len`, or `buf` with a non-zero `cap` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload does not fit; `*len` is its size
+/// and the datagram stays queued.
+/// @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE, SOCKSERV_ERR_TIMED_OUT,
+/// SOCKSERV_ERR_CONNECTION_REFUSED, SOCKSERV_ERR_INVALID_STATE,
+/// SOCKSERV_ERR_IO as for `sockserv_dgram_recv_from`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_recv(
     sock: *const sockserv_dgram,
@@ -252,6 +315,12 @@ fn too_small(payload: usize, cap: usize, from: Option<(usize, usize)>) -> Error 
 /// "unixgram://@00a1f") like `sockserv_server_local_addr`.
 /// `SOCKSERV_ERR_INVALID_STATE` for a socket opened with NULL that has not
 /// sent yet.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_local_addr(
     sock: *const sockserv_dgram,
@@ -269,6 +338,11 @@ pub unsafe extern "C" fn sockserv_dgram_local_addr(
 /// not wrap; it stays owned by the socket. Do not read from it directly
 /// when a key is set (the datagrams would not be checked).
 /// `SOCKSERV_ERR_INVALID_STATE` for a socket that has no address yet.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `fd` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_fd(
     sock: *const sockserv_dgram,
@@ -285,6 +359,10 @@ pub unsafe extern "C" fn sockserv_dgram_fd(
 
 /// Sets the timeout of each later send and receive (0: wait for ever).
 /// Sends from a server's socket never wait, whatever it is set to.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_set_timeout_ms(
     sock: *const sockserv_dgram,
@@ -297,6 +375,10 @@ pub unsafe extern "C" fn sockserv_dgram_set_timeout_ms(
 }
 
 /// Reads the timeout set by `sockserv_dgram_set_timeout_ms` (0: none).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `timeout_ms` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_get_timeout_ms(
     sock: *const sockserv_dgram,
@@ -313,6 +395,11 @@ pub unsafe extern "C" fn sockserv_dgram_get_timeout_ms(
 
 /// Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
 /// for a server, of its socket (`sockserv_dgram_server_socket`).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `value` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_DGRAM_STAT_*`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_stat(
     sock: *const sockserv_dgram,

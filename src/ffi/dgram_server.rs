@@ -61,6 +61,15 @@ thread_local! {
 /// NULL means the defaults. A stale Unix socket file is replaced; the file
 /// is removed when the server is freed. Free with
 /// `sockserv_dgram_server_free`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+/// @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+/// live socket owns the Unix socket file).
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_new(
     addr: *const c_char,
@@ -86,6 +95,11 @@ pub unsafe extern "C" fn sockserv_dgram_server_new(
 /// Sets the function run for each datagram (NULL: none; datagrams are
 /// received, counted and dropped). Only before the server starts, else
 /// `SOCKSERV_ERR_INVALID_STATE`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_set_handler(
     server: *const sockserv_dgram_server,
@@ -132,6 +146,10 @@ pub unsafe extern "C" fn sockserv_dgram_server_set_handler(
 /// The server's socket, lent (do not free it; it lives until
 /// `sockserv_dgram_server_free`): for its counters (`sockserv_dgram_stat`),
 /// and to send from other threads than the handler's.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `sock_out` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_socket(
     server: *const sockserv_dgram_server,
@@ -147,6 +165,11 @@ pub unsafe extern "C" fn sockserv_dgram_server_socket(
 
 /// Writes the bound address ("udp://127.0.0.1:40123") like
 /// `sockserv_server_local_addr`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_local_addr(
     server: *const sockserv_dgram_server,
@@ -164,6 +187,12 @@ pub unsafe extern "C" fn sockserv_dgram_server_local_addr(
 
 /// Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
 /// returns `SOCKSERV_OK`. A server serves once.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_serve(
     server: *const sockserv_dgram_server,
@@ -175,6 +204,13 @@ pub unsafe extern "C" fn sockserv_dgram_server_serve(
 }
 
 /// Serves on a background thread and returns at once.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_IO no thread could be started.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_start(
     server: *const sockserv_dgram_server,
@@ -188,6 +224,10 @@ pub unsafe extern "C" fn sockserv_dgram_server_start(
 /// Stops serving, from any thread (the handler too), and returns at once;
 /// the handler call under way finishes. Datagrams still queued are dropped
 /// when the server is freed.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_shutdown(
     server: *const sockserv_dgram_server,

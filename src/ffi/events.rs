@@ -115,6 +115,11 @@ impl EventHandler for CEvents {
 /// `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
 /// `sockserv_server_set_handler`. `userdata` must stay valid until
 /// `sockserv_server_free` returns.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_event_handlers(
     server: *const sockserv_server,

@@ -56,6 +56,17 @@ pub const SOCKSERV_STAT_PROXY_FAILURES: c_int = 6;
 /// with `sockserv_server_local_addr`). `config` is copied; NULL means the
 /// defaults. A stale Unix socket file is replaced; the file is removed when
 /// the server is freed. Free the server with `sockserv_server_free`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
+/// no systemd socket.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
+/// not a listening stream socket, or `LISTEN_FDS` is malformed.
+/// @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+/// live server owns the Unix socket file).
+/// @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_new(
     addr: *const c_char,
@@ -75,6 +86,11 @@ pub unsafe extern "C" fn sockserv_server_new(
 /// the connection is closed after the handshake). Only before the server
 /// starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
 /// until `sockserv_server_free` returns.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_handler(
     server: *const sockserv_server,
@@ -104,6 +120,11 @@ pub unsafe extern "C" fn sockserv_server_set_handler(
 /// accept all). Only before the server starts, else
 /// `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
 /// `sockserv_server_free` returns.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_verify(
     server: *const sockserv_server,
@@ -134,6 +155,11 @@ pub unsafe extern "C" fn sockserv_server_set_verify(
 /// included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
 /// with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
 /// enough.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_local_addr(
     server: *const sockserv_server,
@@ -154,6 +180,13 @@ pub unsafe extern "C" fn sockserv_server_local_addr(
 /// `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
 /// it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
 /// a new one).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_IO starting the I/O threads failed.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -165,6 +198,13 @@ pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -
 /// Serves on a background thread and returns at once. The same codes as
 /// `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
 /// started.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_IO no thread could be started.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -178,6 +218,10 @@ pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -
 /// clients. Live connections go on until their handlers return or the
 /// server is freed. Not async-signal-safe: from a signal, wake a thread of
 /// yours (sigwait, a self-pipe) and call it there.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_shutdown(
     server: *const sockserv_server,
@@ -191,6 +235,11 @@ pub unsafe extern "C" fn sockserv_server_shutdown(
 
 /// Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
 /// gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_stat(
     server: *const sockserv_server,
