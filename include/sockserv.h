@@ -236,11 +236,6 @@
 #define SOCKSERV_STAT_PROXY_FAILURES 6
 
 /**
- * The first descriptor systemd passes.
- */
-#define LISTEN_FDS_START 3
-
-/**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
  * detail of the last failure on a thread is in `sockserv_last_error`.
  */

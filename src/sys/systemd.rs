@@ -9,7 +9,7 @@ use crate::addr::stream::SystemdSocket;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The first descriptor systemd passes.
-pub const LISTEN_FDS_START: RawFd = 3;
+pub(crate) const LISTEN_FDS_START: RawFd = 3;
 
 /// The descriptors passed to this process, with their names if given.
 /// Empty when none were (or they were meant for another process).
