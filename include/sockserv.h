@@ -24,158 +24,6 @@
 #include <stdint.h>
 
 /**
- * `sockserv_config_set_when_full`: what a server does with a connection
- * arriving while it already serves its maximum.
- */
-#define SOCKSERV_WHEN_FULL_WAIT 0
-
-/**
- * Accept the connection and close it at once: the client fails fast (its
- * handshake or first receive sees the connection closed).
- */
-#define SOCKSERV_WHEN_FULL_REFUSE 1
-
-/**
- * `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
- */
-#define SOCKSERV_PROXY_OFF 0
-
-/**
- * A connection may start with a PROXY header (v1 or v2); if it does, the
- * client's address it names becomes the connection's peer address. The
- * verify callback still runs at accept time, on the socket's peer.
- */
-#define SOCKSERV_PROXY_OPTIONAL 1
-
-/**
- * Every connection must start with a PROXY header (the way to run behind
- * HAProxy): verify runs on the client's address it names, before the
- * handshake; a missing or malformed header closes the connection
- * (`SOCKSERV_STAT_PROXY_FAILURES`).
- */
-#define SOCKSERV_PROXY_REQUIRED 2
-
-/**
- * `sockserv_config_set_max_datagram_size`: the largest maximum datagram
- * size, the largest UDP payload over IPv4.
- */
-#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
-
-/**
- * The default maximum datagram size (Python socketserver's
- * `max_packet_size`).
- */
-#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
-
-/**
- * Bytes a sealed datagram (sent with a key) carries beyond its payload:
- * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
- */
-#define SOCKSERV_DATAGRAM_OVERHEAD 57
-
-/**
- * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
- */
-#define SOCKSERV_ROLE_SERVER 0
-
-/**
- * `sockserv_conn_from_fd`: the socket was connected (it answers first).
- */
-#define SOCKSERV_ROLE_CLIENT 1
-
-/**
- * `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
- */
-#define SOCKSERV_OPT_NODELAY 0
-
-/**
- * SO_KEEPALIVE, 0 or 1.
- */
-#define SOCKSERV_OPT_KEEPALIVE 1
-
-/**
- * TCP_KEEPIDLE: seconds of silence before the first keepalive probe.
- */
-#define SOCKSERV_OPT_KEEPALIVE_IDLE 2
-
-/**
- * TCP_KEEPINTVL: seconds between keepalive probes.
- */
-#define SOCKSERV_OPT_KEEPALIVE_INTERVAL 3
-
-/**
- * TCP_KEEPCNT: unanswered probes before the connection is dropped.
- */
-#define SOCKSERV_OPT_KEEPALIVE_COUNT 4
-
-/**
- * SO_RCVBUF in bytes (Linux reports twice the value set).
- */
-#define SOCKSERV_OPT_RCVBUF 5
-
-/**
- * SO_SNDBUF in bytes (Linux reports twice the value set).
- */
-#define SOCKSERV_OPT_SNDBUF 6
-
-/**
- * SO_LINGER in seconds; -1 turns it off.
- */
-#define SOCKSERV_OPT_LINGER 7
-
-/**
- * Non-blocking mode, 0 or 1 (blocking connections only): see
- * `sockserv_conn_set_option`.
- */
-#define SOCKSERV_OPT_NONBLOCKING 8
-
-/**
- * `sockserv_dgram_stat`: datagrams sent.
- */
-#define SOCKSERV_DGRAM_STAT_SENT 0
-
-/**
- * Datagrams delivered to a receive or to a server's handler.
- */
-#define SOCKSERV_DGRAM_STAT_RECEIVED 1
-
-/**
- * Received datagrams over the maximum size, discarded.
- */
-#define SOCKSERV_DGRAM_STAT_TOO_LARGE 2
-
-/**
- * With a key: datagrams dropped as shorter than header and tag.
- */
-#define SOCKSERV_DGRAM_STAT_TOO_SHORT 3
-
-/**
- * With a key: datagrams dropped for an unknown version byte.
- */
-#define SOCKSERV_DGRAM_STAT_BAD_VERSION 4
-
-/**
- * With a key: datagrams dropped because the tag matches no key.
- */
-#define SOCKSERV_DGRAM_STAT_BAD_TAG 5
-
-/**
- * With a key: datagrams dropped as older than the window allows.
- */
-#define SOCKSERV_DGRAM_STAT_TOO_OLD 6
-
-/**
- * With a key: datagrams dropped as sent from further in the future than
- * the window allows.
- */
-#define SOCKSERV_DGRAM_STAT_TOO_NEW 7
-
-/**
- * With a key: datagrams dropped as replays of one already accepted.
- */
-#define SOCKSERV_DGRAM_STAT_REPLAYED 8
-
-/**
  * The version of this header; `sockserv_version()` gives the library's.
  * Incompatible ABI changes bump MAJOR.
  */
@@ -196,44 +44,6 @@
  * (`tcp://[v6]:port`, `unix://path`), terminating NUL included.
  */
 #define SOCKSERV_ADDRSTRLEN 128
-
-/**
- * `sockserv_server_stat`: connections accepted from the listener.
- */
-#define SOCKSERV_STAT_ACCEPTED 0
-
-/**
- * Connections being served now (handshake or handler running).
- */
-#define SOCKSERV_STAT_ACTIVE 1
-
-/**
- * Connections the verify callback refused.
- */
-#define SOCKSERV_STAT_REFUSED_BY_VERIFY 2
-
-/**
- * Connections closed at once because the server was full
- * (`SOCKSERV_WHEN_FULL_REFUSE`).
- */
-#define SOCKSERV_STAT_REFUSED_WHEN_FULL 3
-
-/**
- * Connections whose handshake failed (wrong key, timeout, bad messages).
- */
-#define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
-
-/**
- * Connections whose handler ran and returned (event mode: that opened and
- * closed).
- */
-#define SOCKSERV_STAT_HANDLED 5
-
-/**
- * Connections closed for a missing or malformed PROXY protocol header
- * (`SOCKSERV_PROXY_REQUIRED`).
- */
-#define SOCKSERV_STAT_PROXY_FAILURES 6
 
 /**
  * What a call did. `SOCKSERV_OK` is 0, so `if (rc)` tests for failure; the
@@ -372,79 +182,39 @@ typedef struct sockserv_dgram_server sockserv_dgram_server;
  */
 typedef struct sockserv_server sockserv_server;
 
-/**
- * Handles one datagram, on the server's thread, one datagram at a time:
- * `data` (`len` bytes) is the payload and `from` the sender's address
- * ("udp://127.0.0.1:40000", "udp://[::1]:40000", "unixgram:///path",
- * "unixgram://@name"; "unixgram://" for an unbound sender, which cannot be
- * answered), both valid during the call only. Reply with
- * `sockserv_dgram_send_to(sock, from, ...)`: `sock` is the server's socket,
- * valid until the server is freed. Such sends never wait: a Unix peer
- * whose queue is full gets nothing (`SOCKSERV_ERR_WOULD_BLOCK`), as a UDP
- * peer would. The server receives nothing else meanwhile: hand long work
- * to a thread of yours. Must not throw a C++ exception or longjmp out.
- */
-typedef void (*sockserv_dgram_handler_fn)(void *userdata,
-                                          struct sockserv_dgram *sock,
-                                          const uint8_t *data,
-                                          size_t len,
-                                          const char *from);
-
-/**
- * Event mode: a connection passed the handshake (or needs none). `conn`
- * stays valid until `on_close` for it returns; other threads may send on
- * it until then. Runs on the connection's I/O thread; with several I/O
- * threads, callbacks for different connections run at the same time, so
- * `userdata` must be safe to share between threads. Like every callback:
- * must not throw a C++ exception or longjmp out.
- */
-typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
-
-/**
- * Event mode: one whole frame; `data` (`len` bytes) is valid during the
- * call only. Runs on the connection's I/O thread, which serves nothing
- * else meanwhile: do not block (hand long work to a thread of yours and
- * reply with `sockserv_conn_send` from there).
- */
-typedef void (*sockserv_frame_fn)(void *userdata,
-                                  struct sockserv_conn *conn,
-                                  const uint8_t *data,
-                                  size_t len);
-
-/**
- * Event mode: the connection ended; called exactly once for every
- * connection `on_open` saw, after which `conn` is freed. `reason` is
- * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
- * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
- * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
- * it; `sockserv_last_error` gives the detail during the call.
- */
-typedef void (*sockserv_close_fn)(void *userdata,
-                                  struct sockserv_conn *conn,
-                                  enum sockserv_result reason);
-
-/**
- * Handles one connection, on a thread of its own, after the handshake
- * succeeded. `conn` is borrowed: valid until the handler returns, when the
- * server closes it (do not free it). Runs concurrently with other handlers,
- * so `userdata` must be safe to share between threads. Must not throw a
- * C++ exception or longjmp out.
- */
-typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
-
-/**
- * Decides whether to serve a peer, before the handshake: `peer_addr` is
- * its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
- * Return true to serve, false to close the connection. Runs on the accept
- * thread: keep it quick, as no connection is accepted meanwhile.
- */
-typedef bool (*sockserv_verify_fn)(void *userdata, const char *peer_addr);
-
 
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * A static, NUL-terminated description of `code` (any value is accepted;
+ * an unknown one gets "unknown sockserv result code"). Never NULL; do not
+ * free it.
+ */
+const char *sockserv_strerror(int code);
+
+/**
+ * Copies the detail of the last failure on the calling thread (the
+ * address, the OS error, the sizes involved) into `buf`, truncated to
+ * `len - 1` bytes and NUL-terminated. Returns the detail's full length
+ * (like snprintf), 0 when this thread has had no failure. `buf` may be
+ * NULL when `len` is 0, to learn the length. Successful calls do not clear
+ * the detail.
+ */
+size_t sockserv_last_error(char *buf, size_t len);
+
+/**
+ * Forgets the calling thread's last failure detail.
+ */
+void sockserv_clear_error(void);
+
+/**
+ * The library's version, "MAJOR.MINOR.PATCH", static. Compare with the
+ * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
+ */
+const char *sockserv_version(void);
 
 /**
  * Creates a config with the defaults: no key (plain framing), 64 MiB
@@ -561,6 +331,18 @@ enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_conf
  */
 enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config *config,
                                                          size_t max);
+
+/**
+ * `sockserv_config_set_when_full`: what a server does with a connection
+ * arriving while it already serves its maximum.
+ */
+#define SOCKSERV_WHEN_FULL_WAIT 0
+
+/**
+ * Accept the connection and close it at once: the client fails fast (its
+ * handshake or first receive sees the connection closed).
+ */
+#define SOCKSERV_WHEN_FULL_REFUSE 1
 
 /**
  * `SOCKSERV_WHEN_FULL_WAIT` (default): a connection past the maximum waits
@@ -699,6 +481,26 @@ enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config 
                                                          uint32_t timeout_ms);
 
 /**
+ * `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
+ */
+#define SOCKSERV_PROXY_OFF 0
+
+/**
+ * A connection may start with a PROXY header (v1 or v2); if it does, the
+ * client's address it names becomes the connection's peer address. The
+ * verify callback still runs at accept time, on the socket's peer.
+ */
+#define SOCKSERV_PROXY_OPTIONAL 1
+
+/**
+ * Every connection must start with a PROXY header (the way to run behind
+ * HAProxy): verify runs on the client's address it names, before the
+ * handshake; a missing or malformed header closes the connection
+ * (`SOCKSERV_STAT_PROXY_FAILURES`).
+ */
+#define SOCKSERV_PROXY_REQUIRED 2
+
+/**
  * Servers: whether connections start with a PROXY protocol header from a
  * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
  * Clients ignore it.
@@ -709,6 +511,24 @@ enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config 
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
+
+/**
+ * `sockserv_config_set_max_datagram_size`: the largest maximum datagram
+ * size, the largest UDP payload over IPv4.
+ */
+#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
+
+/**
+ * The default maximum datagram size (Python socketserver's
+ * `max_packet_size`).
+ */
+#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
+
+/**
+ * Bytes a sealed datagram (sent with a key) carries beyond its payload:
+ * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+ */
+#define SOCKSERV_DATAGRAM_OVERHEAD 57
 
 /**
  * The largest datagram payload sent or received, in bytes (default
@@ -755,6 +575,249 @@ enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockser
                                                                   size_t capacity);
 
 /**
+ * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
+ * "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
+ * with `sockserv_server_local_addr`). `config` is copied; NULL means the
+ * defaults. A stale Unix socket file is replaced; the file is removed when
+ * the server is freed. Free the server with `sockserv_server_free`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
+ * no systemd socket.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
+ * not a listening stream socket, or `LISTEN_FDS` is malformed.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+ * live server owns the Unix socket file).
+ * @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_new(const char *addr,
+                                         const struct sockserv_config *config,
+                                         struct sockserv_server **server_out);
+
+/**
+ * Handles one connection, on a thread of its own, after the handshake
+ * succeeded. `conn` is borrowed: valid until the handler returns, when the
+ * server closes it (do not free it). Runs concurrently with other handlers,
+ * so `userdata` must be safe to share between threads. Must not throw a
+ * C++ exception or longjmp out.
+ */
+typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Sets the function run for each authenticated connection (NULL: none;
+ * the connection is closed after the handshake). Only before the server
+ * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
+ * until `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
+                                                 sockserv_handler_fn handler,
+                                                 void *userdata);
+
+/**
+ * Decides whether to serve a peer, before the handshake: `peer_addr` is
+ * its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
+ * Return true to serve, false to close the connection. Runs on the accept
+ * thread: keep it quick, as no connection is accepted meanwhile.
+ */
+typedef bool (*sockserv_verify_fn)(void *userdata, const char *peer_addr);
+
+/**
+ * Sets the function that accepts or refuses each peer by address (NULL:
+ * accept all). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
+                                                sockserv_verify_fn verify,
+                                                void *userdata);
+
+/**
+ * Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
+ * bytes, NUL-terminated; `*needed` receives the size it takes, NUL
+ * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
+ * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
+ * enough.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
+                                                char *buf,
+                                                size_t len,
+                                                size_t *needed);
+
+/**
+ * Serves on the calling thread until `sockserv_server_shutdown`, then
+ * returns `SOCKSERV_OK` (handlers still running go on). Like
+ * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
+ * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
+ * a new one).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO starting the I/O threads failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
+
+/**
+ * Serves on a background thread and returns at once. The same codes as
+ * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
+ * started.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO no thread could be started.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
+
+/**
+ * Stops accepting, from any thread (a handler too), and returns at once:
+ * `sockserv_server_serve` returns promptly, and the listener refuses new
+ * clients. Live connections go on until their handlers return or the
+ * server is freed. Not async-signal-safe: from a signal, wake a thread of
+ * yours (sigwait, a self-pipe) and call it there.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
+
+/**
+ * `sockserv_server_stat`: connections accepted from the listener.
+ */
+#define SOCKSERV_STAT_ACCEPTED 0
+
+/**
+ * Connections being served now (handshake or handler running).
+ */
+#define SOCKSERV_STAT_ACTIVE 1
+
+/**
+ * Connections the verify callback refused.
+ */
+#define SOCKSERV_STAT_REFUSED_BY_VERIFY 2
+
+/**
+ * Connections closed at once because the server was full
+ * (`SOCKSERV_WHEN_FULL_REFUSE`).
+ */
+#define SOCKSERV_STAT_REFUSED_WHEN_FULL 3
+
+/**
+ * Connections whose handshake failed (wrong key, timeout, bad messages).
+ */
+#define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
+
+/**
+ * Connections whose handler ran and returned (event mode: that opened and
+ * closed).
+ */
+#define SOCKSERV_STAT_HANDLED 5
+
+/**
+ * Connections closed for a missing or malformed PROXY protocol header
+ * (`SOCKSERV_PROXY_REQUIRED`).
+ */
+#define SOCKSERV_STAT_PROXY_FAILURES 6
+
+/**
+ * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
+ * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
+                                          int stat,
+                                          uint64_t *value);
+
+/**
+ * Stops the server and frees it: stops accepting, closes every live
+ * connection (a handler blocked in send or receive gets
+ * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
+ * thread, closes the listener and removes its Unix socket file. Call it
+ * after `sockserv_server_serve` has returned, never from a handler, verify
+ * or event callback (it would wait for itself). NULL does nothing.
+ */
+void sockserv_server_free(struct sockserv_server *server);
+
+/**
+ * Event mode: a connection passed the handshake (or needs none). `conn`
+ * stays valid until `on_close` for it returns; other threads may send on
+ * it until then. Runs on the connection's I/O thread; with several I/O
+ * threads, callbacks for different connections run at the same time, so
+ * `userdata` must be safe to share between threads. Like every callback:
+ * must not throw a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Event mode: one whole frame; `data` (`len` bytes) is valid during the
+ * call only. Runs on the connection's I/O thread, which serves nothing
+ * else meanwhile: do not block (hand long work to a thread of yours and
+ * reply with `sockserv_conn_send` from there).
+ */
+typedef void (*sockserv_frame_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  const uint8_t *data,
+                                  size_t len);
+
+/**
+ * Event mode: the connection ended; called exactly once for every
+ * connection `on_open` saw, after which `conn` is freed. `reason` is
+ * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
+ * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
+ * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
+ * it; `sockserv_last_error` gives the detail during the call.
+ */
+typedef void (*sockserv_close_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  enum sockserv_result reason);
+
+/**
+ * Makes the server event-driven: instead of a thread per connection, a
+ * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
+ * and call `on_open`, `on_frame` for each whole frame, and `on_close`
+ * (any may be NULL). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+ * `sockserv_server_set_handler`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
+                                                        sockserv_open_fn on_open,
+                                                        sockserv_frame_fn on_frame,
+                                                        sockserv_close_fn on_close,
+                                                        void *userdata);
+
+/**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
  * "unix://PATH"), trying each resolved address within the connect
  * timeout, then runs the handshake when `config` has a key. `config` is
@@ -782,6 +845,16 @@ enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockser
 enum sockserv_result sockserv_connect(const char *addr,
                                       const struct sockserv_config *config,
                                       struct sockserv_conn **conn_out);
+
+/**
+ * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
+ */
+#define SOCKSERV_ROLE_SERVER 0
+
+/**
+ * `sockserv_conn_from_fd`: the socket was connected (it answers first).
+ */
+#define SOCKSERV_ROLE_CLIENT 1
 
 /**
  * Adopts a connected stream socket (TCP or Unix) you already have, runs
@@ -976,6 +1049,52 @@ enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *co
  */
 enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *conn,
                                                   uint32_t *timeout_ms);
+
+/**
+ * `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
+ */
+#define SOCKSERV_OPT_NODELAY 0
+
+/**
+ * SO_KEEPALIVE, 0 or 1.
+ */
+#define SOCKSERV_OPT_KEEPALIVE 1
+
+/**
+ * TCP_KEEPIDLE: seconds of silence before the first keepalive probe.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_IDLE 2
+
+/**
+ * TCP_KEEPINTVL: seconds between keepalive probes.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_INTERVAL 3
+
+/**
+ * TCP_KEEPCNT: unanswered probes before the connection is dropped.
+ */
+#define SOCKSERV_OPT_KEEPALIVE_COUNT 4
+
+/**
+ * SO_RCVBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_RCVBUF 5
+
+/**
+ * SO_SNDBUF in bytes (Linux reports twice the value set).
+ */
+#define SOCKSERV_OPT_SNDBUF 6
+
+/**
+ * SO_LINGER in seconds; -1 turns it off.
+ */
+#define SOCKSERV_OPT_LINGER 7
+
+/**
+ * Non-blocking mode, 0 or 1 (blocking connections only): see
+ * `sockserv_conn_set_option`.
+ */
+#define SOCKSERV_OPT_NONBLOCKING 8
 
 /**
  * Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
@@ -1313,6 +1432,52 @@ enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *
                                                    uint32_t *timeout_ms);
 
 /**
+ * `sockserv_dgram_stat`: datagrams sent.
+ */
+#define SOCKSERV_DGRAM_STAT_SENT 0
+
+/**
+ * Datagrams delivered to a receive or to a server's handler.
+ */
+#define SOCKSERV_DGRAM_STAT_RECEIVED 1
+
+/**
+ * Received datagrams over the maximum size, discarded.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_LARGE 2
+
+/**
+ * With a key: datagrams dropped as shorter than header and tag.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_SHORT 3
+
+/**
+ * With a key: datagrams dropped for an unknown version byte.
+ */
+#define SOCKSERV_DGRAM_STAT_BAD_VERSION 4
+
+/**
+ * With a key: datagrams dropped because the tag matches no key.
+ */
+#define SOCKSERV_DGRAM_STAT_BAD_TAG 5
+
+/**
+ * With a key: datagrams dropped as older than the window allows.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_OLD 6
+
+/**
+ * With a key: datagrams dropped as sent from further in the future than
+ * the window allows.
+ */
+#define SOCKSERV_DGRAM_STAT_TOO_NEW 7
+
+/**
+ * With a key: datagrams dropped as replays of one already accepted.
+ */
+#define SOCKSERV_DGRAM_STAT_REPLAYED 8
+
+/**
  * Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
  * for a server, of its socket (`sockserv_dgram_server_socket`).
  *
@@ -1353,6 +1518,24 @@ void sockserv_dgram_free(struct sockserv_dgram *sock);
 enum sockserv_result sockserv_dgram_server_new(const char *addr,
                                                const struct sockserv_config *config,
                                                struct sockserv_dgram_server **server_out);
+
+/**
+ * Handles one datagram, on the server's thread, one datagram at a time:
+ * `data` (`len` bytes) is the payload and `from` the sender's address
+ * ("udp://127.0.0.1:40000", "udp://[::1]:40000", "unixgram:///path",
+ * "unixgram://@name"; "unixgram://" for an unbound sender, which cannot be
+ * answered), both valid during the call only. Reply with
+ * `sockserv_dgram_send_to(sock, from, ...)`: `sock` is the server's socket,
+ * valid until the server is freed. Such sends never wait: a Unix peer
+ * whose queue is full gets nothing (`SOCKSERV_ERR_WOULD_BLOCK`), as a UDP
+ * peer would. The server receives nothing else meanwhile: hand long work
+ * to a thread of yours. Must not throw a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_dgram_handler_fn)(void *userdata,
+                                          struct sockserv_dgram *sock,
+                                          const uint8_t *data,
+                                          size_t len,
+                                          const char *from);
 
 /**
  * Sets the function run for each datagram (NULL: none; datagrams are
@@ -1438,26 +1621,6 @@ enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_
 void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
 
 /**
- * Makes the server event-driven: instead of a thread per connection, a
- * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
- * and call `on_open`, `on_frame` for each whole frame, and `on_close`
- * (any may be NULL). Only before the server starts, else
- * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
- * `sockserv_server_set_handler`. `userdata` must stay valid until
- * `sockserv_server_free` returns.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
-                                                        sockserv_open_fn on_open,
-                                                        sockserv_frame_fn on_frame,
-                                                        sockserv_close_fn on_close,
-                                                        void *userdata);
-
-/**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
  * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
  * non-zero length. Any key length
@@ -1491,169 +1654,6 @@ enum sockserv_result sockserv_hmac_sha256_verify(const uint8_t *key,
                                                  size_t msg_len,
                                                  const uint8_t *mac,
                                                  size_t mac_len);
-
-/**
- * A static, NUL-terminated description of `code` (any value is accepted;
- * an unknown one gets "unknown sockserv result code"). Never NULL; do not
- * free it.
- */
-const char *sockserv_strerror(int code);
-
-/**
- * Copies the detail of the last failure on the calling thread (the
- * address, the OS error, the sizes involved) into `buf`, truncated to
- * `len - 1` bytes and NUL-terminated. Returns the detail's full length
- * (like snprintf), 0 when this thread has had no failure. `buf` may be
- * NULL when `len` is 0, to learn the length. Successful calls do not clear
- * the detail.
- */
-size_t sockserv_last_error(char *buf, size_t len);
-
-/**
- * Forgets the calling thread's last failure detail.
- */
-void sockserv_clear_error(void);
-
-/**
- * The library's version, "MAJOR.MINOR.PATCH", static. Compare with the
- * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
- */
-const char *sockserv_version(void);
-
-/**
- * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
- * "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
- * with `sockserv_server_local_addr`). `config` is copied; NULL means the
- * defaults. A stale Unix socket file is replaced; the file is removed when
- * the server is freed. Free the server with `sockserv_server_free`.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
- * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
- * no systemd socket.
- * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
- * not a listening stream socket, or `LISTEN_FDS` is malformed.
- * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
- * live server owns the Unix socket file).
- * @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_new(const char *addr,
-                                         const struct sockserv_config *config,
-                                         struct sockserv_server **server_out);
-
-/**
- * Sets the function run for each authenticated connection (NULL: none;
- * the connection is closed after the handshake). Only before the server
- * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
- * until `sockserv_server_free` returns.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
-                                                 sockserv_handler_fn handler,
-                                                 void *userdata);
-
-/**
- * Sets the function that accepts or refuses each peer by address (NULL:
- * accept all). Only before the server starts, else
- * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
- * `sockserv_server_free` returns.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
-                                                sockserv_verify_fn verify,
-                                                void *userdata);
-
-/**
- * Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
- * bytes, NUL-terminated; `*needed` receives the size it takes, NUL
- * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
- * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
- * enough.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
- * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
-                                                char *buf,
-                                                size_t len,
-                                                size_t *needed);
-
-/**
- * Serves on the calling thread until `sockserv_server_shutdown`, then
- * returns `SOCKSERV_OK` (handlers still running go on). Like
- * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
- * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
- * a new one).
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
- * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
- * @retval SOCKSERV_ERR_IO starting the I/O threads failed.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
-
-/**
- * Serves on a background thread and returns at once. The same codes as
- * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
- * started.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
- * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
- * @retval SOCKSERV_ERR_IO no thread could be started.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
-
-/**
- * Stops accepting, from any thread (a handler too), and returns at once:
- * `sockserv_server_serve` returns promptly, and the listener refuses new
- * clients. Live connections go on until their handlers return or the
- * server is freed. Not async-signal-safe: from a signal, wake a thread of
- * yours (sigwait, a self-pipe) and call it there.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
-
-/**
- * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
- * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
- *
- * @retval SOCKSERV_OK done.
- * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
- * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
- * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
- */
-enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
-                                          int stat,
-                                          uint64_t *value);
-
-/**
- * Stops the server and frees it: stops accepting, closes every live
- * connection (a handler blocked in send or receive gets
- * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
- * thread, closes the listener and removes its Unix socket file. Call it
- * after `sockserv_server_serve` has returned, never from a handler, verify
- * or event callback (it would wait for itself). NULL does nothing.
- */
-void sockserv_server_free(struct sockserv_server *server);
 
 #ifdef __cplusplus
 }  // extern "C"

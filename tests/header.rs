@@ -1,5 +1,7 @@
 //! The committed header must be exactly what cbindgen (pinned in
-//! Cargo.toml) generates from src/ffi. SOCKSERV_BLESS=1 rewrites it.
+//! Cargo.toml) generates from src/ffi, arranged by [`arrange`] so that each
+//! constant and callback type sits next to the function that takes it.
+//! SOCKSERV_BLESS=1 rewrites it.
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ fn committed_header_is_fresh() {
         .generate()
         .expect("cbindgen generates the header")
         .write(&mut generated);
+    let generated = arrange(&String::from_utf8(generated).expect("UTF-8")).into_bytes();
     let path = root.join("include/sockserv.h");
     if std::env::var_os("SOCKSERV_BLESS").is_some() {
         std::fs::write(&path, &generated).expect("write include/sockserv.h");
@@ -134,4 +137,102 @@ fn every_fallible_function_lists_its_codes() {
         "only {checked} functions returning sockserv_result found"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// cbindgen writes every constant first, then the types, then the
+/// functions (in src/ffi's order, which is by object). This moves, without
+/// changing any text:
+/// - each family of constants to just before the function it is for: a
+///   family starts with a constant whose comment opens with that
+///   function's name in backquotes ("`sockserv_server_stat`: ...") and
+///   takes the constants after it up to the next such one; constants
+///   before the first family (the version, SOCKSERV_ADDRSTRLEN) stay on top;
+/// - each callback typedef to just before the first function that takes it.
+///
+/// The opaque struct typedefs stay on top, so every later declaration can
+/// name them. Items are the blank-line separated paragraphs of the output.
+fn arrange(header: &str) -> String {
+    let mut paragraphs: Vec<String> = header.split("\n\n").map(String::from).collect();
+    let function_of = |p: &str| -> Option<String> {
+        let code = p.rsplit("*/").next().unwrap_or(p);
+        let name = code.split('(').next()?.split_whitespace().last()?;
+        (name.starts_with("sockserv_") && !code.contains("typedef") && !code.contains("#define"))
+            .then(|| name.trim_start_matches('*').to_string())
+    };
+    let functions: Vec<String> = paragraphs.iter().filter_map(|p| function_of(p)).collect();
+    let is_constant = |p: &str| {
+        p.lines()
+            .any(|l| l.starts_with("#define SOCKSERV_") && l.split_whitespace().count() > 2)
+    };
+    // The function a family head names, from its comment's first words.
+    let head_of = |p: &str| -> Option<String> {
+        let first = p
+            .lines()
+            .find(|l| l.trim_start().starts_with("* "))?
+            .trim_start();
+        let name = first.strip_prefix("* `")?.split('`').next()?;
+        functions
+            .iter()
+            .any(|f| f == name)
+            .then(|| name.to_string())
+    };
+    // (target function, paragraph), in their order.
+    let mut moves: Vec<(String, String)> = Vec::new();
+    let mut family: Option<String> = None;
+    let mut kept = Vec::new();
+    for p in paragraphs.drain(..) {
+        if is_constant(&p) {
+            if let Some(target) = head_of(&p) {
+                family = Some(target);
+            }
+            if let Some(target) = &family {
+                moves.push((target.clone(), p));
+                continue;
+            }
+        } else if let Some(name) = p
+            .contains("typedef")
+            .then(|| p.split("(*").nth(1))
+            .flatten()
+            .and_then(|rest| rest.split(')').next())
+        {
+            let name = name.to_string();
+            let user = kept_or_later_user(&functions, &name, header);
+            if let Some(user) = user {
+                moves.push((user, p));
+                continue;
+            }
+        }
+        kept.push(p);
+    }
+    let mut out = Vec::new();
+    for p in kept {
+        if let Some(f) = function_of(&p) {
+            for (_, moved) in moves.iter().filter(|(t, _)| *t == f) {
+                out.push(moved.clone());
+            }
+        }
+        out.push(p);
+    }
+    let placed = out.len();
+    assert_eq!(
+        placed,
+        header.split("\n\n").count(),
+        "arrange lost or doubled a paragraph"
+    );
+    out.join("\n\n")
+}
+
+/// The first function (in header order) whose parameters name `callback`.
+fn kept_or_later_user(functions: &[String], callback: &str, header: &str) -> Option<String> {
+    functions
+        .iter()
+        .find(|f| {
+            header.split("\n\n").any(|p| {
+                let code = p.rsplit("*/").next().unwrap_or(p);
+                !code.contains("typedef")
+                    && code.contains(&format!(" {f}("))
+                    && code.contains(callback)
+            })
+        })
+        .cloned()
 }

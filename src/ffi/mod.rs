@@ -14,16 +14,24 @@
 #![allow(clippy::missing_safety_doc)]
 
 // The header follows this order, one group per C object (cbindgen keeps
-// source order): results and errors, config, server, event callbacks,
-// connection, datagram socket, datagram server, HMAC.
-mod config;
-mod conn;
-mod dgram;
-mod dgram_server;
-mod events;
-mod hmac;
+// source order; blank lines keep rustfmt from sorting them): results and
+// errors, config, server, event callbacks, connection, datagram socket,
+// datagram server, HMAC.
 mod result;
+
+mod config;
+
 mod server;
+
+mod events;
+
+mod conn;
+
+mod dgram;
+
+mod dgram_server;
+
+mod hmac;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
