@@ -10,67 +10,70 @@
 //! before it in this order (`tests/layers.rs` reads every `use crate::` and
 //! fails on an import that goes the other way or on any cycle):
 //!
-//! 1. [`error`]: the one error type and its kinds.
-//! 2. [`addr`]: address strings, parsed and formatted.
-//! 3. [`sys`]: raw system calls, socket options, socket files, systemd.
+//! 1. `error`: the one error type and its kinds.
+//! 2. `addr`: address strings, parsed and formatted.
+//! 3. `sys`: raw system calls, socket options, socket files, systemd.
 //! 4. `util`: the lock helper, the timeout cell.
 //! 5. [`proto`]: the protocols, sans-IO: frames, handshake, PROXY header,
 //!    sealed datagrams. No sockets, clocks or OS randomness: drivers inject
 //!    them.
-//! 6. [`config`]: the settings.
-//! 7. [`stream`]: listeners, the blocking framed connection, connect.
+//! 6. `config`: the settings.
+//! 7. `stream`: listeners, the blocking framed connection, connect.
 //! 8. `server::driver`: what the accept loop and its drivers share.
-//! 9. `server::threaded`, then [`server::event`]: the two drivers.
-//! 10. [`server`] (`server::accept`): the accept loop, [`Server`].
-//! 11. [`datagram`]: datagram sockets and the datagram server.
+//! 9. `server::threaded`, then `server::event`: the two drivers.
+//! 10. `server` (`server::accept`): the accept loop, [`Server`].
+//! 11. `datagram`: datagram sockets and the datagram server.
 //! 12. [`ffi`]: the C ABI.
 //!
 //! `unsafe` is denied everywhere except `sys` and `ffi`.
+//!
+//! # The Rust API
+//!
+//! The layers are private; what a Rust program uses is re-exported here:
+//! [`Config`] (private fields behind validated setters), [`Server`] with a
+//! [`Handler`] or an [`EventHandler`], [`connect`] and [`Connection`]
+//! (or [`Connection::establish`] over a socket of yours), [`DgramSocket`]
+//! and [`DgramServer`], and [`Error`]. Two modules are public as they are:
+//! [`proto`], the sans-IO protocols (for other drivers, interop tests and
+//! fuzzing), and [`ffi`], the C ABI.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod addr;
-pub mod config;
-pub mod datagram;
-pub mod error;
+// Private by default: the Rust API is the re-exports below, the sans-IO
+// protocol layer (`proto`, for other drivers, interop tests and fuzzing)
+// and the C ABI (`ffi`, also callable from Rust).
+mod addr;
+mod config;
+mod datagram;
+mod error;
 #[allow(unsafe_code)]
 pub mod ffi;
 pub mod proto;
-pub mod server;
-pub mod stream;
+mod server;
+mod stream;
 #[allow(unsafe_code)]
-pub mod sys;
+mod sys;
 mod util;
 
-pub use config::Config;
-pub use datagram::server::DgramServer;
-pub use datagram::DgramSocket;
+pub use config::{Config, DatagramConfig, WhenFull};
+pub use datagram::server::{DgramHandler, DgramServer};
+pub use datagram::{DgramSocket, DgramStats, RecvFrom, Take};
 pub use error::{Error, ErrorKind, Result};
+pub use proto::handshake::{Keys, Role};
+pub use proto::proxy::ProxyMode;
 pub use server::event::{EventConn, EventHandler};
-pub use server::Server;
+pub use server::{Handler, Server, Stats, Verify};
 pub use stream::client::connect;
-pub use stream::connection::Connection;
+pub use stream::connection::{Connection, RecvInto};
 
-// The module paths of the flat layout, kept so the tests, fuzz targets and
-// benchmark compile unchanged; the Rust API design replaces them.
+/// Internals that tests and fuzz targets outside the crate reach for, not
+/// part of the API (hidden, no stability promise): the socket option
+/// helpers (a test checks their defaults on a live connection) and the
+/// stream address parser (a fuzz target).
 #[doc(hidden)]
-pub use addr::datagram as datagram_address;
-#[doc(hidden)]
-pub use addr::stream as address;
-#[doc(hidden)]
-pub use datagram::server as datagram_server;
-#[doc(hidden)]
-pub use proto::handshake as auth;
-#[doc(hidden)]
-pub use proto::proxy as proxy_protocol;
-#[doc(hidden)]
-pub use proto::sealed as datagram_auth;
-#[doc(hidden)]
-pub use proto::{frame, mac, recv_buffer};
-#[doc(hidden)]
-pub use server::event::conn as event_conn;
-#[doc(hidden)]
-pub use stream::{client, connection as conn, listener};
-#[doc(hidden)]
-pub use sys::{sockopt, systemd};
+pub mod testing {
+    pub use crate::addr::stream::{format_sockaddr, Address};
+    pub use crate::sys::sockopt;
+}

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{wait_until, KEY};
-use sockserv::datagram::{DgramStats, RecvFrom};
-use sockserv::datagram_auth::seal;
+use sockserv::proto::sealed::seal;
 use sockserv::{Config, DgramServer, DgramSocket, ErrorKind};
+use sockserv::{DgramStats, RecvFrom};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::config::WhenFull;
+use sockserv::WhenFull;
 use sockserv::{connect, Config, Connection, Error, ErrorKind, EventConn, EventHandler, Server};
 
 /// Tests that hold or measure lots of memory run one at a time, so one's
@@ -173,10 +173,10 @@ fn slowloris(mode: Mode) {
     let mut slow = raw(&server);
     let started = Instant::now();
     let challenge = raw_read_frame(&mut slow).unwrap();
-    let body = &challenge[sockserv::auth::CHALLENGE.len()..];
+    let body = &challenge[sockserv::proto::handshake::CHALLENGE.len()..];
     let mut response = (40u32).to_be_bytes().to_vec();
     response.extend_from_slice(b"{sha256}");
-    response.extend_from_slice(&sockserv::mac::hmac_sha256(KEY, body));
+    response.extend_from_slice(&sockserv::proto::mac::hmac_sha256(KEY, body));
     let stop = Arc::new(AtomicBool::new(false));
     let dribbler = {
         let mut s = slow.try_clone().unwrap();

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use sockserv::auth::Role;
-use sockserv::proxy_protocol::ProxyMode;
+use sockserv::proto::handshake::Role;
+use sockserv::proto::proxy::ProxyMode;
 use sockserv::{Config, Connection, Error, EventConn, EventHandler, Server};
 
 /// Greets each connection with the peer address it sees, then echoes.

@@ -25,7 +25,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::auth::Role;
+use sockserv::proto::handshake::Role;
 use sockserv::{connect, Config, Connection, ErrorKind};
 
 /// How long one Python child may run before it is killed. Its own watchdog

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::auth::Role;
-use sockserv::config::WhenFull;
-use sockserv::conn::RecvInto;
+use sockserv::proto::handshake::Role;
+use sockserv::RecvInto;
+use sockserv::WhenFull;
 use sockserv::{connect, Config, Connection, ErrorKind, Server};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -377,7 +377,7 @@ fn poll_reports_readability() {
 
 #[test]
 fn socket_options_defaults_and_setters() {
-    use sockserv::sockopt::{get, set, SockOpt};
+    use sockserv::testing::sockopt::{get, set, SockOpt};
     let server = echo_server("tcp://127.0.0.1:0", &Config::default());
     let client = connect(server.local_addr(), &Config::default()).unwrap();
     let socket = client.socket();

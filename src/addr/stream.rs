@@ -17,12 +17,16 @@ use crate::error::{Error, ErrorKind, Result};
 pub(crate) const MAX_UNIX_PATH: usize = 107;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed stream address.
 pub enum Address {
     /// A host name or IP literal (IPv6 without brackets) and a port.
     Tcp {
+        /// The host name or IP literal.
         host: String,
+        /// The port (0: any free one).
         port: u16,
     },
+    /// `unix://PATH`.
     Unix(PathBuf),
     /// An inherited listening socket.
     Fd(i32),
@@ -37,6 +41,7 @@ pub enum SystemdSocket {
 }
 
 impl Address {
+    /// Parses `tcp://HOST:PORT`, `unix://PATH`, `fd://N` or `systemd://[NAME]`.
     pub fn parse(text: &str) -> Result<Address> {
         let bad = |why: &str| {
             Error::new(

@@ -10,6 +10,7 @@ pub mod server;
 pub mod socket;
 mod stats;
 
-pub use recv::{RecvFrom, RecvInto, Take};
+pub(crate) use recv::RecvInto;
+pub use recv::{RecvFrom, Take};
 pub use socket::DgramSocket;
 pub use stats::DgramStats;

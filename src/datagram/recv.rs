@@ -27,7 +27,12 @@ pub enum Take<R> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecvFrom {
     /// The payload was copied: its length, and the sender.
-    Copied { len: usize, from: String },
+    Copied {
+        /// The payload's size.
+        len: usize,
+        /// The sender's address.
+        from: String,
+    },
     /// The buffer is too small for the payload, which stays queued: its size.
     TooSmall(usize),
 }
@@ -36,7 +41,7 @@ pub enum RecvFrom {
 /// size of the sender's address with a terminating NUL (0 when no address
 /// buffer was given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecvInto {
+pub(crate) enum RecvInto {
     /// Both were copied (the address NUL-terminated).
     Copied {
         /// The payload's size.
@@ -89,7 +94,7 @@ impl DgramSocket {
     /// Receives the next datagram into `buf`, and its sender's address,
     /// NUL-terminated, into `from` if given (the C API's `recvfrom`). If
     /// either does not fit, nothing is copied and the datagram stays queued.
-    pub fn recv_into(&self, buf: &mut [u8], from: Option<&mut [u8]>) -> Result<RecvInto> {
+    pub(crate) fn recv_into(&self, buf: &mut [u8], from: Option<&mut [u8]>) -> Result<RecvInto> {
         self.recv_with(|payload, sender| {
             let len = payload.len();
             let from_len = from.as_ref().map_or(0, |_| sender.len() + 1);

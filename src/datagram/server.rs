@@ -40,6 +40,8 @@ enum State {
     Stopped,
 }
 
+/// A datagram server: one thread receives on a bound socket and runs the
+/// handler for each datagram.
 pub struct DgramServer {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -88,6 +90,7 @@ impl DgramServer {
         &self.shared.socket
     }
 
+    /// The bound address, e.g. "udp://127.0.0.1:40123".
     pub fn local_addr(&self) -> &str {
         self.shared
             .socket

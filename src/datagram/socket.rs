@@ -45,6 +45,8 @@ pub(super) struct Bound {
     pub(super) _socket_file: Option<SocketFile>,
 }
 
+/// A datagram socket (UDP or Unix datagram), sealing and opening datagrams
+/// when the config has keys. Sends may come from several threads at once.
 pub struct DgramSocket {
     pub(super) bound: OnceLock<Bound>,
     /// Serialises the lazy creation of the socket.
@@ -78,18 +80,22 @@ impl DgramSocket {
         Ok(&self.bound()?.local)
     }
 
+    /// The socket's descriptor (`InvalidState` while it has no address yet).
     pub fn fd(&self) -> Result<RawFd> {
         Ok(self.bound()?.socket.as_raw_fd())
     }
 
+    /// Sets the timeout of each later send and receive (`None`: for ever).
     pub fn set_timeout(&self, timeout: Option<Duration>) {
         self.timeout.set(timeout);
     }
 
+    /// The timeout of sends and receives (`None`: for ever).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.get()
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> DgramStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

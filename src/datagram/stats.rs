@@ -8,6 +8,7 @@ use crate::proto::sealed::Rejection;
 /// Counters of one socket; each only grows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DgramStats {
+    /// Datagrams sent.
     pub sent: u64,
     /// Datagrams delivered (to a receive or a server's handler).
     pub received: u64,
@@ -15,10 +16,15 @@ pub struct DgramStats {
     pub too_large: u64,
     /// The rest are drops of sealed datagrams, one counter per reason.
     pub too_short: u64,
+    /// Dropped: an unknown version byte.
     pub bad_version: u64,
+    /// Dropped: the tag matches no key.
     pub bad_tag: u64,
+    /// Dropped: older than the window allows.
     pub too_old: u64,
+    /// Dropped: from further in the future than the window allows.
     pub too_new: u64,
+    /// Dropped: a replay of one already accepted.
     pub replayed: u64,
 }
 

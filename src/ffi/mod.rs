@@ -2,7 +2,7 @@
 //!
 //! Every exported function checks its pointers (NULL gives
 //! `SOCKSERV_ERR_NULL_PARAMETER`), converts, calls the safe core inside
-//! [`guard`] (which turns a panic into `SOCKSERV_ERR_PANIC`) and maps the
+//! `guard` (which turns a panic into `SOCKSERV_ERR_PANIC`) and maps the
 //! outcome to a `sockserv_result`. Outputs are written only on success.
 //!
 //! Safety contract for callers, stated once here and in the header: every

@@ -24,6 +24,7 @@ pub struct EncodedHeader {
 }
 
 impl EncodedHeader {
+    /// The encoded header bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
@@ -52,7 +53,9 @@ pub fn encode_header(payload_len: u64) -> EncodedHeader {
 /// A decoded header: how many bytes it took and how long the payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Bytes of the header itself.
     pub header_len: usize,
+    /// Bytes of the payload that follows.
     pub payload_len: u64,
 }
 

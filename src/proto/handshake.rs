@@ -13,8 +13,11 @@ use std::sync::Arc;
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::mac::Digest;
 
+/// The prefix of the challenge message.
 pub const CHALLENGE: &[u8] = b"#CHALLENGE#";
+/// The message that accepts a response.
 pub const WELCOME: &[u8] = b"#WELCOME#";
+/// The message that refuses a response.
 pub const FAILURE: &[u8] = b"#FAILURE#";
 /// Random bytes in each challenge.
 pub const NONCE_LEN: usize = 40;
@@ -34,6 +37,7 @@ const CHALLENGE_DIGEST: Digest = Digest::Sha256;
 pub type Keys = Arc<[Vec<u8>]>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which side of the handshake a connection plays.
 pub enum Role {
     /// The accepting side: challenges first.
     Server,
@@ -53,6 +57,8 @@ enum State {
     Failed,
 }
 
+/// The sans-IO challenge-response handshake of one side: feed it the
+/// peer's messages, send what it yields.
 pub struct Handshake {
     role: Role,
     keys: Keys,

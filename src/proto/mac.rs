@@ -8,7 +8,9 @@ use sha2::{Sha256, Sha384};
 /// The digests sockserv speaks; each is named on the wire as `{name}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Digest {
+    /// HMAC-SHA256.
     Sha256,
+    /// HMAC-SHA384.
     Sha384,
 }
 
@@ -21,6 +23,7 @@ impl Digest {
         }
     }
 
+    /// The digest a `{name}` prefix names, if one we speak.
     pub fn from_name(name: &[u8]) -> Option<Digest> {
         match name {
             b"sha256" => Some(Digest::Sha256),
@@ -54,6 +57,7 @@ impl Digest {
     }
 }
 
+/// HMAC-SHA256(`key`, `msg`).
 pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     m.update(msg);

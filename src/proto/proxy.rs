@@ -19,6 +19,7 @@ const V2_FIXED: usize = 16;
 /// Whether a server expects the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProxyMode {
+    /// No PROXY header expected.
     Off,
     /// Read it when the connection starts with one.
     Optional,
@@ -27,6 +28,7 @@ pub enum ProxyMode {
 }
 
 #[derive(Debug, PartialEq, Eq)]
+/// What parsing the start of a stream as a PROXY header found.
 pub enum Parsed {
     /// Not enough bytes to decide.
     NeedMore,
@@ -36,7 +38,9 @@ pub enum Parsed {
     /// for v1 `UNKNOWN` and v2 `LOCAL` (the proxy's own health checks) or
     /// address families without one: the socket's peer stands.
     Header {
+        /// Bytes the header took.
         len: usize,
+        /// The client's address it names (`None` for LOCAL or UNKNOWN).
         source: Option<SocketAddr>,
     },
 }

@@ -17,6 +17,8 @@ pub enum Decoded {
 }
 
 #[derive(Debug, Default)]
+/// The receive buffer of a framed stream: bytes arrive at the end, whole
+/// frames are taken from the front.
 pub struct RecvBuffer {
     /// Initialised storage; `data[start..end]` holds the unread bytes.
     data: Vec<u8>,
@@ -25,6 +27,7 @@ pub struct RecvBuffer {
 }
 
 impl RecvBuffer {
+    /// An empty buffer holding `capacity` bytes before it grows.
     pub fn with_capacity(capacity: usize) -> RecvBuffer {
         RecvBuffer {
             data: vec![0; capacity],

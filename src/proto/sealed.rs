@@ -59,17 +59,30 @@ pub fn seal(key: &[u8], timestamp_ms: u64, nonce: [u8; NONCE_LEN], payload: &[u8
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// Shorter than a header and a tag: `len` bytes.
-    TooShort { len: usize },
+    TooShort {
+        /// The datagram's size.
+        len: usize,
+    },
     /// A version byte this code does not speak.
     BadVersion(u8),
     /// The tag matches none of the keys (forged, damaged, or another key).
     BadTag,
     /// Sent before the oldest time still accepted: outside the window, or
     /// older than what the full replay memory had to forget.
-    TooOld { timestamp_ms: u64, oldest_ms: u64 },
+    TooOld {
+        /// The datagram's timestamp.
+        timestamp_ms: u64,
+        /// The oldest timestamp accepted.
+        oldest_ms: u64,
+    },
     /// Sent after the newest time accepted (the sender's clock runs ahead by
     /// more than the window).
-    TooNew { timestamp_ms: u64, newest_ms: u64 },
+    TooNew {
+        /// The datagram's timestamp.
+        timestamp_ms: u64,
+        /// The newest timestamp accepted.
+        newest_ms: u64,
+    },
     /// This exact datagram (timestamp and nonce) was accepted before.
     Replayed,
 }

@@ -46,6 +46,8 @@ enum Mode {
     Event(Arc<dyn EventHandler>),
 }
 
+/// A listening stream server, threaded (a handler per connection on its
+/// own thread) or event-driven (an [`crate::EventHandler`] on I/O threads).
 pub struct Server {
     shared: Arc<Shared>,
     accept_thread: Mutex<Option<JoinHandle<()>>>,
@@ -98,6 +100,7 @@ impl Server {
         })
     }
 
+    /// The bound address, e.g. "tcp://127.0.0.1:40123".
     pub fn local_addr(&self) -> &str {
         self.shared.listener.local_addr()
     }
@@ -168,6 +171,7 @@ impl Server {
         self.shared.context.wake();
     }
 
+    /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
         Stats {

@@ -22,13 +22,20 @@ pub type Verify = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// Counters a server keeps; each only grows, except `active`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Connections accepted from the listener.
     pub accepted: u64,
+    /// Connections being served now.
     pub active: u64,
+    /// Connections the verify callback refused.
     pub refused_by_verify: u64,
+    /// Connections closed at once because the server was full.
     pub refused_when_full: u64,
+    /// Connections whose handshake failed.
     pub handshake_failures: u64,
     /// Connections closed for a missing or malformed PROXY header.
     pub proxy_failures: u64,
+    /// Connections whose handler ran and returned (event mode: that opened
+    /// and closed).
     pub handled: u64,
 }
 

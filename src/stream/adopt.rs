@@ -15,7 +15,7 @@ use crate::sys;
 /// Takes `fd`, a connected TCP or Unix stream socket, and runs the
 /// handshake in `role` when the config has keys. On success the connection
 /// owns `fd`; on any failure `fd` is released again, not closed.
-pub fn adopt(fd: RawFd, config: &Config, role: Role) -> Result<Connection> {
+pub(crate) fn adopt(fd: RawFd, config: &Config, role: Role) -> Result<Connection> {
     let invalid = |detail: String| Error::new(ErrorKind::InvalidArgument, detail);
     if fd < 0 {
         return Err(invalid(format!("fd {fd} is negative")));

@@ -44,6 +44,8 @@ pub enum RecvInto {
     TooSmall(usize),
 }
 
+/// A framed connection over a blocking stream socket (threaded servers,
+/// clients, adopted sockets).
 pub struct Connection {
     socket: Socket,
     /// The socket's peer, and the client behind it when a PROXY protocol
@@ -253,6 +255,7 @@ impl Connection {
         }
     }
 
+    /// The socket's descriptor, still owned by the connection.
     pub fn fd(&self) -> RawFd {
         self.socket.as_raw_fd()
     }
@@ -272,14 +275,17 @@ impl Connection {
         self.take_proxy_header(&mut buf, deadline)
     }
 
+    /// This end's address.
     pub fn local_addr(&self) -> &str {
         &self.local
     }
 
+    /// Sets the timeout of each later send and receive (`None`: for ever).
     pub fn set_timeout(&self, timeout: Option<Duration>) {
         self.timeout.set(timeout);
     }
 
+    /// The timeout of sends and receives (`None`: for ever).
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout.get()
     }
@@ -298,6 +304,7 @@ impl Connection {
         self.nonblocking.store(on, Ordering::Relaxed);
     }
 
+    /// Whether non-blocking mode is on.
     pub fn is_nonblocking(&self) -> bool {
         self.nonblocking.load(Ordering::Relaxed)
     }
@@ -331,6 +338,7 @@ impl Connection {
         self.lock_recv().capacity()
     }
 
+    /// The socket, without the connection around it.
     pub fn into_socket(self) -> Socket {
         self.socket
     }

@@ -9,6 +9,7 @@ use socket2::{Socket, TcpKeepalive};
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A socket option the C API's `SOCKSERV_OPT_*` name.
 pub enum SockOpt {
     /// TCP_NODELAY, 0 or 1.
     NoDelay,
@@ -29,6 +30,7 @@ pub enum SockOpt {
 }
 
 impl SockOpt {
+    /// The option's C name, for error details.
     pub fn name(self) -> &'static str {
         match self {
             SockOpt::NoDelay => "TCP_NODELAY",
@@ -73,6 +75,7 @@ fn bytes(opt: SockOpt, value: i64) -> Result<usize> {
         .ok_or_else(|| invalid(opt, value, "1 to 2147483647 bytes"))
 }
 
+/// Sets `opt` to `value` on `socket`.
 pub fn set(socket: &Socket, opt: SockOpt, value: i64) -> Result<()> {
     let done = match opt {
         SockOpt::NoDelay => socket.set_tcp_nodelay(flag(opt, value)?),
@@ -107,6 +110,7 @@ pub fn set(socket: &Socket, opt: SockOpt, value: i64) -> Result<()> {
     done.map_err(|e| Error::io(format_args!("setting {}", opt.name()), &e))
 }
 
+/// Reads `opt` from `socket`.
 pub fn get(socket: &Socket, opt: SockOpt) -> Result<i64> {
     let value = match opt {
         SockOpt::NoDelay => socket.tcp_nodelay().map(i64::from),

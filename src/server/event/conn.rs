@@ -26,6 +26,8 @@ pub enum WhenBackedUp {
     Close,
 }
 
+/// An event-mode connection: its frames arrive in
+/// [`crate::EventHandler::on_frame`], its sends queue without blocking.
 pub struct EventConn {
     id: u64,
     token: usize,
@@ -169,6 +171,7 @@ impl EventConn {
         self.proxied_peer.get().unwrap_or(&self.socket_peer)
     }
 
+    /// This end's address.
     pub fn local_addr(&self) -> &str {
         &self.local
     }
@@ -179,6 +182,7 @@ impl EventConn {
         self.socket.as_raw_fd()
     }
 
+    /// The socket, for options (do not read or write it).
     pub fn socket(&self) -> &Socket {
         &self.socket
     }
@@ -188,6 +192,7 @@ impl EventConn {
         self.out_len.load(Ordering::Acquire) + self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Whether the connection has been closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
