@@ -248,7 +248,7 @@ impl Connection {
     /// Writes held replies within `limit` (a server's handler returned, or
     /// a client connection is being freed); what cannot go is dropped with
     /// the connection.
-    pub fn flush_within(&self, limit: Duration) {
+    pub(crate) fn flush_within(&self, limit: Duration) {
         if self.usable().is_ok() {
             let mut held = lock(&self.send_lock);
             let _ = self.write_pending(&mut held, Wait::Until(Instant::now() + limit));
@@ -269,7 +269,7 @@ impl Connection {
     /// Reads the PROXY protocol header now, if one is expected, within
     /// `timeout` (a server in required mode does this before anything else,
     /// so its verify callback sees the client's address).
-    pub fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
+    pub(crate) fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
         let deadline = Wait::Until(Instant::now() + timeout);
         let mut buf = self.lock_recv();
         self.take_proxy_header(&mut buf, deadline)
@@ -328,7 +328,7 @@ impl Connection {
 
     /// Like [`Connection::close`], for a server shutting down: later calls
     /// fail with `Shutdown`.
-    pub fn close_for_shutdown(&self) {
+    pub(crate) fn close_for_shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }

@@ -50,7 +50,7 @@ pub struct EventConn {
     closed: AtomicBool,
     close_requested: AtomicBool,
     /// A word for the embedding layer (the C API keeps its handle here).
-    pub slot: AtomicUsize,
+    pub(crate) slot: AtomicUsize,
 }
 
 pub(crate) struct EventConnParts {
