@@ -223,7 +223,7 @@ const char *sockserv_version(void);
  * SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
  * `sockserv_config_free`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*config_out` holds the new config.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `config_out` is NULL.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -581,7 +581,7 @@ enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockser
  * defaults. A stale Unix socket file is replaced; the file is removed when
  * the server is freed. Free the server with `sockserv_server_free`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*server_out` holds the new server, listening.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
  * no systemd socket.
@@ -667,7 +667,7 @@ enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *se
  * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
  * a new one).
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK the server was shut down and serving stopped.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
  * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
  * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
@@ -825,7 +825,7 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
  * (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
  * connection with `sockserv_conn_free`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*conn_out` holds the connection, authenticated if keyed.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `conn_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
  * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
@@ -865,7 +865,7 @@ enum sockserv_result sockserv_connect(const char *addr,
  * non-blocking `fd` works too (sockserv waits with poll(2)); for
  * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*conn_out` holds the connection, which now owns `fd`.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `role` is unknown, or `fd` is negative, not
  * open, not a socket or not a stream socket.
@@ -924,7 +924,7 @@ enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
  * `SOCKSERV_ERR_FRAME_TOO_LARGE` or `SOCKSERV_ERR_PROTOCOL` the connection
  * is closed. Not for event-mode connections (frames arrive in `on_frame`).
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*data` and `*len` describe the frame.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `data` or `len` is NULL.
  * @retval SOCKSERV_ERR_CLOSED the peer closed between frames.
  * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
@@ -972,7 +972,7 @@ enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
  * will not wait for the first byte). Blocking connections only
  * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*readable` was written (true or false).
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
  * @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
  * writing replies held by coalescing failed.
@@ -1241,7 +1241,7 @@ void sockserv_conn_free(struct sockserv_conn *conn);
  * NULL: defaults) gives the key, the maximum size and the initial timeout
  * (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*sock_out` holds the new socket.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `sock_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `local_addr` is not UTF-8.
  * @retval SOCKSERV_ERR_INVALID_ADDRESS `local_addr` cannot be parsed or resolved.
@@ -1262,7 +1262,7 @@ enum sockserv_result sockserv_dgram_open(const char *local_addr,
  * `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
  * nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*sock_out` holds the new socket.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `sock_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
  * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
@@ -1506,7 +1506,7 @@ void sockserv_dgram_free(struct sockserv_dgram *sock);
  * is removed when the server is freed. Free with
  * `sockserv_dgram_server_free`.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK `*server_out` holds the new server, bound.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
  * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
@@ -1581,7 +1581,7 @@ enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgra
  * Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
  * returns `SOCKSERV_OK`. A server serves once.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK the server was shut down and serving stopped.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
  * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
  * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
@@ -1626,7 +1626,7 @@ void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
  * non-zero length. Any key length
  * works, 0 included; NULL is allowed for a length of 0.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK the 32 bytes were written.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `mac_out` is NULL, or `key` or `msg` is NULL
  * with a non-zero length.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
@@ -1642,7 +1642,7 @@ enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
  * `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
  * checked first, then the bytes are compared in constant time.
  *
- * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_OK the MAC matches.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `key`, `msg` or `mac` is NULL with a
  * non-zero length.
  * @retval SOCKSERV_ERR_AUTH_FAILED `mac` is not the HMAC (or not 32 bytes).

@@ -32,7 +32,7 @@ pub const SOCKSERV_WHEN_FULL_REFUSE: c_int = 1;
 /// SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
 /// `sockserv_config_free`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*config_out` holds the new config.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `config_out` is NULL.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]

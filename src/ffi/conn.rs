@@ -108,7 +108,7 @@ fn with_conn(
 /// (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
 /// connection with `sockserv_conn_free`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*conn_out` holds the connection, authenticated if keyed.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `conn_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
 /// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
@@ -147,7 +147,7 @@ pub unsafe extern "C" fn sockserv_connect(
 /// non-blocking `fd` works too (sockserv waits with poll(2)); for
 /// non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*conn_out` holds the connection, which now owns `fd`.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `role` is unknown, or `fd` is negative, not
 /// open, not a socket or not a stream socket.
@@ -238,7 +238,7 @@ pub unsafe extern "C" fn sockserv_conn_send(
 /// `SOCKSERV_ERR_FRAME_TOO_LARGE` or `SOCKSERV_ERR_PROTOCOL` the connection
 /// is closed. Not for event-mode connections (frames arrive in `on_frame`).
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*data` and `*len` describe the frame.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `data` or `len` is NULL.
 /// @retval SOCKSERV_ERR_CLOSED the peer closed between frames.
 /// @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
@@ -316,7 +316,7 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
 /// will not wait for the first byte). Blocking connections only
 /// (`SOCKSERV_ERR_INVALID_STATE` in event mode).
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*readable` was written (true or false).
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
 /// @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
 /// writing replies held by coalescing failed.

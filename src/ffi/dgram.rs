@@ -73,7 +73,7 @@ fn with_dgram(
 /// NULL: defaults) gives the key, the maximum size and the initial timeout
 /// (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*sock_out` holds the new socket.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `sock_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `local_addr` is not UTF-8.
 /// @retval SOCKSERV_ERR_INVALID_ADDRESS `local_addr` cannot be parsed or resolved.
@@ -109,7 +109,7 @@ pub unsafe extern "C" fn sockserv_dgram_open(
 /// `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
 /// nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*sock_out` holds the new socket.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `sock_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
 /// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.

@@ -62,7 +62,7 @@ thread_local! {
 /// is removed when the server is freed. Free with
 /// `sockserv_dgram_server_free`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*server_out` holds the new server, bound.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
 /// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
@@ -188,7 +188,7 @@ pub unsafe extern "C" fn sockserv_dgram_server_local_addr(
 /// Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
 /// returns `SOCKSERV_OK`. A server serves once.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK the server was shut down and serving stopped.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
 /// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.

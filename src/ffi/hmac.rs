@@ -9,7 +9,7 @@ use crate::proto::mac;
 /// non-zero length. Any key length
 /// works, 0 included; NULL is allowed for a length of 0.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK the 32 bytes were written.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `mac_out` is NULL, or `key` or `msg` is NULL
 /// with a non-zero length.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
@@ -39,7 +39,7 @@ pub unsafe extern "C" fn sockserv_hmac_sha256(
 /// `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
 /// checked first, then the bytes are compared in constant time.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK the MAC matches.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `key`, `msg` or `mac` is NULL with a
 /// non-zero length.
 /// @retval SOCKSERV_ERR_AUTH_FAILED `mac` is not the HMAC (or not 32 bytes).

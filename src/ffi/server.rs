@@ -57,7 +57,7 @@ pub const SOCKSERV_STAT_PROXY_FAILURES: c_int = 6;
 /// defaults. A stale Unix socket file is replaced; the file is removed when
 /// the server is freed. Free the server with `sockserv_server_free`.
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK `*server_out` holds the new server, listening.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
 /// no systemd socket.
@@ -181,7 +181,7 @@ pub unsafe extern "C" fn sockserv_server_local_addr(
 /// it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
 /// a new one).
 ///
-/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_OK the server was shut down and serving stopped.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
 /// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
