@@ -188,6 +188,8 @@ typedef struct sockserv_server sockserv_server;
 extern "C" {
 #endif // __cplusplus
 
+/* ---- Results and errors ---- */
+
 /**
  * A static, NUL-terminated description of `code` (any value is accepted;
  * an unknown one gets "unknown sockserv result code"). Never NULL; do not
@@ -215,6 +217,8 @@ void sockserv_clear_error(void);
  * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
  */
 const char *sockserv_version(void);
+
+/* ---- Config: sockserv_config ---- */
 
 /**
  * Creates a config with the defaults: no key (plain framing), 64 MiB
@@ -574,6 +578,8 @@ enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_conf
 enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
                                                                   size_t capacity);
 
+/* ---- Server: sockserv_server ---- */
+
 /**
  * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
  * "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
@@ -764,6 +770,8 @@ enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
  */
 void sockserv_server_free(struct sockserv_server *server);
 
+/* ---- Event callbacks ---- */
+
 /**
  * Event mode: a connection passed the handshake (or needs none). `conn`
  * stays valid until `on_close` for it returns; other threads may send on
@@ -816,6 +824,8 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
                                                         sockserv_frame_fn on_frame,
                                                         sockserv_close_fn on_close,
                                                         void *userdata);
+
+/* ---- Connection: sockserv_conn ---- */
 
 /**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
@@ -1229,6 +1239,8 @@ void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
  */
 void sockserv_conn_free(struct sockserv_conn *conn);
 
+/* ---- Datagram socket: sockserv_dgram ---- */
+
 /**
  * Opens a datagram socket (connect-less, like `socket(SOCK_DGRAM)`).
  * `local_addr` binds it: "udp://0.0.0.0:0", "udp://[::1]:5000",
@@ -1497,6 +1509,8 @@ enum sockserv_result sockserv_dgram_stat(const struct sockserv_dgram *sock,
  */
 void sockserv_dgram_free(struct sockserv_dgram *sock);
 
+/* ---- Datagram server: sockserv_dgram_server ---- */
+
 /**
  * Creates a datagram server bound to `addr` ("udp://127.0.0.1:5353",
  * "udp://[::1]:0", "unixgram:///run/app.sock", "unixgram://@name"), like
@@ -1619,6 +1633,8 @@ enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_
  * does nothing.
  */
 void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
+
+/* ---- HMAC ---- */
 
 /**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room

@@ -155,9 +155,10 @@ fn arrange(header: &str) -> String {
     let mut paragraphs: Vec<String> = header.split("\n\n").map(String::from).collect();
     let function_of = |p: &str| -> Option<String> {
         let code = p.rsplit("*/").next().unwrap_or(p);
-        let name = code.split('(').next()?.split_whitespace().last()?;
+        let (head, _) = code.split_once('(')?;
+        let name = head.split_whitespace().last()?.trim_start_matches('*');
         (name.starts_with("sockserv_") && !code.contains("typedef") && !code.contains("#define"))
-            .then(|| name.trim_start_matches('*').to_string())
+            .then(|| name.to_string())
     };
     let functions: Vec<String> = paragraphs.iter().filter_map(|p| function_of(p)).collect();
     let is_constant = |p: &str| {
@@ -205,21 +206,64 @@ fn arrange(header: &str) -> String {
         kept.push(p);
     }
     let mut out = Vec::new();
+    let mut banners = 0;
+    let mut group = None;
     for p in kept {
         if let Some(f) = function_of(&p) {
+            let title = group_of(&f);
+            if group != Some(title) {
+                out.push(format!("/* ---- {title} ---- */"));
+                banners += 1;
+                group = Some(title);
+            }
             for (_, moved) in moves.iter().filter(|(t, _)| *t == f) {
                 out.push(moved.clone());
             }
         }
         out.push(p);
     }
-    let placed = out.len();
     assert_eq!(
-        placed,
+        out.len() - banners,
         header.split("\n\n").count(),
         "arrange lost or doubled a paragraph"
     );
+    assert_eq!(banners, GROUPS.len(), "each group once, in src/ffi's order");
     out.join("\n\n")
+}
+
+/// The header's groups, one per C object, in src/ffi's module order, and
+/// the function names that belong to each (the first match wins).
+const GROUPS: [(&str, &[&str]); 8] = [
+    (
+        "Results and errors",
+        &[
+            "sockserv_strerror",
+            "sockserv_last_error",
+            "sockserv_clear_error",
+            "sockserv_version",
+        ],
+    ),
+    ("Config: sockserv_config", &["sockserv_config_"]),
+    ("Event callbacks", &["sockserv_server_set_event_handlers"]),
+    ("Server: sockserv_server", &["sockserv_server_"]),
+    (
+        "Connection: sockserv_conn",
+        &["sockserv_connect", "sockserv_conn_"],
+    ),
+    (
+        "Datagram server: sockserv_dgram_server",
+        &["sockserv_dgram_server_"],
+    ),
+    ("Datagram socket: sockserv_dgram", &["sockserv_dgram_"]),
+    ("HMAC", &["sockserv_hmac_"]),
+];
+
+fn group_of(function: &str) -> &'static str {
+    GROUPS
+        .iter()
+        .find(|(_, prefixes)| prefixes.iter().any(|p| function.starts_with(p)))
+        .map(|(title, _)| *title)
+        .unwrap_or_else(|| panic!("{function} belongs to no group of the header: add it to GROUPS"))
 }
 
 /// The first function (in header order) whose parameters name `callback`.
