@@ -5,7 +5,7 @@
 use std::ffi::c_int;
 use std::time::Duration;
 
-use super::{arg_mut, bytes, guard, guard_value, out, sockserv_result};
+use super::{arg_mut, bytes, from_ms, guard, guard_value, out, sockserv_result};
 use crate::config::{Config, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::proxy::ProxyMode;
@@ -174,7 +174,7 @@ pub unsafe extern "C" fn sockserv_config_set_io_timeout_ms(
     timeout_ms: u32,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.set_io_timeout(Some(ms(timeout_ms)));
+        c.set_io_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
@@ -424,7 +424,7 @@ pub unsafe extern "C" fn sockserv_config_set_idle_timeout_ms(
     timeout_ms: u32,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.set_idle_timeout(Some(ms(timeout_ms)));
+        c.set_idle_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use socket2::Socket;
 
 use super::{
-    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, guard, guard_value, out,
-    sockserv_config, sockserv_result,
+    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, from_ms, guard, guard_value, out,
+    sockserv_config, sockserv_result, to_ms,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Role;
@@ -419,7 +419,7 @@ pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
 ) -> sockserv_result {
     with_conn(conn, |c| {
         c.blocking("sockserv_conn_set_timeout_ms")?
-            .set_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())));
+            .set_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
@@ -438,11 +438,7 @@ pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let timeout_ms = unsafe { out(timeout_ms, "timeout_ms") }?;
-        let ms = c
-            .blocking("sockserv_conn_get_timeout_ms")?
-            .timeout()
-            .map_or(0, |t| t.as_millis());
-        timeout_ms.put(u32::try_from(ms).unwrap_or(u32::MAX));
+        timeout_ms.put(to_ms(c.blocking("sockserv_conn_get_timeout_ms")?.timeout()));
         Ok(())
     })
 }

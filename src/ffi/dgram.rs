@@ -4,11 +4,10 @@
 use std::ffi::{c_char, c_int};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{
-    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, guard, guard_value, out,
-    sockserv_config, sockserv_result,
+    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, from_ms, guard, guard_value, out,
+    sockserv_config, sockserv_result, to_ms,
 };
 use crate::datagram::{DgramSocket, RecvInto};
 use crate::error::{Error, ErrorKind, Result};
@@ -369,7 +368,7 @@ pub unsafe extern "C" fn sockserv_dgram_set_timeout_ms(
     timeout_ms: u32,
 ) -> sockserv_result {
     with_dgram(sock, |s| {
-        s.set_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())));
+        s.set_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
@@ -387,8 +386,7 @@ pub unsafe extern "C" fn sockserv_dgram_get_timeout_ms(
     with_dgram(sock, |s| {
         // SAFETY: caller contract (see the module docs of ffi).
         let timeout_ms = unsafe { out(timeout_ms, "timeout_ms") }?;
-        let ms = s.timeout().map_or(0, |t| t.as_millis());
-        timeout_ms.put(u32::try_from(ms).unwrap_or(u32::MAX));
+        timeout_ms.put(to_ms(s.timeout()));
         Ok(())
     })
 }

@@ -37,6 +37,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
@@ -129,6 +130,16 @@ unsafe impl Sync for UserData {}
 fn config_or_default(config: *const sockserv_config) -> Config {
     // SAFETY: caller contract: NULL or a live config.
     unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone())
+}
+
+/// A C timeout in milliseconds, where 0 means none (wait for ever).
+fn from_ms(timeout_ms: u32) -> Option<Duration> {
+    (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()))
+}
+
+/// The other way: none is 0, and a timeout too long for a u32 saturates.
+fn to_ms(timeout: Option<Duration>) -> u32 {
+    timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
 }
 
 fn null(name: &str) -> Error {
