@@ -280,3 +280,28 @@ fn kept_or_later_user(functions: &[String], callback: &str, header: &str) -> Opt
         })
         .cloned()
 }
+
+/// Every macro of the header is SOCKSERV_-prefixed (an unprefixed
+/// `LISTEN_FDS_START` once leaked from the core): a `pub const` outside
+/// src/ffi that cbindgen picks up fails here. (Functions are checked by
+/// tests/packaging/abi.rs.)
+#[test]
+fn every_name_in_the_header_is_prefixed() {
+    let header =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("include/sockserv.h"))
+            .expect("header");
+    let mut unprefixed = Vec::new();
+    for line in header.lines() {
+        if let Some(define) = line.strip_prefix("#define ") {
+            let name = define.split_whitespace().next().unwrap_or_default();
+            if !name.starts_with("SOCKSERV_") {
+                unprefixed.push(name.to_string());
+            }
+        }
+    }
+    assert!(
+        header.contains("#define SOCKSERV_ADDRSTRLEN "),
+        "the check reads the macros"
+    );
+    assert!(unprefixed.is_empty(), "unprefixed macros: {unprefixed:?}");
+}
