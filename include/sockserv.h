@@ -126,6 +126,217 @@ typedef enum sockserv_result {
 } sockserv_result;
 
 /**
+ * The version of this header; `sockserv_version()` gives the library's.
+ * Incompatible ABI changes bump MAJOR.
+ */
+#define SOCKSERV_VERSION_MAJOR 0
+
+/**
+ * Additions to the API bump MINOR.
+ */
+#define SOCKSERV_VERSION_MINOR 1
+
+/**
+ * Fixes bump PATCH.
+ */
+#define SOCKSERV_VERSION_PATCH 0
+
+/**
+ * A buffer of this many bytes holds any address sockserv reports
+ * (`tcp://[v6]:port`, `unix://path`), terminating NUL included.
+ */
+#define SOCKSERV_ADDRSTRLEN 128
+
+/**
+ * Settings for servers and clients (opaque). Create with
+ * `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
+ * not change one from two threads at once (reading it in `_new` calls from
+ * several threads is fine). Setters refuse out-of-range values with
+ * `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
+ */
+typedef struct sockserv_config sockserv_config;
+
+/**
+ * A framed connection (opaque). Sending is safe from several threads at
+ * once (frames never interleave), and one thread may receive while others
+ * send; receive from one thread at a time. Event-mode connections (lent by
+ * an event-driven server) deliver frames to `on_frame` instead, and their
+ * sends queue without blocking.
+ */
+typedef struct sockserv_conn sockserv_conn;
+
+/**
+ * A datagram socket (opaque): made by `sockserv_dgram_open` or
+ * `sockserv_dgram_connect` (yours to free), or lent by a datagram server.
+ * Sends may come from several threads at once; receive from one thread at
+ * a time.
+ */
+typedef struct sockserv_dgram sockserv_dgram;
+
+/**
+ * A datagram server (opaque): one thread receives on a bound socket and
+ * runs the handler for each datagram. Its functions may be called from any
+ * thread, except `sockserv_dgram_server_free`, which must be the last call.
+ */
+typedef struct sockserv_dgram_server sockserv_dgram_server;
+
+/**
+ * A listening server (opaque). Its functions may be called from any
+ * thread, except `sockserv_server_free`, which must be the last call.
+ */
+typedef struct sockserv_server sockserv_server;
+
+
+
+/* ---- Results and errors ---- */
+
+/**
+ * A static, NUL-terminated description of `code` (any value is accepted;
+ * an unknown one gets "unknown sockserv result code"). Never NULL; do not
+ * free it.
+ */
+const char *sockserv_strerror(int code);
+
+/**
+ * Copies the detail of the last failure on the calling thread (the
+ * address, the OS error, the sizes involved) into `buf`, truncated to
+ * `len - 1` bytes and NUL-terminated. Returns the detail's full length
+ * (like snprintf), 0 when this thread has had no failure. `buf` may be
+ * NULL when `len` is 0, to learn the length. Successful calls do not clear
+ * the detail.
+ */
+size_t sockserv_last_error(char *buf, size_t len);
+
+/**
+ * Forgets the calling thread's last failure detail.
+ */
+void sockserv_clear_error(void);
+
+/**
+ * The library's version, "MAJOR.MINOR.PATCH", static. Compare with the
+ * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
+ */
+const char *sockserv_version(void);
+
+/* ---- Config: sockserv_config ---- */
+
+/**
+ * Creates a config with the defaults: no key (plain framing), 64 MiB
+ * maximum frame, 10 s handshake and connect timeouts, no I/O timeout,
+ * 1024 connections at most (then wait), backlog 1024, SO_REUSEADDR on,
+ * SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
+ * `sockserv_config_free`.
+ *
+ * @retval SOCKSERV_OK `*config_out` holds the new config.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config_out` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_new(struct sockserv_config **config_out);
+
+/**
+ * Frees a config. NULL does nothing.
+ */
+void sockserv_config_free(struct sockserv_config *config);
+
+/**
+ * Sets the shared key (replacing any others): connections then run the
+ * HMAC-SHA256 handshake. The key is copied. An empty key is refused
+ * (`SOCKSERV_ERR_INVALID_ARGUMENT`): it would let in anyone using one too.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+ * non-zero `key_len`.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_auth_key(struct sockserv_config *config,
+                                                  const uint8_t *key,
+                                                  size_t key_len);
+
+/**
+ * Adds a key a server also accepts, for key rotation: a peer that proves
+ * any of them is let in, and the server answers with the key that matched.
+ * A client uses the first key.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+ * non-zero `key_len`.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_add_auth_key(struct sockserv_config *config,
+                                                  const uint8_t *key,
+                                                  size_t key_len);
+
+/**
+ * Removes every key: connections then skip the handshake (plain framing).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_clear_auth_keys(struct sockserv_config *config);
+
+/**
+ * The largest frame payload accepted, in bytes (default 64 MiB, up to
+ * 2^63 - 1). A bigger frame is refused before anything is allocated.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above 2^63 - 1.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_frame_size(struct sockserv_config *config,
+                                                        uint64_t max_bytes);
+
+/**
+ * How long the whole handshake may take, on both sides (default 10000;
+ * 0 is refused).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_handshake_timeout_ms(struct sockserv_config *config,
+                                                              uint32_t timeout_ms);
+
+/**
+ * The initial timeout of each send and receive on new connections
+ * (default 0: wait for ever). See `sockserv_conn_set_timeout_ms`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_io_timeout_ms(struct sockserv_config *config,
+                                                       uint32_t timeout_ms);
+
+/**
+ * How long `sockserv_connect` waits for each address to accept (default
+ * 10000; 0 is refused).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_config *config,
+                                                            uint32_t timeout_ms);
+
+/**
+ * The most connections a server serves at once (default 1024, at least 1);
+ * see `sockserv_config_set_when_full` for what happens past it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config *config,
+                                                         size_t max);
+
+/**
  * `sockserv_config_set_when_full`: what a server does with a connection
  * arriving while it already serves its maximum.
  */
@@ -136,6 +347,142 @@ typedef enum sockserv_result {
  * handshake or first receive sees the connection closed).
  */
 #define SOCKSERV_WHEN_FULL_REFUSE 1
+
+/**
+ * `SOCKSERV_WHEN_FULL_WAIT` (default): a connection past the maximum waits
+ * in the kernel's accept queue (up to the backlog) until a slot frees, then
+ * its handshake starts; its handshake timeout runs on the client meanwhile.
+ * `SOCKSERV_WHEN_FULL_REFUSE`: it is accepted and closed at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT neither `SOCKSERV_WHEN_FULL_WAIT` nor
+ * `SOCKSERV_WHEN_FULL_REFUSE`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_when_full(struct sockserv_config *config, int when_full);
+
+/**
+ * The listen(2) backlog (default 1024; the kernel caps it at somaxconn).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT below 1.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_backlog(struct sockserv_config *config, int backlog);
+
+/**
+ * SO_REUSEADDR on TCP listeners (default on: a restarted server can bind
+ * while old connections sit in TIME_WAIT).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_reuse_address(struct sockserv_config *config, bool on);
+
+/**
+ * SO_REUSEPORT on TCP listeners (default off): several processes may bind
+ * the same port and the kernel spreads connections among them.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *config, bool on);
+
+/**
+ * IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
+ * clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
+ * the system's default stands (Linux: false).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config, bool on);
+
+/**
+ * TCP_NODELAY on new TCP connections (default on: frames leave at once).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
+
+/**
+ * Blocking connections (threaded servers, clients): hold a reply sent
+ * while the peer's next frame has already arrived, and write it with the
+ * next reply, or before the next receive, poll or flush would wait, or when
+ * the handler returns or the connection is freed (default off). A peer
+ * that pipelines requests then gets its replies many per system call. The
+ * cost: a handler that works long between a send and its next receive
+ * holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_coalesce_sends(struct sockserv_config *config, bool on);
+
+/**
+ * SO_KEEPALIVE on new TCP connections (default off), with the kernel's
+ * timings; `sockserv_conn_set_keepalive` sets timings per connection.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_keepalive(struct sockserv_config *config, bool on);
+
+/**
+ * Event mode: the number of I/O threads (default 0: one per core).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_io_threads(struct sockserv_config *config, size_t threads);
+
+/**
+ * Event mode: the most bytes a connection may have queued for sending
+ * (default 8 MiB, at least 1). Past it, `sockserv_conn_send` returns
+ * `SOCKSERV_ERR_WOULD_BLOCK` (a frame larger than the limit is still taken
+ * when nothing else is queued); reading from that peer pauses once half
+ * the limit is queued and resumes below a quarter, so a peer that does not
+ * read cannot grow the server's memory.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_queued_bytes(struct sockserv_config *config,
+                                                          size_t max_bytes);
+
+/**
+ * Event mode: close a connection whose queue is over the limit instead of
+ * refusing the send (default off).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_config *config,
+                                                              bool on);
+
+/**
+ * Event mode: close connections that receive nothing for this long
+ * (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config *config,
+                                                         uint32_t timeout_ms);
 
 /**
  * `sockserv_config_set_proxy_protocol`: no PROXY header expected (default).
@@ -158,6 +505,358 @@ typedef enum sockserv_result {
 #define SOCKSERV_PROXY_REQUIRED 2
 
 /**
+ * Servers: whether connections start with a PROXY protocol header from a
+ * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
+ * Clients ignore it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT none of the `SOCKSERV_PROXY_*` modes.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
+
+/**
+ * `sockserv_config_set_max_datagram_size`: the largest maximum datagram
+ * size, the largest UDP payload over IPv4.
+ */
+#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
+
+/**
+ * The default maximum datagram size (Python socketserver's
+ * `max_packet_size`).
+ */
+#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
+
+/**
+ * Bytes a sealed datagram (sent with a key) carries beyond its payload:
+ * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+ */
+#define SOCKSERV_DATAGRAM_OVERHEAD 57
+
+/**
+ * The largest datagram payload sent or received, in bytes (default
+ * `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
+ * `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
+ * `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
+ * received is discarded with that code (a server counts it). With a key
+ * the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above `SOCKSERV_MAX_DATAGRAM_SIZE`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_datagram_size(struct sockserv_config *config,
+                                                           size_t max_bytes);
+
+/**
+ * With a key: how far a datagram's timestamp may be from the receiver's
+ * clock, either way, in milliseconds (default 30000; 0 is refused). Older
+ * or newer datagrams are dropped and counted.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_config *config,
+                                                            uint32_t window_ms);
+
+/**
+ * With a key: how many accepted datagrams a socket remembers to refuse
+ * their replays (default 65536, at least 1; about 40 bytes each). They
+ * are forgotten once outside the window; when the memory is full the
+ * oldest is forgotten and nothing that old is accepted any more, so a
+ * replay is never let in.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
+                                                                  size_t capacity);
+
+/* ---- Server: sockserv_server ---- */
+
+/**
+ * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
+ * "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
+ * with `sockserv_server_local_addr`). `config` is copied; NULL means the
+ * defaults. A stale Unix socket file is replaced; the file is removed when
+ * the server is freed. Free the server with `sockserv_server_free`.
+ *
+ * @retval SOCKSERV_OK `*server_out` holds the new server, listening.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
+ * no systemd socket.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
+ * not a listening stream socket, or `LISTEN_FDS` is malformed.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+ * live server owns the Unix socket file).
+ * @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_new(const char *addr,
+                                         const struct sockserv_config *config,
+                                         struct sockserv_server **server_out);
+
+/**
+ * Handles one connection, on a thread of its own, after the handshake
+ * succeeded. `conn` is borrowed: valid until the handler returns, when the
+ * server closes it (do not free it). Runs concurrently with other handlers,
+ * so `userdata` must be safe to share between threads. Must not throw a
+ * C++ exception or longjmp out.
+ */
+typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Sets the function run for each authenticated connection (NULL: none;
+ * the connection is closed after the handshake). Only before the server
+ * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
+ * until `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
+                                                 sockserv_handler_fn handler,
+                                                 void *userdata);
+
+/**
+ * Decides whether to serve a peer, before the handshake: `peer_addr` is
+ * its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
+ * Return true to serve, false to close the connection. Runs on the accept
+ * thread: keep it quick, as no connection is accepted meanwhile.
+ */
+typedef bool (*sockserv_verify_fn)(void *userdata, const char *peer_addr);
+
+/**
+ * Sets the function that accepts or refuses each peer by address (NULL:
+ * accept all). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
+                                                sockserv_verify_fn verify,
+                                                void *userdata);
+
+/**
+ * Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
+ * bytes, NUL-terminated; `*needed` receives the size it takes, NUL
+ * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
+ * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
+ * enough.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
+                                                char *buf,
+                                                size_t len,
+                                                size_t *needed);
+
+/**
+ * Serves on the calling thread until `sockserv_server_shutdown`, then
+ * returns `SOCKSERV_OK` (handlers still running go on). Like
+ * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
+ * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
+ * a new one).
+ *
+ * @retval SOCKSERV_OK the server was shut down and serving stopped.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO starting the I/O threads failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
+
+/**
+ * Serves on a background thread and returns at once. The same codes as
+ * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
+ * started.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO no thread could be started.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
+
+/**
+ * Stops accepting, from any thread (a handler too), and returns at once:
+ * `sockserv_server_serve` returns promptly, and the listener refuses new
+ * clients. Live connections go on until their handlers return or the
+ * server is freed. Not async-signal-safe: from a signal, wake a thread of
+ * yours (sigwait, a self-pipe) and call it there.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
+
+/**
+ * `sockserv_server_stat`: connections accepted from the listener.
+ */
+#define SOCKSERV_STAT_ACCEPTED 0
+
+/**
+ * Connections being served now (handshake or handler running).
+ */
+#define SOCKSERV_STAT_ACTIVE 1
+
+/**
+ * Connections the verify callback refused.
+ */
+#define SOCKSERV_STAT_REFUSED_BY_VERIFY 2
+
+/**
+ * Connections closed at once because the server was full
+ * (`SOCKSERV_WHEN_FULL_REFUSE`).
+ */
+#define SOCKSERV_STAT_REFUSED_WHEN_FULL 3
+
+/**
+ * Connections whose handshake failed (wrong key, timeout, bad messages).
+ */
+#define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
+
+/**
+ * Connections whose handler ran and returned (event mode: that opened and
+ * closed).
+ */
+#define SOCKSERV_STAT_HANDLED 5
+
+/**
+ * Connections closed for a missing or malformed PROXY protocol header
+ * (`SOCKSERV_PROXY_REQUIRED`).
+ */
+#define SOCKSERV_STAT_PROXY_FAILURES 6
+
+/**
+ * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
+ * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
+                                          int stat,
+                                          uint64_t *value);
+
+/**
+ * Stops the server and frees it: stops accepting, closes every live
+ * connection (a handler blocked in send or receive gets
+ * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
+ * thread, closes the listener and removes its Unix socket file. Call it
+ * after `sockserv_server_serve` has returned, never from a handler, verify
+ * or event callback (it would wait for itself). NULL does nothing.
+ */
+void sockserv_server_free(struct sockserv_server *server);
+
+/* ---- Event callbacks ---- */
+
+/**
+ * Event mode: a connection passed the handshake (or needs none). `conn`
+ * stays valid until `on_close` for it returns; other threads may send on
+ * it until then. Runs on the connection's I/O thread; with several I/O
+ * threads, callbacks for different connections run at the same time, so
+ * `userdata` must be safe to share between threads. Like every callback:
+ * must not throw a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
+
+/**
+ * Event mode: one whole frame; `data` (`len` bytes) is valid during the
+ * call only. Runs on the connection's I/O thread, which serves nothing
+ * else meanwhile: do not block (hand long work to a thread of yours and
+ * reply with `sockserv_conn_send` from there).
+ */
+typedef void (*sockserv_frame_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  const uint8_t *data,
+                                  size_t len);
+
+/**
+ * Event mode: the connection ended; called exactly once for every
+ * connection `on_open` saw, after which `conn` is freed. `reason` is
+ * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
+ * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
+ * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
+ * it; `sockserv_last_error` gives the detail during the call.
+ */
+typedef void (*sockserv_close_fn)(void *userdata,
+                                  struct sockserv_conn *conn,
+                                  enum sockserv_result reason);
+
+/**
+ * Makes the server event-driven: instead of a thread per connection, a
+ * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
+ * and call `on_open`, `on_frame` for each whole frame, and `on_close`
+ * (any may be NULL). Only before the server starts, else
+ * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
+ * `sockserv_server_set_handler`. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
+                                                        sockserv_open_fn on_open,
+                                                        sockserv_frame_fn on_frame,
+                                                        sockserv_close_fn on_close,
+                                                        void *userdata);
+
+/* ---- Connection: sockserv_conn ---- */
+
+/**
+ * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
+ * "unix://PATH"), trying each resolved address within the connect
+ * timeout, then runs the handshake when `config` has a key. `config` is
+ * copied; NULL means the defaults. A full server that refuses
+ * (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
+ * connection with `sockserv_conn_free`.
+ *
+ * @retval SOCKSERV_OK `*conn_out` holds the connection, authenticated if keyed.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `conn_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED nobody accepts connections there.
+ * @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+ * @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+ * @retval SOCKSERV_ERR_TIMED_OUT no address accepted within the connect timeout,
+ * or the handshake took longer than its timeout.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * handshake message.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+ * broke the framing.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_connect(const char *addr,
+                                      const struct sockserv_config *config,
+                                      struct sockserv_conn **conn_out);
+
+/**
  * `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
  */
 #define SOCKSERV_ROLE_SERVER 0
@@ -166,6 +865,200 @@ typedef enum sockserv_result {
  * `sockserv_conn_from_fd`: the socket was connected (it answers first).
  */
 #define SOCKSERV_ROLE_CLIENT 1
+
+/**
+ * Adopts a connected stream socket (TCP or Unix) you already have, runs
+ * the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
+ * `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
+ * then frames over it. On success the connection owns `fd` and closes it
+ * when freed; on failure `fd` is left open and still yours. A
+ * non-blocking `fd` works too (sockserv waits with poll(2)); for
+ * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
+ *
+ * @retval SOCKSERV_OK `*conn_out` holds the connection, which now owns `fd`.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `role` is unknown, or `fd` is negative, not
+ * open, not a socket or not a stream socket.
+ * @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+ * @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+ * @retval SOCKSERV_ERR_TIMED_OUT the handshake took longer than its timeout.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * handshake message.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+ * broke the framing.
+ * @retval SOCKSERV_ERR_IO the socket is not connected, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_from_fd(int fd,
+                                           const struct sockserv_config *config,
+                                           int role,
+                                           struct sockserv_conn **conn_out);
+
+/**
+ * Sends `data` (`len` bytes; NULL allowed when 0) as one frame.
+ *
+ * Blocking connections: returns when the kernel took all of it, or the
+ * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
+ * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
+ * stream would be out of sync.
+ *
+ * Event-mode connections: never blocks, from any thread (inside
+ * `on_frame` too): the frame is copied into the connection's queue and its
+ * I/O thread writes it. When the queue holds more than the limit
+ * (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
+ * with `sockserv_config_set_close_when_backed_up` the connection is closed
+ * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_TIMED_OUT the timeout passed (blocking connections).
+ * @retval SOCKSERV_ERR_CLOSED the peer went away, or (event mode) the connection is
+ * closed or was closed for being backed up.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: the kernel took nothing; event
+ * mode: the queue is over its limit.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
+                                        const uint8_t *data,
+                                        size_t len);
+
+/**
+ * Receives the next frame, whole, without copying: `*data` and `*len`
+ * point into the connection's buffer, valid until the next receive or
+ * poll on this connection or its free. `*data` is not NULL, even for an
+ * empty frame. After `SOCKSERV_ERR_TRUNCATED_FRAME`,
+ * `SOCKSERV_ERR_FRAME_TOO_LARGE` or `SOCKSERV_ERR_PROTOCOL` the connection
+ * is closed. Not for event-mode connections (frames arrive in `on_frame`).
+ *
+ * @retval SOCKSERV_OK `*data` and `*len` describe the frame.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `data` or `len` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the peer closed between frames.
+ * @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+ * frame.
+ * @retval SOCKSERV_ERR_FRAME_TOO_LARGE the frame is over the maximum frame size.
+ * @retval SOCKSERV_ERR_PROTOCOL the peer broke the framing (or a required PROXY
+ * header).
+ * @retval SOCKSERV_ERR_TIMED_OUT the timeout passed; what arrived is kept.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: no whole frame is ready.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
+                                        const uint8_t **data,
+                                        size_t *len);
+
+/**
+ * Receives the next frame into `buf` (`cap` bytes) and writes its size to
+ * `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
+ * the size needed, and the frame stays queued for the next receive. Other
+ * codes as `sockserv_conn_recv`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `len`, or `buf` with a non-zero `cap` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the frame does not fit; `*len` is its size.
+ * @retval SOCKSERV_ERR_CLOSED, SOCKSERV_ERR_TRUNCATED_FRAME,
+ * SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL,
+ * SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_BROKEN,
+ * SOCKSERV_ERR_SHUTDOWN, SOCKSERV_ERR_INVALID_STATE, SOCKSERV_ERR_IO as for
+ * `sockserv_conn_recv`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
+                                             uint8_t *buf,
+                                             size_t cap,
+                                             size_t *len);
+
+/**
+ * Waits up to `timeout_ms` (negative: for ever, 0: just check) for
+ * something to receive: `*readable` is true when a frame is buffered or
+ * data, end of stream or an error is waiting on the socket (so a receive
+ * will not wait for the first byte). Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
+ *
+ * @retval SOCKSERV_OK `*readable` was written (true or false).
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
+ * @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
+ * writing replies held by coalescing failed.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO poll(2) failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
+                                        int timeout_ms,
+                                        bool *readable);
+
+/**
+ * Writes the peer's address ("tcp://127.0.0.1:5000", "tcp://[::1]:5000",
+ * "unix://PATH", or "unix://" for an unnamed socket) like
+ * `sockserv_server_local_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_peer_addr(const struct sockserv_conn *conn,
+                                             char *buf,
+                                             size_t len,
+                                             size_t *needed);
+
+/**
+ * Writes this end's address, like `sockserv_conn_peer_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
+                                              char *buf,
+                                              size_t len,
+                                              size_t *needed);
+
+/**
+ * The socket's file descriptor, for poll/select or options sockserv does
+ * not wrap. It stays owned by the connection: do not close it, and do not
+ * read or write it directly (that would break the framing).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd);
+
+/**
+ * Sets the timeout of each later send and receive (0: wait for ever), like
+ * Python's settimeout. A receive that times out keeps what arrived of a
+ * frame, and the connection stays usable. Blocking connections only
+ * (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
+ * `sockserv_config_set_idle_timeout_ms`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *conn,
+                                                  uint32_t timeout_ms);
+
+/**
+ * Reads the timeout set by `sockserv_conn_set_timeout_ms` (0: none).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `timeout_ms` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *conn,
+                                                  uint32_t *timeout_ms);
 
 /**
  * `sockserv_conn_set_option` / `_get_option`: TCP_NODELAY, 0 or 1.
@@ -214,21 +1107,341 @@ typedef enum sockserv_result {
 #define SOCKSERV_OPT_NONBLOCKING 8
 
 /**
- * The largest maximum datagram size: the largest UDP payload over IPv4.
+ * Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
+ * said otherwise); TCP options on a Unix socket give `SOCKSERV_ERR_IO`.
+ *
+ * `SOCKSERV_OPT_NONBLOCKING` 1: a receive with no whole frame ready
+ * returns `SOCKSERV_ERR_WOULD_BLOCK` at once (what arrived of a frame is
+ * kept), and so does a send the kernel cannot take at all. A send the
+ * kernel took part of succeeds: the rest of that frame is kept and written
+ * before anything else by the next send or `sockserv_conn_flush`, so frames
+ * are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
+ * POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown or `value` out of range.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+ * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+ * socket).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
-#define SOCKSERV_MAX_DATAGRAM_SIZE 65507
+enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t value);
 
 /**
- * The default maximum datagram size (Python socketserver's
- * `max_packet_size`).
+ * Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+ * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+ * socket).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
-#define SOCKSERV_DEFAULT_DATAGRAM_SIZE 8192
+enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
+                                              int option,
+                                              int64_t *value);
 
 /**
- * Bytes a sealed datagram (sent with a key) carries beyond its payload:
- * a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+ * Non-blocking mode: writes the rest of a frame an earlier send could not
+ * finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
+ * while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
+ * the timeout.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: some of the frame is left.
+ * @retval SOCKSERV_ERR_TIMED_OUT blocking mode: the timeout passed.
+ * @retval SOCKSERV_ERR_CLOSED the peer went away.
+ * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+ * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
-#define SOCKSERV_DATAGRAM_OVERHEAD 57
+enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
+
+/**
+ * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
+ * sockets). The same as `SOCKSERV_OPT_NODELAY`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn, bool on);
+
+/**
+ * Reads TCP_NODELAY into `*on`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `on` is NULL.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_get_nodelay(const struct sockserv_conn *conn, bool *on);
+
+/**
+ * Turns TCP keepalive on or off. With `on` and non-zero timings, the first
+ * probe goes after `idle_s` seconds of silence, then every `interval_s`,
+ * and the connection is dropped after `count` unanswered probes; zeros
+ * keep the kernel's timings.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT a timing is out of the kernel's range.
+ * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *conn,
+                                                 bool on,
+                                                 uint32_t idle_s,
+                                                 uint32_t interval_s,
+                                                 uint32_t count);
+
+/**
+ * Closes the connection from any thread. Event mode: what was queued is
+ * written first (for up to 5 s), then the socket is closed and `on_close`
+ * runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
+ * waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
+ * (a client connection must still be freed with `sockserv_conn_free`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_close(const struct sockserv_conn *conn);
+
+/**
+ * Attaches a pointer of yours to the connection (not used by sockserv).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_set_userdata(const struct sockserv_conn *conn, void *userdata);
+
+/**
+ * The pointer set by `sockserv_conn_set_userdata`; NULL if none (or if
+ * `conn` is NULL).
+ */
+void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
+
+/**
+ * Closes and frees a connection from `sockserv_connect` or
+ * `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
+ * by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
+ * a handler (the server closes those), are ignored.
+ */
+void sockserv_conn_free(struct sockserv_conn *conn);
+
+/* ---- Datagram socket: sockserv_dgram ---- */
+
+/**
+ * Opens a datagram socket (connect-less, like `socket(SOCK_DGRAM)`).
+ * `local_addr` binds it: "udp://0.0.0.0:0", "udp://[::1]:5000",
+ * "unixgram:///tmp/me.sock" (a stale file is replaced, and the file is
+ * removed when the socket is freed), "unixgram://@name" (Linux abstract
+ * namespace, no file). NULL leaves it unbound: the first
+ * `sockserv_dgram_send_to` creates it in the destination's family, on an
+ * ephemeral UDP port, or for Unix datagrams on an autobound abstract name
+ * (a Unix socket must be bound for replies to reach it). `config` (copied;
+ * NULL: defaults) gives the key, the maximum size and the initial timeout
+ * (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
+ *
+ * @retval SOCKSERV_OK `*sock_out` holds the new socket.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `local_addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `local_addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_open(const char *local_addr,
+                                         const struct sockserv_config *config,
+                                         struct sockserv_dgram **sock_out);
+
+/**
+ * Opens a datagram socket connected to `addr` ("udp://HOST:PORT",
+ * "unixgram://PATH", "unixgram://@NAME"): `sockserv_dgram_send` sends
+ * there, and only datagrams from there are received. A Unix socket is
+ * autobound to an abstract name first, so the peer can answer. UDP
+ * "connects" without a packet: a closed port shows as
+ * `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
+ * nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
+ *
+ * @retval SOCKSERV_OK `*sock_out` holds the new socket.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_connect(const char *addr,
+                                            const struct sockserv_config *config,
+                                            struct sockserv_dgram **sock_out);
+
+/**
+ * Sends `data` (`len` bytes; NULL allowed when 0) as one datagram to `to`
+ * (an address string, e.g. the `from` a handler or
+ * `sockserv_dgram_recv_from` gave), sealed when the socket has a key.
+ * Over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, nothing sent.
+ * A Unix peer whose queue is full makes it wait up to the timeout
+ * (`SOCKSERV_ERR_TIMED_OUT`); a Unix path nobody is bound to gives
+ * `SOCKSERV_ERR_CONNECTION_REFUSED`. UDP gives no news of delivery.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `to`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `to` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `to` cannot be parsed or resolved, or is of
+ * another address family than the socket.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+ * was sent.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a Unix path nobody is bound to.
+ * @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+ * @retval SOCKSERV_ERR_WOULD_BLOCK a server's socket: a Unix peer's queue is full.
+ * @retval SOCKSERV_ERR_IO another OS error (the OS random source, with a key).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_send_to(const struct sockserv_dgram *sock,
+                                            const char *to,
+                                            const uint8_t *data,
+                                            size_t len);
+
+/**
+ * Sends `data` as one datagram to the connected peer (see
+ * `sockserv_dgram_connect`); `SOCKSERV_ERR_INVALID_STATE` if not connected.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, or `data` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket is not connected.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE `len` is over the maximum size; nothing
+ * was sent.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED the peer is gone (Unix), or an earlier
+ * datagram was refused (UDP).
+ * @retval SOCKSERV_ERR_TIMED_OUT a Unix peer's queue stayed full for the timeout.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_send(const struct sockserv_dgram *sock,
+                                         const uint8_t *data,
+                                         size_t len);
+
+/**
+ * Receives the next datagram, like `recvfrom`: its payload is copied into
+ * `buf` (`cap` bytes) and its size written to `*len`; the sender's address
+ * is copied into `from` (`from_cap` bytes, NUL-terminated;
+ * `SOCKSERV_ADDRSTRLEN` is enough) and its size, NUL included, to
+ * `*from_needed`. Waits up to the socket's timeout
+ * (`SOCKSERV_ERR_TIMED_OUT`). With a key, datagrams that fail the checks
+ * are dropped, counted (`sockserv_dgram_stat`) and the wait goes on.
+ *
+ * If the payload or the address does not fit:
+ * `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` and `*from_needed` get the
+ * sizes needed, and the datagram stays queued for the next receive. A
+ * datagram over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, both
+ * sizes and the sender in `sockserv_last_error`, and it is discarded
+ * (never cut short silently). Not on a server's socket
+ * (`SOCKSERV_ERR_INVALID_STATE`: datagrams go to its handler), nor on a
+ * socket that has no address yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock`, `len` or `from_needed`, or `buf` or
+ * `from` with a non-zero size is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload or the address does not fit; the
+ * sizes were written and the datagram stays queued.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE the datagram is over the maximum size and
+ * was discarded.
+ * @retval SOCKSERV_ERR_TIMED_OUT nothing arrived within the timeout.
+ * @retval SOCKSERV_ERR_CONNECTION_REFUSED a connected UDP socket's peer port is
+ * closed.
+ * @retval SOCKSERV_ERR_INVALID_STATE a server's socket, or one with no address yet.
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_recv_from(const struct sockserv_dgram *sock,
+                                              uint8_t *buf,
+                                              size_t cap,
+                                              size_t *len,
+                                              char *from,
+                                              size_t from_cap,
+                                              size_t *from_needed);
+
+/**
+ * Receives the next datagram's payload into `buf` like
+ * `sockserv_dgram_recv_from`, without the sender (for connected sockets).
+ * Too small: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is the size needed
+ * and the datagram stays queued.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `len`, or `buf` with a non-zero `cap` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the payload does not fit; `*len` is its size
+ * and the datagram stays queued.
+ * @retval SOCKSERV_ERR_DATAGRAM_TOO_LARGE, SOCKSERV_ERR_TIMED_OUT,
+ * SOCKSERV_ERR_CONNECTION_REFUSED, SOCKSERV_ERR_INVALID_STATE,
+ * SOCKSERV_ERR_IO as for `sockserv_dgram_recv_from`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_recv(const struct sockserv_dgram *sock,
+                                         uint8_t *buf,
+                                         size_t cap,
+                                         size_t *len);
+
+/**
+ * Writes the socket's bound address ("udp://0.0.0.0:40000",
+ * "unixgram://@00a1f") like `sockserv_server_local_addr`.
+ * `SOCKSERV_ERR_INVALID_STATE` for a socket opened with NULL that has not
+ * sent yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_local_addr(const struct sockserv_dgram *sock,
+                                               char *buf,
+                                               size_t len,
+                                               size_t *needed);
+
+/**
+ * The socket's file descriptor, for poll/select or options sockserv does
+ * not wrap; it stays owned by the socket. Do not read from it directly
+ * when a key is set (the datagrams would not be checked).
+ * `SOCKSERV_ERR_INVALID_STATE` for a socket that has no address yet.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the socket has no address yet.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_fd(const struct sockserv_dgram *sock, int *fd);
+
+/**
+ * Sets the timeout of each later send and receive (0: wait for ever).
+ * Sends from a server's socket never wait, whatever it is set to.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_set_timeout_ms(const struct sockserv_dgram *sock,
+                                                   uint32_t timeout_ms);
+
+/**
+ * Reads the timeout set by `sockserv_dgram_set_timeout_ms` (0: none).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `timeout_ms` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *sock,
+                                                   uint32_t *timeout_ms);
 
 /**
  * `sockserv_dgram_stat`: datagrams sent.
@@ -277,108 +1490,48 @@ typedef enum sockserv_result {
 #define SOCKSERV_DGRAM_STAT_REPLAYED 8
 
 /**
- * The version of this header; `sockserv_version()` gives the library's.
- * Incompatible ABI changes bump MAJOR.
+ * Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
+ * for a server, of its socket (`sockserv_dgram_server_socket`).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `sock` or `value` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_DGRAM_STAT_*`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
-#define SOCKSERV_VERSION_MAJOR 0
+enum sockserv_result sockserv_dgram_stat(const struct sockserv_dgram *sock,
+                                         int stat,
+                                         uint64_t *value);
 
 /**
- * Additions to the API bump MINOR.
+ * Closes and frees a socket from `sockserv_dgram_open` or
+ * `sockserv_dgram_connect` (a Unix socket file it bound is removed). NULL,
+ * and a server's socket (freed with its server), are ignored.
  */
-#define SOCKSERV_VERSION_MINOR 1
+void sockserv_dgram_free(struct sockserv_dgram *sock);
+
+/* ---- Datagram server: sockserv_dgram_server ---- */
 
 /**
- * Fixes bump PATCH.
+ * Creates a datagram server bound to `addr` ("udp://127.0.0.1:5353",
+ * "udp://[::1]:0", "unixgram:///run/app.sock", "unixgram://@name"), like
+ * Python's UDPServer and UnixDatagramServer. Port 0 picks a free port
+ * (read it with `sockserv_dgram_server_local_addr`). `config` is copied;
+ * NULL means the defaults. A stale Unix socket file is replaced; the file
+ * is removed when the server is freed. Free with
+ * `sockserv_dgram_server_free`.
+ *
+ * @retval SOCKSERV_OK `*server_out` holds the new server, bound.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+ * live socket owns the Unix socket file).
+ * @retval SOCKSERV_ERR_IO another OS error.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
-#define SOCKSERV_VERSION_PATCH 0
-
-/**
- * A buffer of this many bytes holds any address sockserv reports
- * (`tcp://[v6]:port`, `unix://path`), terminating NUL included.
- */
-#define SOCKSERV_ADDRSTRLEN 128
-
-/**
- * `sockserv_server_stat`: connections accepted from the listener.
- */
-#define SOCKSERV_STAT_ACCEPTED 0
-
-/**
- * Connections being served now (handshake or handler running).
- */
-#define SOCKSERV_STAT_ACTIVE 1
-
-/**
- * Connections the verify callback refused.
- */
-#define SOCKSERV_STAT_REFUSED_BY_VERIFY 2
-
-/**
- * Connections closed at once because the server was full
- * (`SOCKSERV_WHEN_FULL_REFUSE`).
- */
-#define SOCKSERV_STAT_REFUSED_WHEN_FULL 3
-
-/**
- * Connections whose handshake failed (wrong key, timeout, bad messages).
- */
-#define SOCKSERV_STAT_HANDSHAKE_FAILURES 4
-
-/**
- * Connections whose handler ran and returned (event mode: that opened and
- * closed).
- */
-#define SOCKSERV_STAT_HANDLED 5
-
-/**
- * Connections closed for a missing or malformed PROXY protocol header
- * (`SOCKSERV_PROXY_REQUIRED`).
- */
-#define SOCKSERV_STAT_PROXY_FAILURES 6
-
-/**
- * The first descriptor systemd passes.
- */
-#define LISTEN_FDS_START 3
-
-/**
- * Settings for servers and clients (opaque). Create with
- * `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
- * not change one from two threads at once (reading it in `_new` calls from
- * several threads is fine). Setters refuse out-of-range values with
- * `SOCKSERV_ERR_INVALID_ARGUMENT` and leave the config unchanged.
- */
-typedef struct sockserv_config sockserv_config;
-
-/**
- * A framed connection (opaque). Sending is safe from several threads at
- * once (frames never interleave), and one thread may receive while others
- * send; receive from one thread at a time. Event-mode connections (lent by
- * an event-driven server) deliver frames to `on_frame` instead, and their
- * sends queue without blocking.
- */
-typedef struct sockserv_conn sockserv_conn;
-
-/**
- * A datagram socket (opaque): made by `sockserv_dgram_open` or
- * `sockserv_dgram_connect` (yours to free), or lent by a datagram server.
- * Sends may come from several threads at once; receive from one thread at
- * a time.
- */
-typedef struct sockserv_dgram sockserv_dgram;
-
-/**
- * A datagram server (opaque): one thread receives on a bound socket and
- * runs the handler for each datagram. Its functions may be called from any
- * thread, except `sockserv_dgram_server_free`, which must be the last call.
- */
-typedef struct sockserv_dgram_server sockserv_dgram_server;
-
-/**
- * A listening server (opaque). Its functions may be called from any
- * thread, except `sockserv_server_free`, which must be the last call.
- */
-typedef struct sockserv_server sockserv_server;
+enum sockserv_result sockserv_dgram_server_new(const char *addr,
+                                               const struct sockserv_config *config,
+                                               struct sockserv_dgram_server **server_out);
 
 /**
  * Handles one datagram, on the server's thread, one datagram at a time:
@@ -399,609 +1552,14 @@ typedef void (*sockserv_dgram_handler_fn)(void *userdata,
                                           const char *from);
 
 /**
- * Handles one connection, on a thread of its own, after the handshake
- * succeeded. `conn` is borrowed: valid until the handler returns, when the
- * server closes it (do not free it). Runs concurrently with other handlers,
- * so `userdata` must be safe to share between threads. Must not throw a
- * C++ exception or longjmp out.
- */
-typedef void (*sockserv_handler_fn)(void *userdata, struct sockserv_conn *conn);
-
-/**
- * Event mode: a connection passed the handshake (or needs none). `conn`
- * stays valid until `on_close` for it returns; other threads may send on
- * it until then. Runs on the connection's I/O thread; with several I/O
- * threads, callbacks for different connections run at the same time, so
- * `userdata` must be safe to share between threads. Like every callback:
- * must not throw a C++ exception or longjmp out.
- */
-typedef void (*sockserv_open_fn)(void *userdata, struct sockserv_conn *conn);
-
-/**
- * Event mode: one whole frame; `data` (`len` bytes) is valid during the
- * call only. Runs on the connection's I/O thread, which serves nothing
- * else meanwhile: do not block (hand long work to a thread of yours and
- * reply with `sockserv_conn_send` from there).
- */
-typedef void (*sockserv_frame_fn)(void *userdata,
-                                  struct sockserv_conn *conn,
-                                  const uint8_t *data,
-                                  size_t len);
-
-/**
- * Event mode: the connection ended; called exactly once for every
- * connection `on_open` saw, after which `conn` is freed. `reason` is
- * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
- * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
- * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
- * it; `sockserv_last_error` gives the detail during the call.
- */
-typedef void (*sockserv_close_fn)(void *userdata,
-                                  struct sockserv_conn *conn,
-                                  enum sockserv_result reason);
-
-/**
- * Decides whether to serve a peer, before the handshake: `peer_addr` is
- * its address as "tcp://IP:PORT" or "unix://PATH", valid during the call.
- * Return true to serve, false to close the connection. Runs on the accept
- * thread: keep it quick, as no connection is accepted meanwhile.
- */
-typedef bool (*sockserv_verify_fn)(void *userdata, const char *peer_addr);
-
-
-
-/**
- * Creates a config with the defaults: no key (plain framing), 64 MiB
- * maximum frame, 10 s handshake and connect timeouts, no I/O timeout,
- * 1024 connections at most (then wait), backlog 1024, SO_REUSEADDR on,
- * SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
- * `sockserv_config_free`.
- */
-enum sockserv_result sockserv_config_new(struct sockserv_config **config_out);
-
-/**
- * Frees a config. NULL does nothing.
- */
-void sockserv_config_free(struct sockserv_config *config);
-
-/**
- * Sets the shared key (replacing any others): connections then run the
- * HMAC-SHA256 handshake. The key is copied. An empty key is refused
- * (`SOCKSERV_ERR_INVALID_ARGUMENT`): it would let in anyone using one too.
- */
-enum sockserv_result sockserv_config_set_auth_key(struct sockserv_config *config,
-                                                  const uint8_t *key,
-                                                  size_t key_len);
-
-/**
- * Adds a key a server also accepts, for key rotation: a peer that proves
- * any of them is let in, and the server answers with the key that matched.
- * A client uses the first key.
- */
-enum sockserv_result sockserv_config_add_auth_key(struct sockserv_config *config,
-                                                  const uint8_t *key,
-                                                  size_t key_len);
-
-/**
- * Removes every key: connections then skip the handshake (plain framing).
- */
-enum sockserv_result sockserv_config_clear_auth_keys(struct sockserv_config *config);
-
-/**
- * The largest frame payload accepted, in bytes (default 64 MiB, up to
- * 2^63 - 1). A bigger frame is refused before anything is allocated.
- */
-enum sockserv_result sockserv_config_set_max_frame_size(struct sockserv_config *config,
-                                                        uint64_t max_bytes);
-
-/**
- * How long the whole handshake may take, on both sides (default 10000;
- * 0 is refused).
- */
-enum sockserv_result sockserv_config_set_handshake_timeout_ms(struct sockserv_config *config,
-                                                              uint32_t timeout_ms);
-
-/**
- * The initial timeout of each send and receive on new connections
- * (default 0: wait for ever). See `sockserv_conn_set_timeout_ms`.
- */
-enum sockserv_result sockserv_config_set_io_timeout_ms(struct sockserv_config *config,
-                                                       uint32_t timeout_ms);
-
-/**
- * How long `sockserv_connect` waits for each address to accept (default
- * 10000; 0 is refused).
- */
-enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_config *config,
-                                                            uint32_t timeout_ms);
-
-/**
- * The most connections a server serves at once (default 1024, at least 1);
- * see `sockserv_config_set_when_full` for what happens past it.
- */
-enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config *config,
-                                                         size_t max);
-
-/**
- * `SOCKSERV_WHEN_FULL_WAIT` (default): a connection past the maximum waits
- * in the kernel's accept queue (up to the backlog) until a slot frees, then
- * its handshake starts; its handshake timeout runs on the client meanwhile.
- * `SOCKSERV_WHEN_FULL_REFUSE`: it is accepted and closed at once.
- */
-enum sockserv_result sockserv_config_set_when_full(struct sockserv_config *config, int when_full);
-
-/**
- * The listen(2) backlog (default 1024; the kernel caps it at somaxconn).
- */
-enum sockserv_result sockserv_config_set_backlog(struct sockserv_config *config, int backlog);
-
-/**
- * SO_REUSEADDR on TCP listeners (default on: a restarted server can bind
- * while old connections sit in TIME_WAIT).
- */
-enum sockserv_result sockserv_config_set_reuse_address(struct sockserv_config *config, bool on);
-
-/**
- * SO_REUSEPORT on TCP listeners (default off): several processes may bind
- * the same port and the kernel spreads connections among them.
- */
-enum sockserv_result sockserv_config_set_reuse_port(struct sockserv_config *config, bool on);
-
-/**
- * IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
- * clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
- * the system's default stands (Linux: false).
- */
-enum sockserv_result sockserv_config_set_v6_only(struct sockserv_config *config, bool on);
-
-/**
- * TCP_NODELAY on new TCP connections (default on: frames leave at once).
- */
-enum sockserv_result sockserv_config_set_nodelay(struct sockserv_config *config, bool on);
-
-/**
- * Blocking connections (threaded servers, clients): hold a reply sent
- * while the peer's next frame has already arrived, and write it with the
- * next reply, or before the next receive, poll or flush would wait, or when
- * the handler returns or the connection is freed (default off). A peer
- * that pipelines requests then gets its replies many per system call. The
- * cost: a handler that works long between a send and its next receive
- * holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
- */
-enum sockserv_result sockserv_config_set_coalesce_sends(struct sockserv_config *config, bool on);
-
-/**
- * SO_KEEPALIVE on new TCP connections (default off), with the kernel's
- * timings; `sockserv_conn_set_keepalive` sets timings per connection.
- */
-enum sockserv_result sockserv_config_set_keepalive(struct sockserv_config *config, bool on);
-
-/**
- * Event mode: the number of I/O threads (default 0: one per core).
- */
-enum sockserv_result sockserv_config_set_io_threads(struct sockserv_config *config, size_t threads);
-
-/**
- * Event mode: the most bytes a connection may have queued for sending
- * (default 8 MiB, at least 1). Past it, `sockserv_conn_send` returns
- * `SOCKSERV_ERR_WOULD_BLOCK` (a frame larger than the limit is still taken
- * when nothing else is queued); reading from that peer pauses once half
- * the limit is queued and resumes below a quarter, so a peer that does not
- * read cannot grow the server's memory.
- */
-enum sockserv_result sockserv_config_set_max_queued_bytes(struct sockserv_config *config,
-                                                          size_t max_bytes);
-
-/**
- * Event mode: close a connection whose queue is over the limit instead of
- * refusing the send (default off).
- */
-enum sockserv_result sockserv_config_set_close_when_backed_up(struct sockserv_config *config,
-                                                              bool on);
-
-/**
- * Event mode: close connections that receive nothing for this long
- * (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
- */
-enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config *config,
-                                                         uint32_t timeout_ms);
-
-/**
- * Servers: whether connections start with a PROXY protocol header from a
- * load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
- * Clients ignore it.
- */
-enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
-
-/**
- * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
- * "unix://PATH"), trying each resolved address within the connect
- * timeout, then runs the handshake when `config` has a key. `config` is
- * copied; NULL means the defaults. Codes: `SOCKSERV_ERR_CONNECTION_REFUSED`,
- * `_TIMED_OUT`, `_AUTH_FAILED` (wrong key), `_AUTH_PROTOCOL`, `_CLOSED` (the
- * server closed it, e.g. when full), `_INVALID_ADDRESS`. Free the
- * connection with `sockserv_conn_free`.
- */
-enum sockserv_result sockserv_connect(const char *addr,
-                                      const struct sockserv_config *config,
-                                      struct sockserv_conn **conn_out);
-
-/**
- * Adopts a connected stream socket (TCP or Unix) you already have, runs
- * the handshake in `role` (`SOCKSERV_ROLE_SERVER` if it was accepted,
- * `SOCKSERV_ROLE_CLIENT` if it was connected) when `config` has a key,
- * then frames over it. On success the connection owns `fd` and closes it
- * when freed; on failure `fd` is left open and still yours. A
- * non-blocking `fd` works too (sockserv waits with poll(2)); for
- * non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
- */
-enum sockserv_result sockserv_conn_from_fd(int fd,
-                                           const struct sockserv_config *config,
-                                           int role,
-                                           struct sockserv_conn **conn_out);
-
-/**
- * Sends `data` (`len` bytes; NULL allowed when 0) as one frame.
- *
- * Blocking connections: returns when the kernel took all of it, or the
- * timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
- * out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
- * stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
- * went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
- * `_IO`.
- *
- * Event-mode connections: never blocks, from any thread (inside
- * `on_frame` too): the frame is copied into the connection's queue and its
- * I/O thread writes it. When the queue holds more than the limit
- * (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
- * with `sockserv_config_set_close_when_backed_up` the connection is closed
- * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
- */
-enum sockserv_result sockserv_conn_send(const struct sockserv_conn *conn,
-                                        const uint8_t *data,
-                                        size_t len);
-
-/**
- * Receives the next frame, whole, without copying: `*data` and `*len`
- * point into the connection's buffer, valid until the next receive or
- * poll on this connection or its free. `*data` is not NULL, even for an
- * empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
- * other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
- * connection is then closed), `_TIMED_OUT` (what arrived is kept),
- * `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
- * `_INVALID_STATE` on an event-mode connection (frames arrive in
- * `on_frame`).
- */
-enum sockserv_result sockserv_conn_recv(const struct sockserv_conn *conn,
-                                        const uint8_t **data,
-                                        size_t *len);
-
-/**
- * Receives the next frame into `buf` (`cap` bytes) and writes its size to
- * `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
- * the size needed, and the frame stays queued for the next receive. Other
- * codes as `sockserv_conn_recv`.
- */
-enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
-                                             uint8_t *buf,
-                                             size_t cap,
-                                             size_t *len);
-
-/**
- * Waits up to `timeout_ms` (negative: for ever, 0: just check) for
- * something to receive: `*readable` is true when a frame is buffered or
- * data, end of stream or an error is waiting on the socket (so a receive
- * will not wait for the first byte). Blocking connections only
- * (`SOCKSERV_ERR_INVALID_STATE` in event mode).
- */
-enum sockserv_result sockserv_conn_poll(const struct sockserv_conn *conn,
-                                        int timeout_ms,
-                                        bool *readable);
-
-/**
- * Writes the peer's address ("tcp://127.0.0.1:5000", "tcp://[::1]:5000",
- * "unix://PATH", or "unix://" for an unnamed socket) like
- * `sockserv_server_local_addr`.
- */
-enum sockserv_result sockserv_conn_peer_addr(const struct sockserv_conn *conn,
-                                             char *buf,
-                                             size_t len,
-                                             size_t *needed);
-
-/**
- * Writes this end's address, like `sockserv_conn_peer_addr`.
- */
-enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
-                                              char *buf,
-                                              size_t len,
-                                              size_t *needed);
-
-/**
- * The socket's file descriptor, for poll/select or options sockserv does
- * not wrap. It stays owned by the connection: do not close it, and do not
- * read or write it directly (that would break the framing).
- */
-enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd);
-
-/**
- * Sets the timeout of each later send and receive (0: wait for ever), like
- * Python's settimeout. A receive that times out keeps what arrived of a
- * frame, and the connection stays usable. Blocking connections only
- * (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
- * `sockserv_config_set_idle_timeout_ms`).
- */
-enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *conn,
-                                                  uint32_t timeout_ms);
-
-/**
- * Reads the timeout set by `sockserv_conn_set_timeout_ms` (0: none).
- */
-enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *conn,
-                                                  uint32_t *timeout_ms);
-
-/**
- * Sets a connection option (`SOCKSERV_OPT_*`, works in both modes unless
- * said otherwise); TCP options on a Unix socket give `SOCKSERV_ERR_IO`.
- *
- * `SOCKSERV_OPT_NONBLOCKING` 1: a receive with no whole frame ready
- * returns `SOCKSERV_ERR_WOULD_BLOCK` at once (what arrived of a frame is
- * kept), and so does a send the kernel cannot take at all. A send the
- * kernel took part of succeeds: the rest of that frame is kept and written
- * before anything else by the next send or `sockserv_conn_flush`, so frames
- * are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
- * POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
- */
-enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
-                                              int option,
-                                              int64_t value);
-
-/**
- * Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
- */
-enum sockserv_result sockserv_conn_get_option(const struct sockserv_conn *conn,
-                                              int option,
-                                              int64_t *value);
-
-/**
- * Non-blocking mode: writes the rest of a frame an earlier send could not
- * finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
- * while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
- * the timeout.
- */
-enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
-
-/**
- * Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
- * sockets). The same as `SOCKSERV_OPT_NODELAY`.
- */
-enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn, bool on);
-
-/**
- * Reads TCP_NODELAY into `*on`.
- */
-enum sockserv_result sockserv_conn_get_nodelay(const struct sockserv_conn *conn, bool *on);
-
-/**
- * Turns TCP keepalive on or off. With `on` and non-zero timings, the first
- * probe goes after `idle_s` seconds of silence, then every `interval_s`,
- * and the connection is dropped after `count` unanswered probes; zeros
- * keep the kernel's timings.
- */
-enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *conn,
-                                                 bool on,
-                                                 uint32_t idle_s,
-                                                 uint32_t interval_s,
-                                                 uint32_t count);
-
-/**
- * Closes the connection from any thread. Event mode: what was queued is
- * written first (for up to 5 s), then the socket is closed and `on_close`
- * runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
- * waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
- * (a client connection must still be freed with `sockserv_conn_free`).
- */
-enum sockserv_result sockserv_conn_close(const struct sockserv_conn *conn);
-
-/**
- * Attaches a pointer of yours to the connection (not used by sockserv).
- */
-enum sockserv_result sockserv_conn_set_userdata(const struct sockserv_conn *conn, void *userdata);
-
-/**
- * The pointer set by `sockserv_conn_set_userdata`; NULL if none (or if
- * `conn` is NULL).
- */
-void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
-
-/**
- * Closes and frees a connection from `sockserv_connect` or
- * `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
- * by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
- * a handler (the server closes those), are ignored.
- */
-void sockserv_conn_free(struct sockserv_conn *conn);
-
-/**
- * The largest datagram payload sent or received, in bytes (default
- * `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
- * `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
- * `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
- * received is discarded with that code (a server counts it). With a key
- * the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
- */
-enum sockserv_result sockserv_config_set_max_datagram_size(struct sockserv_config *config,
-                                                           size_t max_bytes);
-
-/**
- * With a key: how far a datagram's timestamp may be from the receiver's
- * clock, either way, in milliseconds (default 30000; 0 is refused). Older
- * or newer datagrams are dropped and counted.
- */
-enum sockserv_result sockserv_config_set_datagram_window_ms(struct sockserv_config *config,
-                                                            uint32_t window_ms);
-
-/**
- * With a key: how many accepted datagrams a socket remembers to refuse
- * their replays (default 65536, at least 1; about 40 bytes each). They
- * are forgotten once outside the window; when the memory is full the
- * oldest is forgotten and nothing that old is accepted any more, so a
- * replay is never let in.
- */
-enum sockserv_result sockserv_config_set_datagram_replay_capacity(struct sockserv_config *config,
-                                                                  size_t capacity);
-
-/**
- * Opens a datagram socket (connect-less, like `socket(SOCK_DGRAM)`).
- * `local_addr` binds it: "udp://0.0.0.0:0", "udp://[::1]:5000",
- * "unixgram:///tmp/me.sock" (a stale file is replaced, and the file is
- * removed when the socket is freed), "unixgram://@name" (Linux abstract
- * namespace, no file). NULL leaves it unbound: the first
- * `sockserv_dgram_send_to` creates it in the destination's family, on an
- * ephemeral UDP port, or for Unix datagrams on an autobound abstract name
- * (a Unix socket must be bound for replies to reach it). `config` (copied;
- * NULL: defaults) gives the key, the maximum size and the initial timeout
- * (`sockserv_config_set_io_timeout_ms`). Free it with `sockserv_dgram_free`.
- */
-enum sockserv_result sockserv_dgram_open(const char *local_addr,
-                                         const struct sockserv_config *config,
-                                         struct sockserv_dgram **sock_out);
-
-/**
- * Opens a datagram socket connected to `addr` ("udp://HOST:PORT",
- * "unixgram://PATH", "unixgram://@NAME"): `sockserv_dgram_send` sends
- * there, and only datagrams from there are received. A Unix socket is
- * autobound to an abstract name first, so the peer can answer. UDP
- * "connects" without a packet: a closed port shows as
- * `SOCKSERV_ERR_CONNECTION_REFUSED` on a later receive. A Unix path with
- * nobody bound to it gives `SOCKSERV_ERR_CONNECTION_REFUSED` here.
- */
-enum sockserv_result sockserv_dgram_connect(const char *addr,
-                                            const struct sockserv_config *config,
-                                            struct sockserv_dgram **sock_out);
-
-/**
- * Sends `data` (`len` bytes; NULL allowed when 0) as one datagram to `to`
- * (an address string, e.g. the `from` a handler or
- * `sockserv_dgram_recv_from` gave), sealed when the socket has a key.
- * Over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, nothing sent.
- * A Unix peer whose queue is full makes it wait up to the timeout
- * (`SOCKSERV_ERR_TIMED_OUT`); a Unix path nobody is bound to gives
- * `SOCKSERV_ERR_CONNECTION_REFUSED`. UDP gives no news of delivery.
- */
-enum sockserv_result sockserv_dgram_send_to(const struct sockserv_dgram *sock,
-                                            const char *to,
-                                            const uint8_t *data,
-                                            size_t len);
-
-/**
- * Sends `data` as one datagram to the connected peer (see
- * `sockserv_dgram_connect`); `SOCKSERV_ERR_INVALID_STATE` if not connected.
- */
-enum sockserv_result sockserv_dgram_send(const struct sockserv_dgram *sock,
-                                         const uint8_t *data,
-                                         size_t len);
-
-/**
- * Receives the next datagram, like `recvfrom`: its payload is copied into
- * `buf` (`cap` bytes) and its size written to `*len`; the sender's address
- * is copied into `from` (`from_cap` bytes, NUL-terminated;
- * `SOCKSERV_ADDRSTRLEN` is enough) and its size, NUL included, to
- * `*from_needed`. Waits up to the socket's timeout
- * (`SOCKSERV_ERR_TIMED_OUT`). With a key, datagrams that fail the checks
- * are dropped, counted (`sockserv_dgram_stat`) and the wait goes on.
- *
- * If the payload or the address does not fit:
- * `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` and `*from_needed` get the
- * sizes needed, and the datagram stays queued for the next receive. A
- * datagram over the maximum size: `SOCKSERV_ERR_DATAGRAM_TOO_LARGE`, both
- * sizes and the sender in `sockserv_last_error`, and it is discarded
- * (never cut short silently). Not on a server's socket
- * (`SOCKSERV_ERR_INVALID_STATE`: datagrams go to its handler), nor on a
- * socket that has no address yet.
- */
-enum sockserv_result sockserv_dgram_recv_from(const struct sockserv_dgram *sock,
-                                              uint8_t *buf,
-                                              size_t cap,
-                                              size_t *len,
-                                              char *from,
-                                              size_t from_cap,
-                                              size_t *from_needed);
-
-/**
- * Receives the next datagram's payload into `buf` like
- * `sockserv_dgram_recv_from`, without the sender (for connected sockets).
- * Too small: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is the size needed
- * and the datagram stays queued.
- */
-enum sockserv_result sockserv_dgram_recv(const struct sockserv_dgram *sock,
-                                         uint8_t *buf,
-                                         size_t cap,
-                                         size_t *len);
-
-/**
- * Writes the socket's bound address ("udp://0.0.0.0:40000",
- * "unixgram://@00a1f") like `sockserv_server_local_addr`.
- * `SOCKSERV_ERR_INVALID_STATE` for a socket opened with NULL that has not
- * sent yet.
- */
-enum sockserv_result sockserv_dgram_local_addr(const struct sockserv_dgram *sock,
-                                               char *buf,
-                                               size_t len,
-                                               size_t *needed);
-
-/**
- * The socket's file descriptor, for poll/select or options sockserv does
- * not wrap; it stays owned by the socket. Do not read from it directly
- * when a key is set (the datagrams would not be checked).
- * `SOCKSERV_ERR_INVALID_STATE` for a socket that has no address yet.
- */
-enum sockserv_result sockserv_dgram_fd(const struct sockserv_dgram *sock, int *fd);
-
-/**
- * Sets the timeout of each later send and receive (0: wait for ever).
- * Sends from a server's socket never wait, whatever it is set to.
- */
-enum sockserv_result sockserv_dgram_set_timeout_ms(const struct sockserv_dgram *sock,
-                                                   uint32_t timeout_ms);
-
-/**
- * Reads the timeout set by `sockserv_dgram_set_timeout_ms` (0: none).
- */
-enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *sock,
-                                                   uint32_t *timeout_ms);
-
-/**
- * Reads one counter (`SOCKSERV_DGRAM_STAT_*`) of the socket into `*value`;
- * for a server, of its socket (`sockserv_dgram_server_socket`).
- */
-enum sockserv_result sockserv_dgram_stat(const struct sockserv_dgram *sock,
-                                         int stat,
-                                         uint64_t *value);
-
-/**
- * Closes and frees a socket from `sockserv_dgram_open` or
- * `sockserv_dgram_connect` (a Unix socket file it bound is removed). NULL,
- * and a server's socket (freed with its server), are ignored.
- */
-void sockserv_dgram_free(struct sockserv_dgram *sock);
-
-/**
- * Creates a datagram server bound to `addr` ("udp://127.0.0.1:5353",
- * "udp://[::1]:0", "unixgram:///run/app.sock", "unixgram://@name"), like
- * Python's UDPServer and UnixDatagramServer. Port 0 picks a free port
- * (read it with `sockserv_dgram_server_local_addr`). `config` is copied;
- * NULL means the defaults. A stale Unix socket file is replaced; the file
- * is removed when the server is freed. Free with
- * `sockserv_dgram_server_free`.
- */
-enum sockserv_result sockserv_dgram_server_new(const char *addr,
-                                               const struct sockserv_config *config,
-                                               struct sockserv_dgram_server **server_out);
-
-/**
  * Sets the function run for each datagram (NULL: none; datagrams are
  * received, counted and dropped). Only before the server starts, else
  * `SOCKSERV_ERR_INVALID_STATE`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_set_handler(const struct sockserv_dgram_server *server,
                                                        sockserv_dgram_handler_fn handler,
@@ -1011,6 +1569,10 @@ enum sockserv_result sockserv_dgram_server_set_handler(const struct sockserv_dgr
  * The server's socket, lent (do not free it; it lives until
  * `sockserv_dgram_server_free`): for its counters (`sockserv_dgram_stat`),
  * and to send from other threads than the handler's.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `sock_out` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_socket(const struct sockserv_dgram_server *server,
                                                   struct sockserv_dgram **sock_out);
@@ -1018,6 +1580,11 @@ enum sockserv_result sockserv_dgram_server_socket(const struct sockserv_dgram_se
 /**
  * Writes the bound address ("udp://127.0.0.1:40123") like
  * `sockserv_server_local_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgram_server *server,
                                                       char *buf,
@@ -1027,11 +1594,24 @@ enum sockserv_result sockserv_dgram_server_local_addr(const struct sockserv_dgra
 /**
  * Serves on the calling thread until `sockserv_dgram_server_shutdown`, then
  * returns `SOCKSERV_OK`. A server serves once.
+ *
+ * @retval SOCKSERV_OK the server was shut down and serving stopped.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_serve(const struct sockserv_dgram_server *server);
 
 /**
  * Serves on a background thread and returns at once.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO no thread could be started.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_start(const struct sockserv_dgram_server *server);
 
@@ -1039,6 +1619,10 @@ enum sockserv_result sockserv_dgram_server_start(const struct sockserv_dgram_ser
  * Stops serving, from any thread (the handler too), and returns at once;
  * the handler call under way finishes. Datagrams still queued are dropped
  * when the server is freed.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_server *server);
 
@@ -1050,11 +1634,18 @@ enum sockserv_result sockserv_dgram_server_shutdown(const struct sockserv_dgram_
  */
 void sockserv_dgram_server_free(struct sockserv_dgram_server *server);
 
+/* ---- HMAC ---- */
+
 /**
  * Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
  * for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
  * non-zero length. Any key length
  * works, 0 included; NULL is allowed for a length of 0.
+ *
+ * @retval SOCKSERV_OK the 32 bytes were written.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `mac_out` is NULL, or `key` or `msg` is NULL
+ * with a non-zero length.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
                                           size_t key_len,
@@ -1066,6 +1657,12 @@ enum sockserv_result sockserv_hmac_sha256(const uint8_t *key,
  * Checks that `mac` (`mac_len` bytes) is HMAC-SHA256(`key`, `msg`):
  * `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
  * checked first, then the bytes are compared in constant time.
+ *
+ * @retval SOCKSERV_OK the MAC matches.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `key`, `msg` or `mac` is NULL with a
+ * non-zero length.
+ * @retval SOCKSERV_ERR_AUTH_FAILED `mac` is not the HMAC (or not 32 bytes).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_hmac_sha256_verify(const uint8_t *key,
                                                  size_t key_len,
@@ -1073,135 +1670,6 @@ enum sockserv_result sockserv_hmac_sha256_verify(const uint8_t *key,
                                                  size_t msg_len,
                                                  const uint8_t *mac,
                                                  size_t mac_len);
-
-/**
- * A static, NUL-terminated description of `code` (any value is accepted;
- * an unknown one gets "unknown sockserv result code"). Never NULL; do not
- * free it.
- */
-const char *sockserv_strerror(int code);
-
-/**
- * Copies the detail of the last failure on the calling thread (the
- * address, the OS error, the sizes involved) into `buf`, truncated to
- * `len - 1` bytes and NUL-terminated. Returns the detail's full length
- * (like snprintf), 0 when this thread has had no failure. `buf` may be
- * NULL when `len` is 0, to learn the length. Successful calls do not clear
- * the detail.
- */
-size_t sockserv_last_error(char *buf, size_t len);
-
-/**
- * Forgets the calling thread's last failure detail.
- */
-void sockserv_clear_error(void);
-
-/**
- * The library's version, "MAJOR.MINOR.PATCH", static. Compare with the
- * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
- */
-const char *sockserv_version(void);
-
-/**
- * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
- * "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
- * with `sockserv_server_local_addr`). `config` is copied; NULL means the
- * defaults. A stale Unix socket file is replaced; the file is removed when
- * the server is freed. Free the server with `sockserv_server_free`.
- */
-enum sockserv_result sockserv_server_new(const char *addr,
-                                         const struct sockserv_config *config,
-                                         struct sockserv_server **server_out);
-
-/**
- * Sets the function run for each authenticated connection (NULL: none;
- * the connection is closed after the handshake). Only before the server
- * starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
- * until `sockserv_server_free` returns.
- */
-enum sockserv_result sockserv_server_set_handler(const struct sockserv_server *server,
-                                                 sockserv_handler_fn handler,
-                                                 void *userdata);
-
-/**
- * Makes the server event-driven: instead of a thread per connection, a
- * few I/O threads (`sockserv_config_set_io_threads`) hold every connection
- * and call `on_open`, `on_frame` for each whole frame, and `on_close`
- * (any may be NULL). Only before the server starts, else
- * `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
- * `sockserv_server_set_handler`. `userdata` must stay valid until
- * `sockserv_server_free` returns.
- */
-enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_server *server,
-                                                        sockserv_open_fn on_open,
-                                                        sockserv_frame_fn on_frame,
-                                                        sockserv_close_fn on_close,
-                                                        void *userdata);
-
-/**
- * Sets the function that accepts or refuses each peer by address (NULL:
- * accept all). Only before the server starts, else
- * `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
- * `sockserv_server_free` returns.
- */
-enum sockserv_result sockserv_server_set_verify(const struct sockserv_server *server,
-                                                sockserv_verify_fn verify,
-                                                void *userdata);
-
-/**
- * Writes the bound address ("tcp://127.0.0.1:40123") into `buf` of `len`
- * bytes, NUL-terminated; `*needed` receives the size it takes, NUL
- * included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
- * with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
- * enough.
- */
-enum sockserv_result sockserv_server_local_addr(const struct sockserv_server *server,
-                                                char *buf,
-                                                size_t len,
-                                                size_t *needed);
-
-/**
- * Serves on the calling thread until `sockserv_server_shutdown`, then
- * returns `SOCKSERV_OK` (handlers still running go on). Like
- * `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
- * it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
- * a new one).
- */
-enum sockserv_result sockserv_server_serve(const struct sockserv_server *server);
-
-/**
- * Serves on a background thread and returns at once. The same codes as
- * `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
- * started.
- */
-enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
-
-/**
- * Stops accepting, from any thread (a handler too), and returns at once:
- * `sockserv_server_serve` returns promptly, and the listener refuses new
- * clients. Live connections go on until their handlers return or the
- * server is freed. Not async-signal-safe: from a signal, wake a thread of
- * yours (sigwait, a self-pipe) and call it there.
- */
-enum sockserv_result sockserv_server_shutdown(const struct sockserv_server *server);
-
-/**
- * Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
- * gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
- */
-enum sockserv_result sockserv_server_stat(const struct sockserv_server *server,
-                                          int stat,
-                                          uint64_t *value);
-
-/**
- * Stops the server and frees it: stops accepting, closes every live
- * connection (a handler blocked in send or receive gets
- * `SOCKSERV_ERR_SHUTDOWN`), waits for every handler to return, joins every
- * thread, closes the listener and removes its Unix socket file. Call it
- * after `sockserv_server_serve` has returned, never from a handler, verify
- * or event callback (it would wait for itself). NULL does nothing.
- */
-void sockserv_server_free(struct sockserv_server *server);
 
 #ifdef __cplusplus
 }  /* extern "C" */

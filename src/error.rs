@@ -8,29 +8,50 @@ use std::io;
 /// one `sockserv_result` code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
+    /// A required pointer argument was NULL (C API).
     NullParameter,
+    /// An argument is out of range or malformed.
     InvalidArgument,
+    /// The address could not be parsed or resolved.
     InvalidAddress,
+    /// The address is already in use.
     AddressInUse,
+    /// Nobody accepts connections at the address.
     ConnectionRefused,
+    /// The operation did not finish within its timeout.
     TimedOut,
+    /// The peer closed the connection (between frames).
     Closed,
+    /// The peer closed in the middle of a frame.
     TruncatedFrame,
+    /// A frame is larger than the maximum frame size.
     FrameTooLarge,
+    /// The peer broke the framing (or PROXY) protocol.
     Protocol,
+    /// Authentication failed: the keys do not match.
     AuthFailed,
+    /// The peer broke or downgraded the handshake.
     AuthProtocol,
+    /// The caller's buffer is too small; the needed size was reported.
     InsufficientSize,
+    /// The server is shutting down.
     Shutdown,
+    /// The call is not allowed in the object's current state.
     InvalidState,
+    /// The connection is unusable after an earlier failure.
     Broken,
+    /// Another operating system error.
     Io,
+    /// A panic was caught at the C API boundary.
     Panic,
+    /// The operation would block; try again later.
     WouldBlock,
+    /// A datagram is larger than the maximum datagram size.
     DatagramTooLarge,
 }
 
 impl ErrorKind {
+    /// Every kind, in the order of their C codes.
     pub const ALL: [ErrorKind; 20] = [
         ErrorKind::NullParameter,
         ErrorKind::InvalidArgument,
@@ -90,9 +111,11 @@ pub struct Error {
     detail: String,
 }
 
+/// A result with sockserv's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An error of `kind` with its detail text.
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
         Error {
             kind,
@@ -115,10 +138,12 @@ impl Error {
         Error { kind, ..self }
     }
 
+    /// What kind of error this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// The detail: what was being done, the address, the OS error.
     pub fn detail(&self) -> &str {
         &self.detail
     }

@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::auth::{CHALLENGE, FAILURE};
+use sockserv::proto::handshake::{CHALLENGE, FAILURE};
 use sockserv::{connect, Config, Error, ErrorKind, Server};
 
 const MAX_FRAME: u64 = 1 << 20;

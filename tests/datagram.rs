@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{wait_until, KEY};
-use sockserv::datagram::{DgramStats, RecvFrom};
-use sockserv::datagram_auth::seal;
+use sockserv::proto::sealed::seal;
 use sockserv::{Config, DgramServer, DgramSocket, ErrorKind};
+use sockserv::{DgramStats, RecvFrom};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -23,7 +23,7 @@ fn config(key: Option<&[u8]>) -> Config {
     if let Some(key) = key {
         c.set_key(key).unwrap();
     }
-    c.io_timeout = Some(WAIT);
+    c.set_io_timeout(Some(WAIT));
     c
 }
 
@@ -246,7 +246,7 @@ fn receive_timeouts_are_kept() {
 #[test]
 fn sending_over_the_maximum_sends_nothing() {
     let mut cfg = config(None);
-    cfg.datagram.set_max_size(1000).unwrap();
+    cfg.datagram_mut().set_max_size(1000).unwrap();
     let receiver = DgramSocket::bind("udp://127.0.0.1:0", &cfg).unwrap();
     receiver.set_timeout(Some(Duration::from_millis(200)));
     let sender = DgramSocket::unbound(&cfg);
@@ -265,16 +265,16 @@ fn sending_over_the_maximum_sends_nothing() {
 #[test]
 fn the_maximum_is_settable_up_to_65507() {
     let mut cfg = Config::default();
-    assert_eq!(cfg.datagram.max_size, 8192, "socketserver's default");
+    assert_eq!(cfg.datagram().max_size(), 8192, "socketserver's default");
     assert_eq!(
-        cfg.datagram.set_max_size(0).unwrap_err().kind(),
+        cfg.datagram_mut().set_max_size(0).unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
     assert_eq!(
-        cfg.datagram.set_max_size(65508).unwrap_err().kind(),
+        cfg.datagram_mut().set_max_size(65508).unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
-    cfg.datagram.set_max_size(65507).unwrap();
+    cfg.datagram_mut().set_max_size(65507).unwrap();
     // The largest UDP datagram over IPv4 goes through whole.
     let receiver = DgramSocket::bind("udp://127.0.0.1:0", &cfg).unwrap();
     receiver.set_timeout(Some(WAIT));
@@ -298,7 +298,7 @@ fn the_maximum_is_settable_up_to_65507() {
 #[test]
 fn receiving_over_the_maximum_is_an_error_with_both_sizes_and_the_next_one_comes() {
     let mut cfg = config(None);
-    cfg.datagram.set_max_size(1000).unwrap();
+    cfg.datagram_mut().set_max_size(1000).unwrap();
     let receiver = DgramSocket::bind("udp://127.0.0.1:0", &cfg).unwrap();
     let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = receiver.local_addr().unwrap().trim_start_matches("udp://");
@@ -351,7 +351,7 @@ fn a_buffer_too_small_keeps_the_datagram_queued() {
 #[test]
 fn an_oversized_datagram_at_a_server_is_counted_and_others_are_served() {
     let mut cfg = config(None);
-    cfg.datagram.set_max_size(100).unwrap();
+    cfg.datagram_mut().set_max_size(100).unwrap();
     let server = echo_server("udp://127.0.0.1:0", &cfg);
     let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
     let to = server.local_addr().trim_start_matches("udp://").to_string();
@@ -464,12 +464,12 @@ fn a_client_drops_bad_replies_and_waits_for_a_good_one() {
 #[test]
 fn the_window_and_the_replay_memory_are_settable() {
     let mut cfg = config(Some(KEY));
-    cfg.datagram
+    cfg.datagram_mut()
         .set_window(Duration::from_millis(5000))
         .unwrap();
-    cfg.datagram.set_replay_capacity(2).unwrap();
-    assert!(cfg.datagram.set_window(Duration::ZERO).is_err());
-    assert!(cfg.datagram.set_replay_capacity(0).is_err());
+    cfg.datagram_mut().set_replay_capacity(2).unwrap();
+    assert!(cfg.datagram_mut().set_window(Duration::ZERO).is_err());
+    assert!(cfg.datagram_mut().set_replay_capacity(0).is_err());
     let receiver = DgramSocket::bind("udp://127.0.0.1:0", &cfg).unwrap();
     receiver.set_timeout(Some(Duration::from_millis(300)));
     let to = receiver.local_addr().unwrap().trim_start_matches("udp://");
@@ -698,7 +698,7 @@ fn a_unix_send_to_a_full_queue_times_out_and_a_server_reply_does_not_wait() {
     // A receiver that never reads: its queue fills.
     let sink = UnixDatagram::bind(dir.0.join("sink.sock")).unwrap();
     let mut cfg = config(None);
-    cfg.io_timeout = Some(Duration::from_millis(100));
+    cfg.set_io_timeout(Some(Duration::from_millis(100)));
     let sender = DgramSocket::unbound(&cfg);
     let to = dir.addr("sink.sock");
     let mut outcome = None;
@@ -744,7 +744,7 @@ fn a_connected_udp_socket_learns_of_a_closed_port() {
 fn an_ipv6_wildcard_server_takes_ipv4_unless_v6_only() {
     for (v6_only, answered) in [(None, true), (Some(true), false)] {
         let mut cfg = config(None);
-        cfg.v6_only = v6_only;
+        cfg.set_v6_only(v6_only);
         let server = echo_server("udp://[::]:0", &cfg);
         let port = server.local_addr().rsplit_once(':').unwrap().1.to_string();
         let v4 = DgramSocket::unbound(&config(None));

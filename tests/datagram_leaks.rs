@@ -20,7 +20,7 @@ fn dropped_datagram_servers_and_sockets_leave_nothing_behind() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut config = Config::default();
     config.set_key(KEY).unwrap();
-    config.io_timeout = Some(Duration::from_secs(10));
+    config.set_io_timeout(Some(Duration::from_secs(10)));
     let (fds, tasks) = (open_fds(), threads());
     for round in 0..20 {
         let unix = format!("unixgram://{}/s{round}.sock", dir.display());

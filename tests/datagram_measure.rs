@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sockserv::datagram::Take;
-use sockserv::datagram_auth::{seal, Opener};
+use sockserv::proto::sealed::{seal, Opener};
+use sockserv::Take;
 use sockserv::{Config, DgramServer, DgramSocket};
 
 /// Counts live heap bytes, to weigh the replay memory.
@@ -43,7 +43,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 #[test]
 #[ignore]
 fn seal_and_open_cost() {
-    let keys: sockserv::auth::Keys = Arc::from(vec![b"measure key".to_vec()]);
+    let keys: sockserv::proto::handshake::Keys = Arc::from(vec![b"measure key".to_vec()]);
     for size in [64usize, 1024, 8192] {
         let payload = vec![7u8; size];
         let n = 20_000u64;
@@ -69,7 +69,7 @@ fn seal_and_open_cost() {
 #[test]
 #[ignore]
 fn replay_memory_bytes_per_entry() {
-    let keys: sockserv::auth::Keys = Arc::from(vec![b"k".to_vec()]);
+    let keys: sockserv::proto::handshake::Keys = Arc::from(vec![b"k".to_vec()]);
     let capacity = 65_536usize;
     let sealed: Vec<Vec<u8>> = (0..capacity as u64)
         .map(|i| {
@@ -98,7 +98,7 @@ fn round_trips(server_addr: &str, key: Option<&[u8]>, payload: usize) {
     if let Some(key) = key {
         cfg.set_key(key).unwrap();
     }
-    cfg.io_timeout = Some(Duration::from_secs(5));
+    cfg.set_io_timeout(Some(Duration::from_secs(5)));
     let server = DgramServer::bind(server_addr, &cfg).unwrap();
     server
         .set_handler(Arc::new(|sock: &DgramSocket, data: &[u8], from: &str| {

@@ -125,11 +125,10 @@ fn first_open(handler: &Flooder) -> Arc<EventConn> {
 }
 
 fn flood_config(limit: usize, close: bool) -> Config {
-    Config {
-        max_queued_bytes: limit,
-        close_when_backed_up: close,
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.set_max_queued_bytes(limit).unwrap();
+    config.set_close_when_backed_up(close);
+    config
 }
 
 #[test]
@@ -246,10 +245,8 @@ impl EventHandler for Relay {
 
 #[test]
 fn a_callback_can_send_to_another_connection() {
-    let config = Config {
-        io_threads: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_threads(2);
     let handler = Arc::new(Relay::default());
     let server = event_server("tcp://127.0.0.1:0", &config, handler.clone());
     let a = connect(server.local_addr(), &config).unwrap();
@@ -308,7 +305,7 @@ fn handshake_and_idle_timeouts_are_enforced() {
     config
         .set_handshake_timeout(Duration::from_millis(200))
         .unwrap();
-    config.idle_timeout = Some(Duration::from_millis(300));
+    config.set_idle_timeout(Some(Duration::from_millis(300)));
     let server = event_server("tcp://127.0.0.1:0", &config, handler.clone());
     // Silent during the handshake: closed, never opened.
     let mut silent = raw(&server);
@@ -363,10 +360,8 @@ impl EventHandler for Blocker {
 /// connections of its own I/O thread; the other threads' go on.
 #[test]
 fn a_blocking_callback_stalls_only_its_own_io_thread() {
-    let config = Config {
-        io_threads: 2,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_threads(2);
     let handler = Arc::new(Blocker {
         release: AtomicBool::new(false),
         blocked: AtomicUsize::new(0),

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::config::WhenFull;
+use sockserv::WhenFull;
 use sockserv::{connect, Config, Connection, Error, ErrorKind, EventConn, EventHandler, Server};
 
 /// Tests that hold or measure lots of memory run one at a time, so one's
@@ -97,10 +97,8 @@ fn killed_clients(mode: Mode) {
 #[test]
 fn threaded_a_peer_that_never_reads_times_out_with_bounded_memory() {
     let _memory = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
-    let config = Config {
-        io_timeout: Some(Duration::from_millis(500)),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_timeout(Some(Duration::from_millis(500)));
     let outcome: Arc<Mutex<Option<(u64, Error)>>> = Arc::default();
     let server = Server::bind("tcp://127.0.0.1:0", &config).unwrap();
     let out = outcome.clone();
@@ -169,16 +167,16 @@ fn slowloris(mode: Mode) {
     config.set_handshake_timeout(TIMEOUT).unwrap();
     // One slot: while the slowloris holds it, nobody else is served.
     config.set_max_connections(1).unwrap();
-    config.when_full = WhenFull::Wait;
+    config.set_when_full(WhenFull::Wait);
     let (server, seen) = counting_echo_server(&config, mode);
 
     let mut slow = raw(&server);
     let started = Instant::now();
     let challenge = raw_read_frame(&mut slow).unwrap();
-    let body = &challenge[sockserv::auth::CHALLENGE.len()..];
+    let body = &challenge[sockserv::proto::handshake::CHALLENGE.len()..];
     let mut response = (40u32).to_be_bytes().to_vec();
     response.extend_from_slice(b"{sha256}");
-    response.extend_from_slice(&sockserv::mac::hmac_sha256(KEY, body));
+    response.extend_from_slice(&sockserv::proto::mac::hmac_sha256(KEY, body));
     let stop = Arc::new(AtomicBool::new(false));
     let dribbler = {
         let mut s = slow.try_clone().unwrap();
@@ -242,7 +240,7 @@ fn flood_refused(mode: Mode) {
     const FLOOD: u64 = 200;
     let mut config = config_with_key(KEY);
     config.set_max_connections(CAP).unwrap();
-    config.when_full = WhenFull::Refuse;
+    config.set_when_full(WhenFull::Refuse);
     let (server, seen) = counting_echo_server(&config, mode);
     let holders: Vec<Connection> = (0..CAP)
         .map(|_| {
@@ -439,10 +437,8 @@ impl EventHandler for Panicky {
 fn event_a_panicking_callback_closes_only_its_connection() {
     let handler = Arc::new(Panicky::default());
     // One I/O thread: the panic happens on the bystander's thread too.
-    let config = Config {
-        io_threads: 1,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_io_threads(1);
     let server = event_server("tcp://127.0.0.1:0", &config, handler.clone());
     let bystander = connect(server.local_addr(), &config).unwrap();
     roundtrip(&bystander, b"before");

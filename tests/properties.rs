@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use sha2::Digest as _;
-use sockserv::auth::{Handshake, Keys, Role, NONCE_LEN};
-use sockserv::frame::{decode_header, encode_header, MAX_SHORT_PAYLOAD};
-use sockserv::recv_buffer::{Decoded, RecvBuffer};
+use sockserv::proto::frame::{decode_header, encode_header, MAX_SHORT_PAYLOAD};
+use sockserv::proto::handshake::{Handshake, Keys, Role, NONCE_LEN};
+use sockserv::proto::recv_buffer::{Decoded, RecvBuffer};
 use sockserv::{Config, Connection, ErrorKind};
 
 /// Payload lengths from every size class: tiny, one byte either side of

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use sockserv::auth::Role;
-use sockserv::proxy_protocol::ProxyMode;
+use sockserv::proto::handshake::Role;
+use sockserv::proto::proxy::ProxyMode;
 use sockserv::{Config, Connection, Error, EventConn, EventHandler, Server};
 
 /// Greets each connection with the peer address it sees, then echoes.
@@ -58,7 +58,7 @@ fn proxy_config(proxy: ProxyMode, key: bool) -> Config {
     } else {
         Config::default()
     };
-    config.proxy_protocol = proxy;
+    config.set_proxy_protocol(proxy);
     config
         .set_handshake_timeout(Duration::from_millis(500))
         .unwrap();
@@ -85,7 +85,7 @@ fn through_proxy(server: &Server, header: &[u8], config: &Config) -> sockserv::R
     let mut stream = TcpStream::connect(tcp_target(server)).unwrap();
     stream.write_all(header).unwrap();
     let mut client = config.clone();
-    client.proxy_protocol = ProxyMode::Off;
+    client.set_proxy_protocol(ProxyMode::Off);
     let conn = Connection::establish(stream.into(), &client, Role::Client).map_err(|(e, _)| e)?;
     conn.set_timeout(Some(Duration::from_secs(10)));
     Ok(conn)

@@ -25,7 +25,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::auth::Role;
+use sockserv::proto::handshake::Role;
 use sockserv::{connect, Config, Connection, ErrorKind};
 
 /// How long one Python child may run before it is killed. Its own watchdog
@@ -320,7 +320,7 @@ fn config(key: Option<&[u8]>) -> Config {
         None => Config::default(),
     };
     // sockserv's side of every exchange is bounded too.
-    c.io_timeout = Some(Duration::from_secs(30));
+    c.set_io_timeout(Some(Duration::from_secs(30)));
     c
 }
 

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::auth::Role;
-use sockserv::config::WhenFull;
-use sockserv::conn::RecvInto;
+use sockserv::proto::handshake::Role;
+use sockserv::RecvInto;
+use sockserv::WhenFull;
 use sockserv::{connect, Config, Connection, ErrorKind, Server};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -67,7 +67,7 @@ fn callbacks_are_set_only_before_start() {
 fn cap_server(when_full: WhenFull) -> Server {
     let mut config = Config::default();
     config.set_max_connections(2).unwrap();
-    config.when_full = when_full;
+    config.set_when_full(when_full);
     echo_server("tcp://127.0.0.1:0", &config)
 }
 
@@ -377,7 +377,7 @@ fn poll_reports_readability() {
 
 #[test]
 fn socket_options_defaults_and_setters() {
-    use sockserv::sockopt::{get, set, SockOpt};
+    use sockserv::testing::sockopt::{get, set, SockOpt};
     let server = echo_server("tcp://127.0.0.1:0", &Config::default());
     let client = connect(server.local_addr(), &Config::default()).unwrap();
     let socket = client.socket();
@@ -450,10 +450,8 @@ fn non_blocking_mode_never_tears_a_frame() {
 #[test]
 fn ipv6_only_listeners_refuse_ipv4_clients() {
     for (only, v4_works) in [(true, false), (false, true)] {
-        let config = Config {
-            v6_only: Some(only),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.set_v6_only(Some(only));
         let server = echo_server("tcp://[::]:0", &config);
         let port = server.local_addr().rsplit(':').next().unwrap().to_string();
         roundtrip(
@@ -466,10 +464,8 @@ fn ipv6_only_listeners_refuse_ipv4_clients() {
 }
 
 fn coalescing_echo_server() -> Server {
-    let config = Config {
-        coalesce_sends: true,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_coalesce_sends(true);
     echo_server("tcp://127.0.0.1:0", &config)
 }
 
@@ -494,10 +490,8 @@ fn coalesced_replies_to_a_pipelining_peer_all_arrive_in_order() {
 
 #[test]
 fn a_held_reply_leaves_when_the_handler_returns() {
-    let config = Config {
-        coalesce_sends: true,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.set_coalesce_sends(true);
     let server = Server::bind("tcp://127.0.0.1:0", &config).unwrap();
     // Answers the first frame while the second is already here (so the
     // reply is held), then returns without receiving again.

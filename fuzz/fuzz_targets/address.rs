@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use sockserv::address::{format_sockaddr, Address};
+use sockserv::testing::{format_sockaddr, Address};
 use sockserv::ErrorKind;
 
 fuzz_target!(|data: &[u8]| {

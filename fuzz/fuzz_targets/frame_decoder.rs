@@ -16,8 +16,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockserv::frame::{decode_header, encode_header, MAX_HEADER_LEN, MAX_SHORT_PAYLOAD};
-use sockserv::recv_buffer::{Decoded, RecvBuffer};
+use sockserv::proto::frame::{decode_header, encode_header, MAX_HEADER_LEN, MAX_SHORT_PAYLOAD};
+use sockserv::proto::recv_buffer::{Decoded, RecvBuffer};
 use sockserv::ErrorKind;
 
 /// How the reference decoder ends.

@@ -22,7 +22,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Sha256, Sha384};
-use sockserv::auth::{Handshake, Keys, Role, CHALLENGE, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use sockserv::proto::handshake::{Handshake, Keys, Role, CHALLENGE, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 
 /// A key no input contains: the stranger of mode 0 cannot answer for it.
 const SECRET: &[u8] = b"\x9c\x1e\x7f sockserv fuzz secret, not in any input \x03\xd4";

@@ -5,10 +5,10 @@
 use std::ffi::c_int;
 use std::time::Duration;
 
-use super::{arg_mut, bytes, guard, guard_value, out, sockserv_result};
+use super::{arg_mut, bytes, from_ms, guard, guard_value, out, sockserv_result};
 use crate::config::{Config, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
-use crate::proxy_protocol::ProxyMode;
+use crate::proto::proxy::ProxyMode;
 
 /// Settings for servers and clients (opaque). Create with
 /// `sockserv_config_new`, free with `sockserv_config_free`. Not locked: do
@@ -31,6 +31,10 @@ pub const SOCKSERV_WHEN_FULL_REFUSE: c_int = 1;
 /// 1024 connections at most (then wait), backlog 1024, SO_REUSEADDR on,
 /// SO_REUSEPORT off, TCP_NODELAY on, keepalive off. Free it with
 /// `sockserv_config_free`.
+///
+/// @retval SOCKSERV_OK `*config_out` holds the new config.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config_out` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_new(
     config_out: *mut *mut sockserv_config,
@@ -72,6 +76,12 @@ fn with_config(
 /// Sets the shared key (replacing any others): connections then run the
 /// HMAC-SHA256 handshake. The key is copied. An empty key is refused
 /// (`SOCKSERV_ERR_INVALID_ARGUMENT`): it would let in anyone using one too.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+/// non-zero `key_len`.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_auth_key(
     config: *mut sockserv_config,
@@ -88,6 +98,12 @@ pub unsafe extern "C" fn sockserv_config_set_auth_key(
 /// Adds a key a server also accepts, for key rotation: a peer that proves
 /// any of them is let in, and the server answers with the key that matched.
 /// A client uses the first key.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `key` is NULL with a
+/// non-zero `key_len`.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT the key is empty; the config is unchanged.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_add_auth_key(
     config: *mut sockserv_config,
@@ -102,6 +118,10 @@ pub unsafe extern "C" fn sockserv_config_add_auth_key(
 }
 
 /// Removes every key: connections then skip the handshake (plain framing).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_clear_auth_keys(
     config: *mut sockserv_config,
@@ -114,6 +134,11 @@ pub unsafe extern "C" fn sockserv_config_clear_auth_keys(
 
 /// The largest frame payload accepted, in bytes (default 64 MiB, up to
 /// 2^63 - 1). A bigger frame is refused before anything is allocated.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above 2^63 - 1.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_max_frame_size(
     config: *mut sockserv_config,
@@ -124,6 +149,11 @@ pub unsafe extern "C" fn sockserv_config_set_max_frame_size(
 
 /// How long the whole handshake may take, on both sides (default 10000;
 /// 0 is refused).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_handshake_timeout_ms(
     config: *mut sockserv_config,
@@ -134,19 +164,28 @@ pub unsafe extern "C" fn sockserv_config_set_handshake_timeout_ms(
 
 /// The initial timeout of each send and receive on new connections
 /// (default 0: wait for ever). See `sockserv_conn_set_timeout_ms`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_io_timeout_ms(
     config: *mut sockserv_config,
     timeout_ms: u32,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.io_timeout = (timeout_ms > 0).then(|| ms(timeout_ms));
+        c.set_io_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
 
 /// How long `sockserv_connect` waits for each address to accept (default
 /// 10000; 0 is refused).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_connect_timeout_ms(
     config: *mut sockserv_config,
@@ -157,6 +196,11 @@ pub unsafe extern "C" fn sockserv_config_set_connect_timeout_ms(
 
 /// The most connections a server serves at once (default 1024, at least 1);
 /// see `sockserv_config_set_when_full` for what happens past it.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_max_connections(
     config: *mut sockserv_config,
@@ -169,13 +213,19 @@ pub unsafe extern "C" fn sockserv_config_set_max_connections(
 /// in the kernel's accept queue (up to the backlog) until a slot frees, then
 /// its handshake starts; its handshake timeout runs on the client meanwhile.
 /// `SOCKSERV_WHEN_FULL_REFUSE`: it is accepted and closed at once.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT neither `SOCKSERV_WHEN_FULL_WAIT` nor
+/// `SOCKSERV_WHEN_FULL_REFUSE`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_when_full(
     config: *mut sockserv_config,
     when_full: c_int,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.when_full = match when_full {
+        c.set_when_full(match when_full {
             SOCKSERV_WHEN_FULL_WAIT => WhenFull::Wait,
             SOCKSERV_WHEN_FULL_REFUSE => WhenFull::Refuse,
             other => {
@@ -184,12 +234,17 @@ pub unsafe extern "C" fn sockserv_config_set_when_full(
                     format!("when_full {other} is neither SOCKSERV_WHEN_FULL_WAIT nor SOCKSERV_WHEN_FULL_REFUSE"),
                 ))
             }
-        };
+        });
         Ok(())
     })
 }
 
 /// The listen(2) backlog (default 1024; the kernel caps it at somaxconn).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT below 1.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_backlog(
     config: *mut sockserv_config,
@@ -200,26 +255,34 @@ pub unsafe extern "C" fn sockserv_config_set_backlog(
 
 /// SO_REUSEADDR on TCP listeners (default on: a restarted server can bind
 /// while old connections sit in TIME_WAIT).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_reuse_address(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.reuse_address = on;
+        c.set_reuse_address(on);
         Ok(())
     })
 }
 
 /// SO_REUSEPORT on TCP listeners (default off): several processes may bind
 /// the same port and the kernel spreads connections among them.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_reuse_port(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.reuse_port = on;
+        c.set_reuse_port(on);
         Ok(())
     })
 }
@@ -227,25 +290,33 @@ pub unsafe extern "C" fn sockserv_config_set_reuse_port(
 /// IPV6_V6ONLY on IPv6 listeners (`tcp://[::]:PORT`): true serves IPv6
 /// clients only, false IPv4 clients too (as IPv4-mapped addresses). Unset,
 /// the system's default stands (Linux: false).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_v6_only(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.v6_only = Some(on);
+        c.set_v6_only(Some(on));
         Ok(())
     })
 }
 
 /// TCP_NODELAY on new TCP connections (default on: frames leave at once).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_nodelay(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.nodelay = on;
+        c.set_nodelay(on);
         Ok(())
     })
 }
@@ -257,38 +328,50 @@ pub unsafe extern "C" fn sockserv_config_set_nodelay(
 /// that pipelines requests then gets its replies many per system call. The
 /// cost: a handler that works long between a send and its next receive
 /// holds that reply meanwhile; call `sockserv_conn_flush` to send at once.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_coalesce_sends(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.coalesce_sends = on;
+        c.set_coalesce_sends(on);
         Ok(())
     })
 }
 
 /// SO_KEEPALIVE on new TCP connections (default off), with the kernel's
 /// timings; `sockserv_conn_set_keepalive` sets timings per connection.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_keepalive(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.keepalive = on;
+        c.set_keepalive(on);
         Ok(())
     })
 }
 
 /// Event mode: the number of I/O threads (default 0: one per core).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_io_threads(
     config: *mut sockserv_config,
     threads: usize,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.io_threads = threads;
+        c.set_io_threads(threads);
         Ok(())
     })
 }
@@ -299,45 +382,49 @@ pub unsafe extern "C" fn sockserv_config_set_io_threads(
 /// when nothing else is queued); reading from that peer pauses once half
 /// the limit is queued and resumes below a quarter, so a peer that does not
 /// read cannot grow the server's memory.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_max_queued_bytes(
     config: *mut sockserv_config,
     max_bytes: usize,
 ) -> sockserv_result {
-    with_config(config, |c| {
-        if max_bytes == 0 {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "max queued bytes must be at least 1",
-            ));
-        }
-        c.max_queued_bytes = max_bytes;
-        Ok(())
-    })
+    with_config(config, |c| c.set_max_queued_bytes(max_bytes))
 }
 
 /// Event mode: close a connection whose queue is over the limit instead of
 /// refusing the send (default off).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_close_when_backed_up(
     config: *mut sockserv_config,
     on: bool,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.close_when_backed_up = on;
+        c.set_close_when_backed_up(on);
         Ok(())
     })
 }
 
 /// Event mode: close connections that receive nothing for this long
 /// (default 0: never); `on_close` gets `SOCKSERV_ERR_TIMED_OUT`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_idle_timeout_ms(
     config: *mut sockserv_config,
     timeout_ms: u32,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.idle_timeout = (timeout_ms > 0).then(|| ms(timeout_ms));
+        c.set_idle_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
@@ -357,13 +444,18 @@ pub const SOCKSERV_PROXY_REQUIRED: c_int = 2;
 /// Servers: whether connections start with a PROXY protocol header from a
 /// load balancer (`SOCKSERV_PROXY_OFF`, `_OPTIONAL` or `_REQUIRED`).
 /// Clients ignore it.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT none of the `SOCKSERV_PROXY_*` modes.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_proxy_protocol(
     config: *mut sockserv_config,
     mode: c_int,
 ) -> sockserv_result {
     with_config(config, |c| {
-        c.proxy_protocol = match mode {
+        c.set_proxy_protocol(match mode {
             SOCKSERV_PROXY_OFF => ProxyMode::Off,
             SOCKSERV_PROXY_OPTIONAL => ProxyMode::Optional,
             SOCKSERV_PROXY_REQUIRED => ProxyMode::Required,
@@ -373,11 +465,91 @@ pub unsafe extern "C" fn sockserv_config_set_proxy_protocol(
                     format!("PROXY protocol mode {other} is none of SOCKSERV_PROXY_OFF, _OPTIONAL, _REQUIRED"),
                 ))
             }
-        };
+        });
         Ok(())
     })
 }
 
+/// `sockserv_config_set_max_datagram_size`: the largest maximum datagram
+/// size, the largest UDP payload over IPv4.
+pub const SOCKSERV_MAX_DATAGRAM_SIZE: usize = 65507;
+/// The default maximum datagram size (Python socketserver's
+/// `max_packet_size`).
+pub const SOCKSERV_DEFAULT_DATAGRAM_SIZE: usize = 8192;
+/// Bytes a sealed datagram (sent with a key) carries beyond its payload:
+/// a 25-byte header and a 32-byte tag (see docs/DATAGRAM.md).
+pub const SOCKSERV_DATAGRAM_OVERHEAD: usize = 57;
+
+/// The largest datagram payload sent or received, in bytes (default
+/// `SOCKSERV_DEFAULT_DATAGRAM_SIZE`, 8192, at most
+/// `SOCKSERV_MAX_DATAGRAM_SIZE`, 65507). A larger send fails with
+/// `SOCKSERV_ERR_DATAGRAM_TOO_LARGE` and sends nothing; a larger datagram
+/// received is discarded with that code (a server counts it). With a key
+/// the datagram on the wire is `SOCKSERV_DATAGRAM_OVERHEAD` bytes longer.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0, or above `SOCKSERV_MAX_DATAGRAM_SIZE`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_max_datagram_size(
+    config: *mut sockserv_config,
+    max_bytes: usize,
+) -> sockserv_result {
+    with_config(config, |c| c.datagram_mut().set_max_size(max_bytes))
+}
+
+/// With a key: how far a datagram's timestamp may be from the receiver's
+/// clock, either way, in milliseconds (default 30000; 0 is refused). Older
+/// or newer datagrams are dropped and counted.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_datagram_window_ms(
+    config: *mut sockserv_config,
+    window_ms: u32,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.datagram_mut()
+            .set_window(Duration::from_millis(window_ms.into()))
+    })
+}
+
+/// With a key: how many accepted datagrams a socket remembers to refuse
+/// their replays (default 65536, at least 1; about 40 bytes each). They
+/// are forgotten once outside the window; when the memory is full the
+/// oldest is forgotten and nothing that old is accepted any more, so a
+/// replay is never let in.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_datagram_replay_capacity(
+    config: *mut sockserv_config,
+    capacity: usize,
+) -> sockserv_result {
+    with_config(config, |c| c.datagram_mut().set_replay_capacity(capacity))
+}
+
 fn ms(timeout_ms: u32) -> Duration {
     Duration::from_millis(timeout_ms.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header's literals are the core's values.
+    #[test]
+    fn constants_match_the_core() {
+        use crate::config::datagram::{DEFAULT_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE};
+        assert_eq!(SOCKSERV_MAX_DATAGRAM_SIZE, MAX_DATAGRAM_SIZE);
+        assert_eq!(SOCKSERV_DEFAULT_DATAGRAM_SIZE, DEFAULT_MAX_DATAGRAM_SIZE);
+        assert_eq!(SOCKSERV_DATAGRAM_OVERHEAD, crate::proto::sealed::OVERHEAD);
+    }
 }

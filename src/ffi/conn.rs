@@ -2,23 +2,21 @@
 //! `sockserv_conn_from_fd` (yours to free) or lent to a server's handler.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Socket, Type};
+use socket2::Socket;
 
 use super::{
-    arg, bytes, bytes_mut, c_str, copy_str, guard, guard_value, out, sockserv_config,
-    sockserv_result,
+    arg, bytes, bytes_mut, c_str, config_or_default, copy_str, from_ms, guard, guard_value, out,
+    sockserv_config, sockserv_result, to_ms,
 };
-use crate::auth::Role;
-use crate::config::Config;
-use crate::conn::{Connection, RecvInto};
 use crate::error::{Error, ErrorKind, Result};
-use crate::event_conn::EventConn;
-use crate::sockopt::{self, SockOpt};
+use crate::proto::handshake::Role;
+use crate::server::event::conn::EventConn;
+use crate::stream::connection::{Connection, RecvInto};
+use crate::sys::sockopt::{self, SockOpt};
 
 /// A framed connection (opaque). Sending is safe from several threads at
 /// once (frames never interleave), and one thread may receive while others
@@ -106,10 +104,26 @@ fn with_conn(
 /// Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
 /// "unix://PATH"), trying each resolved address within the connect
 /// timeout, then runs the handshake when `config` has a key. `config` is
-/// copied; NULL means the defaults. Codes: `SOCKSERV_ERR_CONNECTION_REFUSED`,
-/// `_TIMED_OUT`, `_AUTH_FAILED` (wrong key), `_AUTH_PROTOCOL`, `_CLOSED` (the
-/// server closed it, e.g. when full), `_INVALID_ADDRESS`. Free the
+/// copied; NULL means the defaults. A full server that refuses
+/// (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
 /// connection with `sockserv_conn_free`.
+///
+/// @retval SOCKSERV_OK `*conn_out` holds the connection, authenticated if keyed.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `conn_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+/// @retval SOCKSERV_ERR_CONNECTION_REFUSED nobody accepts connections there.
+/// @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+/// @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+/// @retval SOCKSERV_ERR_TIMED_OUT no address accepted within the connect timeout,
+/// or the handshake took longer than its timeout.
+/// @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+/// @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+/// handshake message.
+/// @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+/// broke the framing.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_connect(
     addr: *const c_char,
@@ -119,9 +133,7 @@ pub unsafe extern "C" fn sockserv_connect(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let (addr, conn_out) = unsafe { (c_str(addr, "addr")?, out(conn_out, "conn_out")?) };
-        // SAFETY: caller contract: NULL or a live config.
-        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
-        let conn = crate::client::connect(addr, &config)?;
+        let conn = crate::stream::client::connect(addr, &config_or_default(config))?;
         conn_out.put(new_handle(conn));
         Ok(())
     })
@@ -134,6 +146,21 @@ pub unsafe extern "C" fn sockserv_connect(
 /// when freed; on failure `fd` is left open and still yours. A
 /// non-blocking `fd` works too (sockserv waits with poll(2)); for
 /// non-blocking framing use `SOCKSERV_OPT_NONBLOCKING`.
+///
+/// @retval SOCKSERV_OK `*conn_out` holds the connection, which now owns `fd`.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `role` is unknown, or `fd` is negative, not
+/// open, not a socket or not a stream socket.
+/// @retval SOCKSERV_ERR_AUTH_FAILED the keys do not match.
+/// @retval SOCKSERV_ERR_AUTH_PROTOCOL the peer broke or downgraded the handshake.
+/// @retval SOCKSERV_ERR_TIMED_OUT the handshake took longer than its timeout.
+/// @retval SOCKSERV_ERR_CLOSED the peer closed the connection during the handshake.
+/// @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+/// handshake message.
+/// @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
+/// broke the framing.
+/// @retval SOCKSERV_ERR_IO the socket is not connected, or another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_from_fd(
     fd: c_int,
@@ -144,8 +171,6 @@ pub unsafe extern "C" fn sockserv_conn_from_fd(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let conn_out = unsafe { out(conn_out, "conn_out") }?;
-        // SAFETY: caller contract: NULL or a live config.
-        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
         let role = match role {
             SOCKSERV_ROLE_SERVER => Role::Server,
             SOCKSERV_ROLE_CLIENT => Role::Client,
@@ -155,34 +180,9 @@ pub unsafe extern "C" fn sockserv_conn_from_fd(
                 )))
             }
         };
-        if fd < 0 {
-            return Err(invalid(format!("fd {fd} is negative")));
-        }
-        // SAFETY: the caller hands us `fd`, an open descriptor; on every
-        // failure path below it is released with into_raw_fd, not closed.
-        let socket = unsafe { Socket::from_raw_fd(fd) };
-        match socket.r#type() {
-            Ok(ty) if ty == Type::STREAM => {}
-            Ok(_) => {
-                let _ = socket.into_raw_fd();
-                return Err(invalid(format!("fd {fd} is not a stream socket")));
-            }
-            Err(e) => {
-                let _ = socket.into_raw_fd();
-                return Err(Error::io(format_args!("fd {fd} is not a socket"), &e)
-                    .with_kind(ErrorKind::InvalidArgument));
-            }
-        }
-        match Connection::establish(socket, &config, role) {
-            Ok(conn) => {
-                conn_out.put(new_handle(conn));
-                Ok(())
-            }
-            Err((e, socket)) => {
-                let _ = socket.into_raw_fd();
-                Err(e)
-            }
-        }
+        let conn = crate::stream::adopt::adopt(fd, &config_or_default(config), role)?;
+        conn_out.put(new_handle(conn));
+        Ok(())
     })
 }
 
@@ -195,9 +195,7 @@ fn invalid(detail: String) -> Error {
 /// Blocking connections: returns when the kernel took all of it, or the
 /// timeout (see `sockserv_conn_set_timeout_ms`) passed: a send that timed
 /// out part-way closes the connection (`SOCKSERV_ERR_BROKEN` after), as the
-/// stream would be out of sync. Codes: `_TIMED_OUT`, `_CLOSED` (the peer
-/// went away), `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`,
-/// `_IO`.
+/// stream would be out of sync.
 ///
 /// Event-mode connections: never blocks, from any thread (inside
 /// `on_frame` too): the frame is copied into the connection's queue and its
@@ -205,6 +203,18 @@ fn invalid(detail: String) -> Error {
 /// (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
 /// with `sockserv_config_set_close_when_backed_up` the connection is closed
 /// and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, or `data` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_TIMED_OUT the timeout passed (blocking connections).
+/// @retval SOCKSERV_ERR_CLOSED the peer went away, or (event mode) the connection is
+/// closed or was closed for being backed up.
+/// @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: the kernel took nothing; event
+/// mode: the queue is over its limit.
+/// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_send(
     conn: *const sockserv_conn,
@@ -224,12 +234,25 @@ pub unsafe extern "C" fn sockserv_conn_send(
 /// Receives the next frame, whole, without copying: `*data` and `*len`
 /// point into the connection's buffer, valid until the next receive or
 /// poll on this connection or its free. `*data` is not NULL, even for an
-/// empty frame. `SOCKSERV_ERR_CLOSED` means the peer closed between frames;
-/// other codes: `_TRUNCATED_FRAME`, `_FRAME_TOO_LARGE` and `_PROTOCOL` (the
-/// connection is then closed), `_TIMED_OUT` (what arrived is kept),
-/// `_WOULD_BLOCK` (non-blocking mode), `_BROKEN`, `_SHUTDOWN`, `_IO`;
-/// `_INVALID_STATE` on an event-mode connection (frames arrive in
-/// `on_frame`).
+/// empty frame. After `SOCKSERV_ERR_TRUNCATED_FRAME`,
+/// `SOCKSERV_ERR_FRAME_TOO_LARGE` or `SOCKSERV_ERR_PROTOCOL` the connection
+/// is closed. Not for event-mode connections (frames arrive in `on_frame`).
+///
+/// @retval SOCKSERV_OK `*data` and `*len` describe the frame.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `data` or `len` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the peer closed between frames.
+/// @retval SOCKSERV_ERR_TRUNCATED_FRAME the peer closed in the middle of a
+/// frame.
+/// @retval SOCKSERV_ERR_FRAME_TOO_LARGE the frame is over the maximum frame size.
+/// @retval SOCKSERV_ERR_PROTOCOL the peer broke the framing (or a required PROXY
+/// header).
+/// @retval SOCKSERV_ERR_TIMED_OUT the timeout passed; what arrived is kept.
+/// @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: no whole frame is ready.
+/// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv(
     conn: *const sockserv_conn,
@@ -251,6 +274,16 @@ pub unsafe extern "C" fn sockserv_conn_recv(
 /// `*len`. If it does not fit: `SOCKSERV_ERR_INSUFFICIENT_SIZE`, `*len` is
 /// the size needed, and the frame stays queued for the next receive. Other
 /// codes as `sockserv_conn_recv`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `len`, or `buf` with a non-zero `cap` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE the frame does not fit; `*len` is its size.
+/// @retval SOCKSERV_ERR_CLOSED, SOCKSERV_ERR_TRUNCATED_FRAME,
+/// SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL,
+/// SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_BROKEN,
+/// SOCKSERV_ERR_SHUTDOWN, SOCKSERV_ERR_INVALID_STATE, SOCKSERV_ERR_IO as for
+/// `sockserv_conn_recv`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_recv_into(
     conn: *const sockserv_conn,
@@ -282,6 +315,15 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
 /// data, end of stream or an error is waiting on the socket (so a receive
 /// will not wait for the first byte). Blocking connections only
 /// (`SOCKSERV_ERR_INVALID_STATE` in event mode).
+///
+/// @retval SOCKSERV_OK `*readable` was written (true or false).
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
+/// @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
+/// writing replies held by coalescing failed.
+/// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+/// @retval SOCKSERV_ERR_IO poll(2) failed.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_poll(
     conn: *const sockserv_conn,
@@ -300,6 +342,11 @@ pub unsafe extern "C" fn sockserv_conn_poll(
 /// Writes the peer's address ("tcp://127.0.0.1:5000", "tcp://[::1]:5000",
 /// "unix://PATH", or "unix://" for an unnamed socket) like
 /// `sockserv_server_local_addr`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_peer_addr(
     conn: *const sockserv_conn,
@@ -314,6 +361,11 @@ pub unsafe extern "C" fn sockserv_conn_peer_addr(
 }
 
 /// Writes this end's address, like `sockserv_conn_peer_addr`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_local_addr(
     conn: *const sockserv_conn,
@@ -330,6 +382,10 @@ pub unsafe extern "C" fn sockserv_conn_local_addr(
 /// The socket's file descriptor, for poll/select or options sockserv does
 /// not wrap. It stays owned by the connection: do not close it, and do not
 /// read or write it directly (that would break the framing).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `fd` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_fd(
     conn: *const sockserv_conn,
@@ -351,6 +407,11 @@ pub unsafe extern "C" fn sockserv_conn_fd(
 /// frame, and the connection stays usable. Blocking connections only
 /// (`SOCKSERV_ERR_INVALID_STATE` in event mode, whose idle timeout is
 /// `sockserv_config_set_idle_timeout_ms`).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
     conn: *const sockserv_conn,
@@ -358,12 +419,17 @@ pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
 ) -> sockserv_result {
     with_conn(conn, |c| {
         c.blocking("sockserv_conn_set_timeout_ms")?
-            .set_timeout((timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into())));
+            .set_timeout(from_ms(timeout_ms));
         Ok(())
     })
 }
 
 /// Reads the timeout set by `sockserv_conn_set_timeout_ms` (0: none).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `timeout_ms` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
     conn: *const sockserv_conn,
@@ -372,11 +438,7 @@ pub unsafe extern "C" fn sockserv_conn_get_timeout_ms(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let timeout_ms = unsafe { out(timeout_ms, "timeout_ms") }?;
-        let ms = c
-            .blocking("sockserv_conn_get_timeout_ms")?
-            .timeout()
-            .map_or(0, |t| t.as_millis());
-        timeout_ms.put(u32::try_from(ms).unwrap_or(u32::MAX));
+        timeout_ms.put(to_ms(c.blocking("sockserv_conn_get_timeout_ms")?.timeout()));
         Ok(())
     })
 }
@@ -425,6 +487,14 @@ fn socket_option(option: c_int) -> Result<SockOpt> {
 /// before anything else by the next send or `sockserv_conn_flush`, so frames
 /// are never torn. Wait with poll(2) on `sockserv_conn_fd` (POLLIN, or
 /// POLLOUT while `sockserv_conn_flush` says `SOCKSERV_ERR_WOULD_BLOCK`).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown or `value` out of range.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+/// @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+/// socket).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_option(
     conn: *const sockserv_conn,
@@ -449,6 +519,14 @@ pub unsafe extern "C" fn sockserv_conn_set_option(
 }
 
 /// Reads a connection option (`SOCKSERV_OPT_*`) into `*value`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `value` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
+/// @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
+/// socket).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_get_option(
     conn: *const sockserv_conn,
@@ -473,6 +551,17 @@ pub unsafe extern "C" fn sockserv_conn_get_option(
 /// finish. `SOCKSERV_OK` when nothing is left, `SOCKSERV_ERR_WOULD_BLOCK`
 /// while some is (wait for POLLOUT on the fd). Blocking mode: waits, within
 /// the timeout.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: some of the frame is left.
+/// @retval SOCKSERV_ERR_TIMED_OUT blocking mode: the timeout passed.
+/// @retval SOCKSERV_ERR_CLOSED the peer went away.
+/// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server is shutting down.
+/// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
+/// @retval SOCKSERV_ERR_IO another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_flush(conn: *const sockserv_conn) -> sockserv_result {
     with_conn(conn, |c| c.blocking("sockserv_conn_flush")?.flush())
@@ -480,6 +569,11 @@ pub unsafe extern "C" fn sockserv_conn_flush(conn: *const sockserv_conn) -> sock
 
 /// Turns TCP_NODELAY on or off (TCP only; `SOCKSERV_ERR_IO` on Unix
 /// sockets). The same as `SOCKSERV_OPT_NODELAY`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_nodelay(
     conn: *const sockserv_conn,
@@ -491,6 +585,11 @@ pub unsafe extern "C" fn sockserv_conn_set_nodelay(
 }
 
 /// Reads TCP_NODELAY into `*on`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `on` is NULL.
+/// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_get_nodelay(
     conn: *const sockserv_conn,
@@ -508,6 +607,12 @@ pub unsafe extern "C" fn sockserv_conn_get_nodelay(
 /// probe goes after `idle_s` seconds of silence, then every `interval_s`,
 /// and the connection is dropped after `count` unanswered probes; zeros
 /// keep the kernel's timings.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT a timing is out of the kernel's range.
+/// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_keepalive(
     conn: *const sockserv_conn,
@@ -533,6 +638,10 @@ pub unsafe extern "C" fn sockserv_conn_set_keepalive(
 /// runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
 /// waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
 /// (a client connection must still be freed with `sockserv_conn_free`).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sockserv_result {
     with_conn(conn, |c| {
@@ -545,6 +654,10 @@ pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sock
 }
 
 /// Attaches a pointer of yours to the connection (not used by sockserv).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_set_userdata(
     conn: *const sockserv_conn,

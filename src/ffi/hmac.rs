@@ -2,12 +2,17 @@
 
 use super::{bytes, bytes_mut, guard, sockserv_result};
 use crate::error::{Error, ErrorKind};
-use crate::mac;
+use crate::proto::mac;
 
 /// Writes HMAC-SHA256(`key`, `msg`) into `mac_out`, which must have room
 /// for 32 bytes. `SOCKSERV_ERR_NULL_PARAMETER` for a NULL pointer with a
 /// non-zero length. Any key length
 /// works, 0 included; NULL is allowed for a length of 0.
+///
+/// @retval SOCKSERV_OK the 32 bytes were written.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `mac_out` is NULL, or `key` or `msg` is NULL
+/// with a non-zero length.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_hmac_sha256(
     key: *const u8,
@@ -33,6 +38,12 @@ pub unsafe extern "C" fn sockserv_hmac_sha256(
 /// Checks that `mac` (`mac_len` bytes) is HMAC-SHA256(`key`, `msg`):
 /// `SOCKSERV_OK` if it is, `SOCKSERV_ERR_AUTH_FAILED` if not. The length is
 /// checked first, then the bytes are compared in constant time.
+///
+/// @retval SOCKSERV_OK the MAC matches.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `key`, `msg` or `mac` is NULL with a
+/// non-zero length.
+/// @retval SOCKSERV_ERR_AUTH_FAILED `mac` is not the HMAC (or not 32 bytes).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_hmac_sha256_verify(
     key: *const u8,

@@ -2,7 +2,7 @@
 //!
 //! Every exported function checks its pointers (NULL gives
 //! `SOCKSERV_ERR_NULL_PARAMETER`), converts, calls the safe core inside
-//! [`guard`] (which turns a panic into `SOCKSERV_ERR_PANIC`) and maps the
+//! `guard` (which turns a panic into `SOCKSERV_ERR_PANIC`) and maps the
 //! outcome to a `sockserv_result`. Outputs are written only on success.
 //!
 //! Safety contract for callers, stated once here and in the header: every
@@ -13,23 +13,40 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)]
 
-mod config;
-mod conn;
-mod datagram;
-mod hmac;
+// The header follows this order, one group per C object (cbindgen keeps
+// source order; blank lines keep rustfmt from sorting them): results and
+// errors, config, server, event callbacks, connection, datagram socket,
+// datagram server, HMAC.
 mod result;
+
+mod config;
+
 mod server;
 
+mod events;
+
+mod conn;
+
+mod dgram;
+
+mod dgram_server;
+
+mod hmac;
+
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
+use std::time::Duration;
 
+use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 
 pub use config::*;
 pub use conn::*;
-pub use datagram::*;
+pub use dgram::*;
+pub use dgram_server::*;
+pub use events::*;
 pub use hmac::*;
 pub use result::*;
 pub use server::*;
@@ -96,6 +113,33 @@ fn guard(body: impl FnOnce() -> Result<()>) -> sockserv_result {
 /// swallowed and `fallback` returned.
 fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// A C `userdata` pointer, carried to the threads that run callbacks.
+#[derive(Clone, Copy)]
+struct UserData(*mut c_void);
+// SAFETY: sockserv never dereferences userdata; the C API documents which
+// thread runs each callback that receives it, so the caller shares it
+// knowingly.
+unsafe impl Send for UserData {}
+// SAFETY: as above: only handed back to the caller's callbacks.
+unsafe impl Sync for UserData {}
+
+/// The config a `_new`, `_open` or `_connect` call was given, copied, or
+/// the defaults for NULL.
+fn config_or_default(config: *const sockserv_config) -> Config {
+    // SAFETY: caller contract: NULL or a live config.
+    unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone())
+}
+
+/// A C timeout in milliseconds, where 0 means none (wait for ever).
+fn from_ms(timeout_ms: u32) -> Option<Duration> {
+    (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()))
+}
+
+/// The other way: none is 0, and a timeout too long for a u32 saturates.
+fn to_ms(timeout: Option<Duration>) -> u32 {
+    timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
 }
 
 fn null(name: &str) -> Error {

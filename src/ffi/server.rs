@@ -1,24 +1,21 @@
 //! `sockserv_server`: servers, threaded or event-driven, and their callbacks.
 
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::conn::ConnKind;
 use super::{
-    arg, c_str, copy_str, guard, guard_value, out, result_of, set_last_error, sockserv_config,
-    sockserv_conn, sockserv_result,
+    arg, c_str, config_or_default, copy_str, guard, guard_value, out, sockserv_config,
+    sockserv_conn, sockserv_result, UserData,
 };
-use crate::config::Config;
-use crate::conn::Connection;
 use crate::error::{Error, ErrorKind};
-use crate::event_conn::{EventConn, EventHandler};
-use crate::server::Server;
+use crate::server::accept::Server;
+use crate::stream::connection::Connection;
 
 /// A listening server (opaque). Its functions may be called from any
 /// thread, except `sockserv_server_free`, which must be the last call.
 pub struct sockserv_server {
-    inner: Server,
+    pub(super) inner: Server,
 }
 
 /// Handles one connection, on a thread of its own, after the handshake
@@ -35,38 +32,6 @@ pub type sockserv_handler_fn =
 /// thread: keep it quick, as no connection is accepted meanwhile.
 pub type sockserv_verify_fn =
     Option<unsafe extern "C" fn(userdata: *mut c_void, peer_addr: *const c_char) -> bool>;
-
-/// Event mode: a connection passed the handshake (or needs none). `conn`
-/// stays valid until `on_close` for it returns; other threads may send on
-/// it until then. Runs on the connection's I/O thread; with several I/O
-/// threads, callbacks for different connections run at the same time, so
-/// `userdata` must be safe to share between threads. Like every callback:
-/// must not throw a C++ exception or longjmp out.
-pub type sockserv_open_fn =
-    Option<unsafe extern "C" fn(userdata: *mut c_void, conn: *mut sockserv_conn)>;
-
-/// Event mode: one whole frame; `data` (`len` bytes) is valid during the
-/// call only. Runs on the connection's I/O thread, which serves nothing
-/// else meanwhile: do not block (hand long work to a thread of yours and
-/// reply with `sockserv_conn_send` from there).
-pub type sockserv_frame_fn = Option<
-    unsafe extern "C" fn(
-        userdata: *mut c_void,
-        conn: *mut sockserv_conn,
-        data: *const u8,
-        len: usize,
-    ),
->;
-
-/// Event mode: the connection ended; called exactly once for every
-/// connection `on_open` saw, after which `conn` is freed. `reason` is
-/// `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
-/// peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
-/// `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
-/// it; `sockserv_last_error` gives the detail during the call.
-pub type sockserv_close_fn = Option<
-    unsafe extern "C" fn(userdata: *mut c_void, conn: *mut sockserv_conn, reason: sockserv_result),
->;
 
 /// `sockserv_server_stat`: connections accepted from the listener.
 pub const SOCKSERV_STAT_ACCEPTED: c_int = 0;
@@ -86,21 +51,22 @@ pub const SOCKSERV_STAT_HANDLED: c_int = 5;
 /// (`SOCKSERV_PROXY_REQUIRED`).
 pub const SOCKSERV_STAT_PROXY_FAILURES: c_int = 6;
 
-/// A C `userdata` pointer, carried to the threads that run callbacks.
-#[derive(Clone, Copy)]
-struct UserData(*mut c_void);
-// SAFETY: sockserv never dereferences userdata; the C API documents that the
-// callbacks receiving it run on other threads, so the caller shares it
-// knowingly.
-unsafe impl Send for UserData {}
-// SAFETY: as above: only handed back to the caller's callbacks.
-unsafe impl Sync for UserData {}
-
 /// Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",
 /// "unix:///run/app.sock") and listening. Port 0 picks a free port (read it
 /// with `sockserv_server_local_addr`). `config` is copied; NULL means the
 /// defaults. A stale Unix socket file is replaced; the file is removed when
 /// the server is freed. Free the server with `sockserv_server_free`.
+///
+/// @retval SOCKSERV_OK `*server_out` holds the new server, listening.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `addr` or `server_out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved, or names
+/// no systemd socket.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8, an `fd://` descriptor is
+/// not a listening stream socket, or `LISTEN_FDS` is malformed.
+/// @retval SOCKSERV_ERR_ADDRESS_IN_USE another socket is bound to the address (or a
+/// live server owns the Unix socket file).
+/// @retval SOCKSERV_ERR_IO another OS error (permissions, no memory...).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_new(
     addr: *const c_char,
@@ -110,9 +76,7 @@ pub unsafe extern "C" fn sockserv_server_new(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let (addr, server_out) = unsafe { (c_str(addr, "addr")?, out(server_out, "server_out")?) };
-        // SAFETY: caller contract: NULL or a live config.
-        let config = unsafe { config.as_ref() }.map_or_else(Config::default, |c| c.inner.clone());
-        let server = Server::bind(addr, &config)?;
+        let server = Server::bind(addr, &config_or_default(config))?;
         server_out.put(Box::into_raw(Box::new(sockserv_server { inner: server })));
         Ok(())
     })
@@ -122,6 +86,11 @@ pub unsafe extern "C" fn sockserv_server_new(
 /// the connection is closed after the handshake). Only before the server
 /// starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid
 /// until `sockserv_server_free` returns.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_handler(
     server: *const sockserv_server,
@@ -147,100 +116,15 @@ pub unsafe extern "C" fn sockserv_server_set_handler(
     })
 }
 
-/// The C callbacks of an event-mode server. Each connection's C handle is
-/// created before `on_open`, kept in the connection's slot, and freed after
-/// `on_close`.
-struct CEvents {
-    on_open: sockserv_open_fn,
-    on_frame: sockserv_frame_fn,
-    on_close: sockserv_close_fn,
-    userdata: UserData,
-}
-
-impl CEvents {
-    fn handle(conn: &EventConn) -> *mut sockserv_conn {
-        conn.slot.load(Ordering::Acquire) as *mut sockserv_conn
-    }
-}
-
-impl EventHandler for CEvents {
-    fn on_open(&self, conn: &Arc<EventConn>) {
-        let handle = Box::into_raw(Box::new(sockserv_conn::lent(ConnKind::Event(conn.clone()))));
-        conn.slot.store(handle as usize, Ordering::Release);
-        if let Some(f) = self.on_open {
-            // SAFETY: the caller's function with the documented signature;
-            // `handle` lives until after on_close.
-            unsafe { f(self.userdata.0, handle) };
-        }
-    }
-
-    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]) {
-        if let Some(f) = self.on_frame {
-            // SAFETY: as in on_open; `frame` outlives the call.
-            unsafe {
-                f(
-                    self.userdata.0,
-                    Self::handle(conn),
-                    frame.as_ptr(),
-                    frame.len(),
-                )
-            };
-        }
-    }
-
-    fn on_close(&self, conn: &Arc<EventConn>, reason: Option<&Error>) {
-        let handle = conn.slot.swap(0, Ordering::AcqRel) as *mut sockserv_conn;
-        if handle.is_null() {
-            return;
-        }
-        let code = match reason {
-            None => sockserv_result::SOCKSERV_OK,
-            Some(e) => {
-                set_last_error(e.detail());
-                result_of(e.kind())
-            }
-        };
-        if let Some(f) = self.on_close {
-            // SAFETY: as in on_open.
-            unsafe { f(self.userdata.0, handle, code) };
-        }
-        // SAFETY: `handle` came from Box::into_raw in on_open and the slot
-        // held it alone; on_close runs once, so it is freed once.
-        drop(unsafe { Box::from_raw(handle) });
-    }
-}
-
-/// Makes the server event-driven: instead of a thread per connection, a
-/// few I/O threads (`sockserv_config_set_io_threads`) hold every connection
-/// and call `on_open`, `on_frame` for each whole frame, and `on_close`
-/// (any may be NULL). Only before the server starts, else
-/// `SOCKSERV_ERR_INVALID_STATE`; replaces a handler set with
-/// `sockserv_server_set_handler`. `userdata` must stay valid until
-/// `sockserv_server_free` returns.
-#[no_mangle]
-pub unsafe extern "C" fn sockserv_server_set_event_handlers(
-    server: *const sockserv_server,
-    on_open: sockserv_open_fn,
-    on_frame: sockserv_frame_fn,
-    on_close: sockserv_close_fn,
-    userdata: *mut c_void,
-) -> sockserv_result {
-    guard(|| {
-        // SAFETY: caller contract (see the module docs of ffi).
-        let server = unsafe { arg(server, "server") }?;
-        server.inner.set_event_handler(Arc::new(CEvents {
-            on_open,
-            on_frame,
-            on_close,
-            userdata: UserData(userdata),
-        }))
-    })
-}
-
 /// Sets the function that accepts or refuses each peer by address (NULL:
 /// accept all). Only before the server starts, else
 /// `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid until
 /// `sockserv_server_free` returns.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server has started or stopped.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_set_verify(
     server: *const sockserv_server,
@@ -271,6 +155,11 @@ pub unsafe extern "C" fn sockserv_server_set_verify(
 /// included, also with `SOCKSERV_ERR_INSUFFICIENT_SIZE` (so `buf` NULL
 /// with `len` 0 asks for the size). `SOCKSERV_ADDRSTRLEN` bytes are always
 /// enough.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_local_addr(
     server: *const sockserv_server,
@@ -291,6 +180,13 @@ pub unsafe extern "C" fn sockserv_server_local_addr(
 /// `serve_forever`. A server serves once: `SOCKSERV_ERR_INVALID_STATE` if
 /// it is already serving, `SOCKSERV_ERR_SHUTDOWN` after a shutdown (create
 /// a new one).
+///
+/// @retval SOCKSERV_OK the server was shut down and serving stopped.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_IO starting the I/O threads failed.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -302,6 +198,13 @@ pub unsafe extern "C" fn sockserv_server_serve(server: *const sockserv_server) -
 /// Serves on a background thread and returns at once. The same codes as
 /// `sockserv_server_serve`, and `SOCKSERV_ERR_IO` if no thread can be
 /// started.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the server is already serving.
+/// @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+/// @retval SOCKSERV_ERR_IO no thread could be started.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -> sockserv_result {
     guard(|| {
@@ -315,6 +218,10 @@ pub unsafe extern "C" fn sockserv_server_start(server: *const sockserv_server) -
 /// clients. Live connections go on until their handlers return or the
 /// server is freed. Not async-signal-safe: from a signal, wake a thread of
 /// yours (sigwait, a self-pipe) and call it there.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_shutdown(
     server: *const sockserv_server,
@@ -328,6 +235,11 @@ pub unsafe extern "C" fn sockserv_server_shutdown(
 
 /// Reads one counter (`SOCKSERV_STAT_*`) into `*value`; an unknown one
 /// gives `SOCKSERV_ERR_INVALID_ARGUMENT`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `value` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT `stat` is no `SOCKSERV_STAT_*`.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_stat(
     server: *const sockserv_server,

@@ -160,7 +160,7 @@ pub fn authenticated_raw(server: &Server, config: &Config) -> TcpStream {
     let target: std::net::SocketAddr = tcp_target(server).parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.connect(&target.into()).unwrap();
-    let conn = Connection::establish(socket, config, sockserv::auth::Role::Client)
+    let conn = Connection::establish(socket, config, sockserv::proto::handshake::Role::Client)
         .map_err(|(e, _)| e)
         .unwrap();
     let stream: TcpStream = conn.into_socket().into();

@@ -6,6 +6,13 @@
 //! from src/ffi and checked fresh by tests/header.rs, so it is the ABI's
 //! whole description: there are no public structs whose layout could change.
 //!
+//! One exception, written down in the baseline itself: a macro may be
+//! withdrawn without a major bump by a `withdrawn macro NAME: VALUE: why`
+//! line. A macro has no symbol in the shared object, so binaries built
+//! against it keep working; only sources that name it need the change the
+//! line explains. Functions, callbacks, types and enum values cannot be
+//! withdrawn this way.
+//!
 //! Record the baseline (after a major bump, or to take in additions):
 //!     SOCKSERV_BLESS=1 cargo test --test packaging abi
 
@@ -21,6 +28,9 @@ const BASELINE: &str = "packaging/abi-baseline.txt";
 struct Abi {
     major: u32,
     items: BTreeMap<String, String>,
+    /// Baseline only: macros withdrawn under this major version, "macro
+    /// NAME" -> "VALUE: why"; kept when the baseline is recorded anew.
+    withdrawn: BTreeMap<String, String>,
 }
 
 fn parse_header(header: &str) -> Abi {
@@ -59,6 +69,7 @@ fn parse_header(header: &str) -> Abi {
     Abi {
         major: major.expect("SOCKSERV_VERSION_MAJOR in the header"),
         items,
+        withdrawn: BTreeMap::new(),
     }
 }
 
@@ -164,18 +175,31 @@ fn render(abi: &Abi) -> String {
     for (key, signature) in &abi.items {
         text.push_str(&format!("{key}: {signature}\n"));
     }
+    for (key, why) in &abi.withdrawn {
+        text.push_str(&format!("withdrawn {key}: {why}\n"));
+    }
     text
 }
 
 fn parse_baseline(text: &str) -> Abi {
     let mut major = None;
     let mut items = BTreeMap::new();
+    let mut withdrawn = BTreeMap::new();
     for line in text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
     {
         if let Some(m) = line.strip_prefix("major ") {
             major = Some(m.parse().expect("major version"));
+        } else if let Some(rest) = line.strip_prefix("withdrawn ") {
+            let (key, why) = rest
+                .split_once(": ")
+                .expect("withdrawn KIND NAME: VALUE: why");
+            assert!(
+                key.starts_with("macro "),
+                "only macros can be withdrawn without a major bump, not {key:?}"
+            );
+            withdrawn.insert(key.to_string(), why.to_string());
         } else {
             let (key, sig) = line.split_once(": ").expect("KIND NAME: SIGNATURE");
             items.insert(key.to_string(), sig.to_string());
@@ -184,6 +208,7 @@ fn parse_baseline(text: &str) -> Abi {
     Abi {
         major: major.expect("a `major N` line"),
         items,
+        withdrawn,
     }
 }
 
@@ -207,6 +232,7 @@ fn compare(baseline: &Abi, current: &Abi) -> Verdict {
     let mut broken = Vec::new();
     for (key, was) in &baseline.items {
         match current.items.get(key) {
+            None if baseline.withdrawn.contains_key(key) => {}
             None => broken.push(format!("removed: {key}: {was}")),
             Some(now) if now != was => broken.push(format!("changed: {key}: {was}  ->  {now}")),
             Some(_) => {}
@@ -239,7 +265,7 @@ fn header() -> String {
 
 #[test]
 fn abi_matches_the_baseline() {
-    let current = parse_header(&header());
+    let mut current = parse_header(&header());
     let path = root().join(BASELINE);
     let baseline_text = std::fs::read_to_string(&path).unwrap_or_default();
     let bless = std::env::var_os("SOCKSERV_BLESS").is_some();
@@ -249,7 +275,12 @@ fn abi_matches_the_baseline() {
             "{BASELINE} is missing: record it with SOCKSERV_BLESS=1"
         );
     } else {
-        match compare(&parse_baseline(&baseline_text), &current) {
+        let baseline = parse_baseline(&baseline_text);
+        if baseline.major == current.major {
+            // Recording the baseline anew keeps what was withdrawn.
+            current.withdrawn = baseline.withdrawn.clone();
+        }
+        match compare(&baseline, &current) {
             Verdict::Compatible(added) if added.is_empty() => {}
             Verdict::Compatible(added) => {
                 if !bless {
@@ -353,6 +384,26 @@ fn abi_check_catches_breaks_and_allows_additions() {
     );
     let renamed = edit("int backlog);", "int queue_length);");
     assert_eq!(compare(&base, &renamed), Verdict::Compatible(vec![]));
+
+    // A macro can be withdrawn by a line in the baseline, and that line
+    // survives a new recording; nothing else can be.
+    let without_macro = edit("#define SOCKSERV_ADDRSTRLEN 128", "");
+    assert!(matches!(compare(&base, &without_macro), Verdict::Broken(_)));
+    let withdrawing = format!(
+        "{}withdrawn macro SOCKSERV_ADDRSTRLEN: 128: a test\n",
+        render(&base)
+    );
+    let withdrawing = parse_baseline(&withdrawing);
+    assert_eq!(
+        compare(&withdrawing, &without_macro),
+        Verdict::Compatible(vec![])
+    );
+    assert!(render(&withdrawing).contains("withdrawn macro SOCKSERV_ADDRSTRLEN: 128: a test\n"));
+    let function = format!(
+        "{}withdrawn function sockserv_clear_error: void (void): a test\n",
+        render(&base)
+    );
+    assert!(std::panic::catch_unwind(|| parse_baseline(&function)).is_err());
 
     // A break with the major version bumped asks for a new baseline.
     let major = |m: u32| format!("#define SOCKSERV_VERSION_MAJOR {m}\n");

@@ -1,0 +1,338 @@
+//! One I/O thread of the event-driven engine: an epoll instance (through
+//! mio) holding its share of the connections, its [`Inbox`], and a heap of
+//! deadlines (its state is in `state`). This file holds the loop, adopting,
+//! reading and closing; the protocol phases are in `dispatch`, writing and
+//! backpressure in `writer`, the timers in `timers`.
+//!
+//! Memory per idle connection stays small: reads land in one scratch buffer
+//! per thread, and only a partial frame left at the end of a read is copied
+//! into the connection's own buffer.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use socket2::Socket;
+
+use crate::addr::stream::format_sockaddr;
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::proxy::ProxyMode;
+use crate::proto::recv_buffer::RecvBuffer;
+use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
+use crate::server::event::deadlines::Deadlines;
+use crate::server::event::dispatch::{dispatch, start};
+use crate::server::event::handler::callback;
+use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
+use crate::server::event::state::{
+    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, READS_PER_TURN, SCRATCH_SIZE, WAKER,
+};
+use crate::sys;
+
+impl IoThread {
+    pub fn new(shared: Arc<EngineShared>) -> io::Result<IoThread> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        Ok(IoThread {
+            poll,
+            inbox: Arc::new(Inbox::new(waker)),
+            shared,
+            conns: Slab::new(),
+            deadlines: Deadlines::default(),
+            scratch: RecvBuffer::with_capacity(SCRATCH_SIZE),
+            read_again: Vec::new(),
+        })
+    }
+
+    pub fn inbox(&self) -> Arc<Inbox> {
+        self.inbox.clone()
+    }
+
+    /// Runs until a `Stop` command, then closes every connection.
+    pub fn run(mut self) {
+        OWN_INBOX.with(|c| c.set(Arc::as_ptr(&self.inbox) as usize));
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.read_again.is_empty() && self.inbox.is_empty() {
+                self.deadlines
+                    .next()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                let token = event.token().0;
+                if event.token() == WAKER {
+                    continue;
+                }
+                if event.is_read_closed() || event.is_error() {
+                    self.on_readable(token, true);
+                } else if event.is_readable() {
+                    self.on_readable(token, false);
+                }
+                if event.is_writable() {
+                    self.flush(token);
+                }
+            }
+            for token in std::mem::take(&mut self.read_again) {
+                self.on_readable(token, true);
+            }
+            if self.run_commands() {
+                break;
+            }
+            self.expire(Instant::now());
+        }
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        for token in tokens {
+            let shutdown = Error::new(ErrorKind::Shutdown, "the server is shutting down");
+            self.close(token, Some(shutdown));
+        }
+    }
+
+    /// Runs posted commands until none are left; true on `Stop`.
+    pub(super) fn run_commands(&mut self) -> bool {
+        loop {
+            let commands = self.inbox.take();
+            if commands.is_empty() {
+                return false;
+            }
+            for command in commands {
+                match command {
+                    Command::Adopt(socket, peer) => self.adopt(socket, peer),
+                    Command::Flush(token, id) if self.is_live(token, id) => self.flush(token),
+                    Command::Close(token, id) if self.is_live(token, id) => self.begin_close(token),
+                    Command::Stop => return true,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub(super) fn is_live(&self, token: usize, id: u64) -> bool {
+        self.conns.get(token).is_some_and(|c| c.handle.id() == id)
+    }
+
+    pub(super) fn adopt(&mut self, socket: Socket, peer: String) {
+        // A socket that cannot even be registered is dropped (closed); it
+        // was never opened, so no callback runs.
+        if self.try_adopt(socket, peer).is_err() {
+            self.release_slot();
+        }
+    }
+
+    pub(super) fn try_adopt(&mut self, socket: Socket, peer: String) -> Result<()> {
+        let config = &self.shared.context.config;
+        let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {peer}"), &e);
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| fail("configuring", e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| fail("reading the local address of", e))?;
+        if local.is_ipv4() || local.is_ipv6() {
+            socket
+                .set_tcp_nodelay(config.nodelay)
+                .map_err(|e| fail("setting TCP_NODELAY for", e))?;
+            socket
+                .set_keepalive(config.keepalive)
+                .map_err(|e| fail("setting SO_KEEPALIVE for", e))?;
+        }
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        let fd = socket.as_raw_fd();
+        self.poll
+            .registry()
+            .register(
+                &mut SourceFd(&fd),
+                Token(token),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| fail("registering", e))?;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(EventConn::new(EventConnParts {
+            id,
+            token,
+            inbox: self.inbox.clone(),
+            peer,
+            local: format_sockaddr(&local),
+            socket,
+            max_queued: config.max_queued_bytes,
+            when_backed_up: if config.close_when_backed_up {
+                WhenBackedUp::Close
+            } else {
+                WhenBackedUp::Refuse
+            },
+        }));
+        let now = Instant::now();
+        let proxy = match config.proxy_protocol {
+            ProxyMode::Off => None,
+            mode => Some(mode),
+        };
+        entry.insert(Conn {
+            handle,
+            recv: RecvBuffer::default(),
+            proxy,
+            handshake: None,
+            handshake_deadline: now + config.handshake_timeout,
+            writing: Vec::new(),
+            written: 0,
+            last_activity: now,
+            read_paused: false,
+            opened: false,
+            closing_since: None,
+        });
+        let conn = &mut self.conns[token];
+        if !config.keys.is_empty() || proxy.is_some() {
+            self.deadlines.push(conn.handshake_deadline, token, id);
+        }
+        // With a required PROXY header, everything waits for it (and for
+        // verify on the client's address).
+        if proxy != Some(ProxyMode::Required) {
+            let outcome = start(&self.shared, conn);
+            if conn.opened {
+                self.arm_idle(token);
+            }
+            if let Err(reason) = outcome {
+                self.close(token, reason);
+                return Ok(());
+            }
+            self.flush(token);
+        }
+        Ok(())
+    }
+
+    /// Reads and delivers. `drain`: read until the kernel says there is no
+    /// more; otherwise a short read is taken to mean the socket is empty
+    /// (saving a system call), which is true unless an end of stream is
+    /// already pending behind the data, with no new edge to come.
+    pub(super) fn on_readable(&mut self, token: usize, drain: bool) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        if conn.read_paused || conn.closing_since.is_some() {
+            return;
+        }
+        // A connection with no partial frame reads into the shared scratch
+        // buffer; one with a partial frame continues in its own.
+        let use_scratch = conn.recv.pending().is_empty();
+        let mut own = std::mem::take(&mut conn.recv);
+        let buf = if use_scratch {
+            &mut self.scratch
+        } else {
+            &mut own
+        };
+        let was_open = conn.opened;
+        let shared = &self.shared;
+        let mut outcome = Ok(());
+        let mut more = false;
+        for turn in 0..READS_PER_TURN {
+            let spare = buf.spare(16 * 1024);
+            let spare_len = spare.len();
+            match sys::recv(conn.handle.fd(), spare, 0) {
+                Ok(0) => {
+                    outcome = Err(Some(end_of_stream(conn, buf)));
+                    break;
+                }
+                Ok(n) => {
+                    buf.commit(n);
+                    conn.last_activity = Instant::now();
+                    outcome = dispatch(shared, conn, buf);
+                    // A short read drained the socket: the next data brings a
+                    // new edge. A full one may have left more behind.
+                    if outcome.is_err() || conn.read_paused || (n < spare_len && !drain) {
+                        break;
+                    }
+                    more = turn + 1 == READS_PER_TURN;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    outcome = Err(Some(Error::io(
+                        format_args!("receiving from {}", conn.handle.peer_addr()),
+                        &e,
+                    )));
+                    break;
+                }
+            }
+        }
+        if use_scratch {
+            // Keep what is left of a partial frame; the scratch is the
+            // thread's again.
+            own.extend(self.scratch.pending());
+            self.scratch.clear();
+        }
+        own.release_if_idle(KEEP_IDLE_BUFFER);
+        conn.recv = own;
+        if !was_open && conn.opened {
+            self.arm_idle(token);
+        }
+        if more {
+            self.read_again.push(token);
+        }
+        match outcome {
+            Ok(()) => self.flush(token),
+            Err(reason) => {
+                // Best effort: a handshake #FAILURE# reaches the peer.
+                self.flush(token);
+                self.close(token, reason);
+            }
+        }
+    }
+
+    /// Removes the connection, closes its socket and reports it.
+    pub(super) fn close(&mut self, token: usize, reason: Option<Error>) {
+        let Some(conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        let fd = conn.handle.fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // Handles may outlive the connection (and keep the descriptor
+        // open): the peer must see the end now.
+        conn.handle.mark_closed();
+        let context = &self.shared.context;
+        if conn.opened {
+            let handler = &self.shared.handler;
+            let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
+            context.handled.fetch_add(1, Ordering::Relaxed);
+        } else if conn.proxy == Some(ProxyMode::Required) {
+            context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+        } else if conn.handshake.is_some() {
+            context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(conn);
+        self.release_slot();
+    }
+
+    pub(super) fn release_slot(&self) {
+        let before = self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        // The accept loop waits for a free slot only when full.
+        if before >= self.shared.context.config.max_connections {
+            self.shared.context.wake();
+        }
+    }
+}
+
+fn end_of_stream(conn: &Conn, buf: &RecvBuffer) -> Error {
+    let peer = conn.handle.peer_addr();
+    if buf.pending().is_empty() {
+        Error::new(ErrorKind::Closed, format!("{peer} closed the connection"))
+    } else {
+        Error::new(
+            ErrorKind::TruncatedFrame,
+            format!(
+                "{peer} closed the connection in the middle of a frame: {} bytes received",
+                buf.pending().len()
+            ),
+        )
+    }
+}

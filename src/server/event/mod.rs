@@ -1,0 +1,30 @@
+//! The event-driven driver: a few I/O threads (mio/epoll), each holding its
+//! share of the connections and calling an [`EventHandler`] back.
+//!
+//! - [`engine`]: starts the I/O threads and deals connections to them.
+//! - `inbox`: the mailbox other threads post commands to.
+//! - `state`: what the I/O threads keep (shared, per thread, per connection).
+//! - `io_thread`: one I/O thread's loop: adopting, reading, closing.
+//! - `dispatch`: the protocol phases run on what was read (PROXY header,
+//!   handshake, frames to `on_frame`).
+//! - `writer`: writing queued frames, backpressure, close after flush.
+//! - `timers` over `deadlines` (the heap): handshake, idle, linger.
+//! - `handler`: the [`EventHandler`] callbacks and how they are run.
+//! - [`conn`]: the connection handle callbacks and other threads send on.
+//!
+//! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`, `stream`,
+//! `server::driver`.
+
+pub mod conn;
+mod deadlines;
+mod dispatch;
+pub(crate) mod engine;
+mod handler;
+mod inbox;
+mod io_thread;
+mod state;
+mod timers;
+mod writer;
+
+pub use conn::EventConn;
+pub use handler::EventHandler;

@@ -1,0 +1,70 @@
+//! What an I/O thread keeps: the state every I/O thread of one engine
+//! shares, the thread's own ([`IoThread`]: poller, connections, timers,
+//! scratch buffer), and its record of each connection ([`Conn`]). The
+//! behaviour is in `io_thread`, `dispatch`, `writer` and `timers`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::{Poll, Token};
+use slab::Slab;
+
+use crate::proto::handshake::Handshake;
+use crate::proto::proxy::ProxyMode;
+use crate::proto::recv_buffer::RecvBuffer;
+use crate::server::driver::Context;
+use crate::server::event::conn::EventConn;
+use crate::server::event::deadlines::Deadlines;
+use crate::server::event::handler::EventHandler;
+use crate::server::event::inbox::Inbox;
+
+pub(super) const WAKER: Token = Token(usize::MAX);
+/// The scratch buffer each read lands in first.
+pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
+/// Reads per readiness event before other connections get a turn.
+pub(super) const READS_PER_TURN: usize = 16;
+/// A connection's own buffers are freed when idle and larger than this.
+pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
+/// How long a connection closed with `close()` may take to write what it
+/// had queued.
+pub(super) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub(super) struct Conn {
+    /// Shared with callbacks and senders; owns the socket.
+    pub(super) handle: Arc<EventConn>,
+    /// A partial frame left over from the last read.
+    pub(super) recv: RecvBuffer,
+    /// A PROXY protocol header still expected before the first frame.
+    pub(super) proxy: Option<ProxyMode>,
+    pub(super) handshake: Option<Handshake>,
+    /// The deadline of the handshake (and of a required PROXY header).
+    pub(super) handshake_deadline: Instant,
+    /// Frames taken from the handle's queue, being written.
+    pub(super) writing: Vec<u8>,
+    pub(super) written: usize,
+    pub(super) last_activity: Instant,
+    pub(super) read_paused: bool,
+    pub(super) opened: bool,
+    pub(super) closing_since: Option<Instant>,
+}
+
+pub(crate) struct IoThread {
+    pub(super) poll: Poll,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) shared: Arc<EngineShared>,
+    pub(super) conns: Slab<Conn>,
+    pub(super) deadlines: Deadlines,
+    pub(super) scratch: RecvBuffer,
+    /// Connections whose reads stopped at READS_PER_TURN with data left.
+    pub(super) read_again: Vec<usize>,
+}
+
+/// Settings and state every I/O thread of one engine shares.
+pub(crate) struct EngineShared {
+    pub context: Arc<Context>,
+    pub handler: Arc<dyn EventHandler>,
+    /// Connections adopted and not yet closed, across threads.
+    pub active: AtomicUsize,
+    pub next_id: AtomicU64,
+}

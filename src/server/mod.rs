@@ -1,0 +1,16 @@
+//! Stream servers: the accept loop ([`accept`]) hands each verified
+//! connection to a driver ([`driver::Driver`]): [`threaded`] (a thread per
+//! connection) or [`event`] (a few I/O threads with callbacks).
+//!
+//! Inside, the order is `driver` -> `threaded`, `event` -> `accept`: a
+//! driver never reaches back into the accept loop.
+//!
+//! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`, `stream`.
+
+pub mod accept;
+mod driver;
+pub mod event;
+mod threaded;
+
+pub use accept::Server;
+pub use driver::{Handler, Stats, Verify};
