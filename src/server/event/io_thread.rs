@@ -21,17 +21,18 @@ use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::proxy::ProxyMode;
+use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::{Session, SessionParams, Stage};
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
-use crate::server::event::dispatch::{dispatch, start};
+use crate::server::event::dispatch::dispatch;
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::server::event::state::{
     Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, READS_PER_TURN, SCRATCH_SIZE, WAKER,
 };
-use crate::sys;
+use crate::sys::{self, random, sockopt};
 
 impl IoThread {
     pub fn new(shared: Arc<EngineShared>) -> io::Result<IoThread> {
@@ -139,14 +140,25 @@ impl IoThread {
         let local = socket
             .local_addr()
             .map_err(|e| fail("reading the local address of", e))?;
-        if local.is_ipv4() || local.is_ipv6() {
-            socket
-                .set_tcp_nodelay(config.nodelay)
-                .map_err(|e| fail("setting TCP_NODELAY for", e))?;
-            socket
-                .set_keepalive(config.keepalive)
-                .map_err(|e| fail("setting SO_KEEPALIVE for", e))?;
-        }
+        sockopt::apply_stream(&socket, config.nodelay, config.keepalive)?;
+        let nonce = if config.keys.is_empty() {
+            [0; NONCE_LEN]
+        } else {
+            random::nonce()?
+        };
+        let now = Instant::now();
+        let session = Session::new(
+            SessionParams {
+                role: Role::Server,
+                keys: config.keys.clone(),
+                proxy: config.proxy_protocol,
+                max_frame_size: config.max_frame_size,
+                preamble_timeout: config.handshake_timeout,
+            },
+            peer.clone(),
+            now,
+            nonce,
+        );
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         let fd = socket.as_raw_fd();
@@ -173,41 +185,33 @@ impl IoThread {
                 WhenBackedUp::Refuse
             },
         }));
-        let now = Instant::now();
-        let proxy = match config.proxy_protocol {
-            ProxyMode::Off => None,
-            mode => Some(mode),
-        };
         entry.insert(Conn {
             handle,
             recv: RecvBuffer::default(),
-            proxy,
-            handshake: None,
-            handshake_deadline: now + config.handshake_timeout,
+            session,
             writing: Vec::new(),
             written: 0,
             last_activity: now,
             read_paused: false,
-            opened: false,
             closing_since: None,
         });
         let conn = &mut self.conns[token];
-        if !config.keys.is_empty() || proxy.is_some() {
-            self.deadlines.push(conn.handshake_deadline, token, id);
+        if let Some(deadline) = conn.session.deadline() {
+            self.deadlines.push(deadline, token, id);
         }
-        // With a required PROXY header, everything waits for it (and for
-        // verify on the client's address).
-        if proxy != Some(ProxyMode::Required) {
-            let outcome = start(&self.shared, conn);
-            if conn.opened {
-                self.arm_idle(token);
-            }
-            if let Err(reason) = outcome {
-                self.close(token, reason);
-                return Ok(());
-            }
-            self.flush(token);
+        // The session starts: a challenge to send, or open at once (and
+        // with a required PROXY header, nothing until it comes).
+        let mut buf = std::mem::take(&mut conn.recv);
+        let outcome = dispatch(&self.shared, conn, &mut buf);
+        conn.recv = buf;
+        if conn.session.was_opened() {
+            self.arm_idle(token);
         }
+        if let Err(reason) = outcome {
+            self.close(token, reason);
+            return Ok(());
+        }
+        self.flush(token);
         Ok(())
     }
 
@@ -231,7 +235,7 @@ impl IoThread {
         } else {
             &mut own
         };
-        let was_open = conn.opened;
+        let was_open = conn.session.was_opened();
         let shared = &self.shared;
         let mut outcome = Ok(());
         let mut more = false;
@@ -240,7 +244,7 @@ impl IoThread {
             let spare_len = spare.len();
             match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {
-                    outcome = Err(Some(end_of_stream(conn, buf)));
+                    outcome = Err(Some(conn.session.end_of_stream(buf)));
                     break;
                 }
                 Ok(n) => {
@@ -273,7 +277,7 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
-        if !was_open && conn.opened {
+        if !was_open && conn.session.was_opened() {
             self.arm_idle(token);
         }
         if more {
@@ -300,14 +304,16 @@ impl IoThread {
         // open): the peer must see the end now.
         conn.handle.mark_closed();
         let context = &self.shared.context;
-        if conn.opened {
+        if conn.session.was_opened() {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
-        } else if conn.proxy == Some(ProxyMode::Required) {
-            context.proxy_failures.fetch_add(1, Ordering::Relaxed);
-        } else if conn.handshake.is_some() {
-            context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match conn.session.failure_stage() {
+                Stage::Proxy => context.proxy_failures.fetch_add(1, Ordering::Relaxed),
+                Stage::Handshake => context.handshake_failures.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
         }
         drop(conn);
         self.release_slot();
@@ -319,20 +325,5 @@ impl IoThread {
         if before >= self.shared.context.config.max_connections {
             self.shared.context.wake();
         }
-    }
-}
-
-fn end_of_stream(conn: &Conn, buf: &RecvBuffer) -> Error {
-    let peer = conn.handle.peer_addr();
-    if buf.pending().is_empty() {
-        Error::new(ErrorKind::Closed, format!("{peer} closed the connection"))
-    } else {
-        Error::new(
-            ErrorKind::TruncatedFrame,
-            format!(
-                "{peer} closed the connection in the middle of a frame: {} bytes received",
-                buf.pending().len()
-            ),
-        )
     }
 }

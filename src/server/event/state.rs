@@ -10,9 +10,8 @@ use std::time::Instant;
 use mio::{Poll, Token};
 use slab::Slab;
 
-use crate::proto::handshake::Handshake;
-use crate::proto::proxy::ProxyMode;
 use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::Session;
 use crate::server::driver::Context;
 use crate::server::event::conn::EventConn;
 use crate::server::event::deadlines::Deadlines;
@@ -35,17 +34,13 @@ pub(super) struct Conn {
     pub(super) handle: Arc<EventConn>,
     /// A partial frame left over from the last read.
     pub(super) recv: RecvBuffer,
-    /// A PROXY protocol header still expected before the first frame.
-    pub(super) proxy: Option<ProxyMode>,
-    pub(super) handshake: Option<Handshake>,
-    /// The deadline of the handshake (and of a required PROXY header).
-    pub(super) handshake_deadline: Instant,
+    /// The protocol: PROXY header, handshake, frames, end of stream.
+    pub(super) session: Session,
     /// Frames taken from the handle's queue, being written.
     pub(super) writing: Vec<u8>,
     pub(super) written: usize,
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,
-    pub(super) opened: bool,
     pub(super) closing_since: Option<Instant>,
 }
 
