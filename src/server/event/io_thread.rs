@@ -111,7 +111,9 @@ impl IoThread {
                 match command {
                     Command::Adopt(socket, peer) => self.adopt(socket, peer),
                     Command::Flush(token, id) if self.is_live(token, id) => self.flush(token),
-                    Command::Close(token, id) if self.is_live(token, id) => self.begin_close(token),
+                    Command::Close(token, id) if self.is_live(token, id) => {
+                        self.begin_close(token, None)
+                    }
                     Command::Stop => return true,
                     _ => {}
                 }
@@ -194,6 +196,7 @@ impl IoThread {
             last_activity: now,
             read_paused: false,
             closing_since: None,
+            close_reason: None,
         });
         let conn = &mut self.conns[token];
         if let Some(deadline) = conn.session.deadline() {
@@ -238,13 +241,14 @@ impl IoThread {
         let was_open = conn.session.was_opened();
         let shared = &self.shared;
         let mut outcome = Ok(());
+        let mut end = None;
         let mut more = false;
         for turn in 0..READS_PER_TURN {
             let spare = buf.spare(16 * 1024);
             let spare_len = spare.len();
             match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {
-                    outcome = Err(Some(conn.session.end_of_stream(buf)));
+                    end = Some(conn.session.end_of_stream(buf));
                     break;
                 }
                 Ok(n) => {
@@ -283,9 +287,19 @@ impl IoThread {
         if more {
             self.read_again.push(token);
         }
-        match outcome {
-            Ok(()) => self.flush(token),
-            Err(reason) => {
+        match (outcome, end) {
+            // The peer's end of stream (a half-close, often): every frame
+            // received was delivered; what the replies queued is written
+            // before the close, as after close().
+            (Ok(()), Some(reason)) if self.conns[token].session.was_opened() => {
+                self.begin_close(token, Some(reason))
+            }
+            (Ok(()), Some(reason)) => {
+                self.flush(token);
+                self.close(token, Some(reason));
+            }
+            (Ok(()), None) => self.flush(token),
+            (Err(reason), _) => {
                 // Best effort: a handshake #FAILURE# reaches the peer.
                 self.flush(token);
                 self.close(token, reason);

@@ -10,6 +10,7 @@ use std::time::Instant;
 use mio::{Poll, Token};
 use slab::Slab;
 
+use crate::error::Error;
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::Session;
 use crate::server::driver::Context;
@@ -42,6 +43,9 @@ pub(super) struct Conn {
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,
     pub(super) closing_since: Option<Instant>,
+    /// Why it closes once what is queued is written (the peer's end of
+    /// stream); `None`: the owner's `close()`.
+    pub(super) close_reason: Option<Error>,
 }
 
 pub(crate) struct IoThread {

@@ -25,7 +25,8 @@ impl IoThread {
             conn.writing = Vec::new();
         }
         if conn.closing_since.is_some() {
-            return self.close(token, None);
+            let reason = conn.close_reason.take();
+            return self.close(token, reason);
         }
         if conn.read_paused && conn.handle.queued_bytes() < conn.handle.max_queued() / 4 {
             conn.read_paused = false;
@@ -47,13 +48,15 @@ impl IoThread {
         }
     }
 
-    /// `close()` was called: stop reading, write what is queued, then close
-    /// (within CLOSE_LINGER).
-    pub(super) fn begin_close(&mut self, token: usize) {
+    /// `close()` was called (`reason` `None`), or the peer ended its
+    /// stream (`reason`): stop reading, write what is queued, then close
+    /// (within CLOSE_LINGER) with `reason`.
+    pub(super) fn begin_close(&mut self, token: usize, reason: Option<Error>) {
         let conn = &mut self.conns[token];
         if conn.closing_since.is_none() {
             let now = Instant::now();
             conn.closing_since = Some(now);
+            conn.close_reason = reason;
             self.deadlines
                 .push(now + CLOSE_LINGER, token, conn.handle.id());
         }
