@@ -195,7 +195,12 @@ impl Session {
         if self.transmit.is_empty() {
             return false;
         }
-        out.append(&mut self.transmit);
+        if out.is_empty() {
+            // Hand the storage over: a waiting session holds none.
+            std::mem::swap(out, &mut self.transmit);
+        } else {
+            out.append(&mut self.transmit);
+        }
         true
     }
 

@@ -30,7 +30,8 @@ use crate::server::event::dispatch::dispatch;
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::server::event::state::{
-    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, READS_PER_TURN, SCRATCH_SIZE, WAKER,
+    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, PREAMBLE_READ, READS_PER_TURN, SCRATCH_SIZE,
+    SMALL_PARTIAL, WAKER,
 };
 use crate::sys::{self, random, sockopt};
 
@@ -231,8 +232,14 @@ impl IoThread {
         }
         // A connection with no partial frame reads into the shared scratch
         // buffer; one with a partial frame continues in its own.
-        let use_scratch = conn.recv.pending().is_empty();
+        let use_scratch = conn.recv.pending().len() <= SMALL_PARTIAL;
         let mut own = std::mem::take(&mut conn.recv);
+        if use_scratch {
+            // A small partial frame moves to the scratch, so the
+            // connection's own buffer never holds more than what is left.
+            self.scratch.extend(own.pending());
+            own.clear();
+        }
         let buf = if use_scratch {
             &mut self.scratch
         } else {
@@ -243,8 +250,11 @@ impl IoThread {
         let mut outcome = Ok(());
         let mut end = None;
         let mut more = false;
+        // Before the handshake a frame is at most a few hundred bytes: a
+        // partial one must not cost a full read's worth of buffer.
+        let read_size = if was_open { 16 * 1024 } else { PREAMBLE_READ };
         for turn in 0..READS_PER_TURN {
-            let spare = buf.spare(16 * 1024);
+            let spare = buf.spare(read_size);
             let spare_len = spare.len();
             match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {

@@ -24,6 +24,12 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
 pub(super) const READS_PER_TURN: usize = 16;
+/// The most a read takes before the preamble is over: a handshake frame is
+/// at most 268 bytes, a PROXY v1 header 107.
+pub(super) const PREAMBLE_READ: usize = 512;
+/// A partial frame up to this size continues in the thread's scratch
+/// buffer (copied there and back); a larger one in the connection's own.
+pub(super) const SMALL_PARTIAL: usize = 1024;
 /// A connection's own buffers are freed when idle and larger than this.
 pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// How long a connection closed with `close()` may take to write what it
