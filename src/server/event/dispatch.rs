@@ -3,17 +3,44 @@
 //! `on_frame`, the handshake's frames to the send queue; reads pause when
 //! the send queue backs up.
 
+use crate::proto::frame::MIN_HEADER_LEN;
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::Step;
 use crate::server::event::handler::{callback, Outcome};
-use crate::server::event::state::{Conn, EngineShared};
+use crate::server::event::state::{Conn, EngineShared, BYTES_PER_TURN, FRAMES_PER_TURN};
 
-/// Runs the session over every whole frame in `buf` and delivers them.
-/// Stops early when the connection's send queue is backed up (reads pause)
-/// or it is closing.
-pub(super) fn dispatch(shared: &EngineShared, conn: &mut Conn, buf: &mut RecvBuffer) -> Outcome {
+/// A connection's fair share of one turn of its I/O thread: so many
+/// frames and bytes delivered, then its neighbours' turn (what is left
+/// stays buffered for its next turn).
+pub(super) struct Budget {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    pub(super) fn per_turn() -> Budget {
+        Budget {
+            frames: FRAMES_PER_TURN,
+            bytes: BYTES_PER_TURN,
+        }
+    }
+
+    pub(super) fn left(&self) -> bool {
+        self.frames > 0 && self.bytes > 0
+    }
+}
+
+/// Runs the session over the whole frames in `buf` and delivers them.
+/// Stops early when the connection's send queue is backed up (reads
+/// pause), it is closing, or `budget` is spent.
+pub(super) fn dispatch(
+    shared: &EngineShared,
+    conn: &mut Conn,
+    buf: &mut RecvBuffer,
+    budget: &mut Budget,
+) -> Outcome {
     loop {
-        if conn.read_paused || conn.handle.close_requested() {
+        if conn.read_paused || conn.handle.close_requested() || !budget.left() {
             return Ok(());
         }
         let step = conn.session.poll(buf);
@@ -39,6 +66,8 @@ pub(super) fn dispatch(shared: &EngineShared, conn: &mut Conn, buf: &mut RecvBuf
                 callback(|| handler.on_open(handle))?;
             }
             Ok(Step::Frame(frame)) => {
+                budget.frames -= 1;
+                budget.bytes = budget.bytes.saturating_sub(frame.len() + MIN_HEADER_LEN);
                 let handler = &shared.handler;
                 let handle = &conn.handle;
                 let payload = buf.bytes(frame);

@@ -26,7 +26,7 @@ use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::{Session, SessionParams, Stage};
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
-use crate::server::event::dispatch::dispatch;
+use crate::server::event::dispatch::{dispatch, Budget};
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::server::event::state::{
@@ -87,6 +87,9 @@ impl IoThread {
                 }
             }
             for token in std::mem::take(&mut self.read_again) {
+                if let Some(conn) = self.conns.get_mut(token) {
+                    conn.read_again = false;
+                }
                 self.on_readable(token, true);
             }
             if self.run_commands() {
@@ -198,6 +201,7 @@ impl IoThread {
             read_paused: false,
             closing_since: None,
             close_reason: None,
+            read_again: false,
         });
         let conn = &mut self.conns[token];
         if let Some(deadline) = conn.session.deadline() {
@@ -206,7 +210,7 @@ impl IoThread {
         // The session starts: a challenge to send, or open at once (and
         // with a required PROXY header, nothing until it comes).
         let mut buf = std::mem::take(&mut conn.recv);
-        let outcome = dispatch(&self.shared, conn, &mut buf);
+        let outcome = dispatch(&self.shared, conn, &mut buf, &mut Budget::per_turn());
         conn.recv = buf;
         if conn.session.was_opened() {
             self.arm_idle(token);
@@ -230,8 +234,8 @@ impl IoThread {
         if conn.read_paused || conn.closing_since.is_some() {
             return;
         }
-        // A connection with no partial frame reads into the shared scratch
-        // buffer; one with a partial frame continues in its own.
+        // A connection with no partial frame, or a small one, reads into the
+        // shared scratch buffer; one with a larger one continues in its own.
         let use_scratch = conn.recv.pending().len() <= SMALL_PARTIAL;
         let mut own = std::mem::take(&mut conn.recv);
         if use_scratch {
@@ -247,13 +251,25 @@ impl IoThread {
         };
         let was_open = conn.session.was_opened();
         let shared = &self.shared;
-        let mut outcome = Ok(());
+        let mut budget = Budget::per_turn();
+        // Frames left over from the last turn go first.
+        let mut outcome = if buf.pending().is_empty() {
+            Ok(())
+        } else {
+            dispatch(shared, conn, buf, &mut budget)
+        };
         let mut end = None;
         let mut more = false;
         // Before the handshake a frame is at most a few hundred bytes: a
         // partial one must not cost a full read's worth of buffer.
         let read_size = if was_open { 16 * 1024 } else { PREAMBLE_READ };
-        for turn in 0..READS_PER_TURN {
+        // No reading once its share is spent on what was buffered.
+        let reads = if outcome.is_ok() && budget.left() && !conn.read_paused {
+            READS_PER_TURN
+        } else {
+            0
+        };
+        for turn in 0..reads {
             let spare = buf.spare(read_size);
             let spare_len = spare.len();
             match sys::recv(conn.handle.fd(), spare, 0) {
@@ -264,10 +280,15 @@ impl IoThread {
                 Ok(n) => {
                     buf.commit(n);
                     conn.last_activity = Instant::now();
-                    outcome = dispatch(shared, conn, buf);
+                    outcome = dispatch(shared, conn, buf, &mut budget);
                     // A short read drained the socket: the next data brings a
                     // new edge. A full one may have left more behind.
                     if outcome.is_err() || conn.read_paused || (n < spare_len && !drain) {
+                        break;
+                    }
+                    if !budget.left() {
+                        // Its share is spent: the rest waits for its next turn.
+                        more = true;
                         break;
                     }
                     more = turn + 1 == READS_PER_TURN;
@@ -291,10 +312,15 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
+        // Spent before reading (frames left over from the last turn).
+        let spent_early = !budget.left() && outcome.is_ok() && !conn.read_paused;
         if !was_open && conn.session.was_opened() {
             self.arm_idle(token);
         }
-        if more {
+        let conn = &mut self.conns[token];
+        if (more || spent_early) && end.is_none() && !conn.read_again {
+            // Once per turn, however often it was called in this one.
+            conn.read_again = true;
             self.read_again.push(token);
         }
         match (outcome, end) {

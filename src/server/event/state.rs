@@ -30,6 +30,11 @@ pub(super) const PREAMBLE_READ: usize = 512;
 /// A partial frame up to this size continues in the thread's scratch
 /// buffer (copied there and back); a larger one in the connection's own.
 pub(super) const SMALL_PARTIAL: usize = 1024;
+/// A connection's share of one turn: at most this many frames delivered...
+pub(super) const FRAMES_PER_TURN: usize = 1024;
+/// ...and about this many bytes (a flood of tiny frames must not hold the
+/// thread for a full read batch of them; big frames still go 256 KiB a turn).
+pub(super) const BYTES_PER_TURN: usize = 256 * 1024;
 /// A connection's own buffers are freed when idle and larger than this.
 pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// How long a connection closed with `close()` may take to write what it
@@ -52,6 +57,9 @@ pub(super) struct Conn {
     /// Why it closes once what is queued is written (the peer's end of
     /// stream); `None`: the owner's `close()`.
     pub(super) close_reason: Option<Error>,
+    /// Listed in the thread's `read_again` (its share of a turn ran out
+    /// with data left).
+    pub(super) read_again: bool,
 }
 
 pub(crate) struct IoThread {

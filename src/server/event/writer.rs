@@ -6,7 +6,6 @@ use std::io;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::server::event::dispatch::dispatch;
 use crate::server::event::state::{Conn, IoThread, CLOSE_LINGER, KEEP_IDLE_BUFFER};
 
 impl IoThread {
@@ -36,16 +35,8 @@ impl IoThread {
 
     /// Delivers frames buffered while reads were paused, then reads on.
     pub(super) fn resume_reading(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        let mut buf = std::mem::take(&mut conn.recv);
-        let outcome = dispatch(&self.shared, conn, &mut buf);
-        conn.recv = buf;
-        let paused = conn.read_paused;
-        match outcome {
-            Ok(()) if !paused => self.on_readable(token, true),
-            Ok(()) => self.flush(token),
-            Err(reason) => self.close(token, reason),
-        }
+        // Buffered frames go first, within the connection's share.
+        self.on_readable(token, true);
     }
 
     /// `close()` was called (`reason` `None`), or the peer ended its
