@@ -123,7 +123,8 @@ pub unsafe extern "C" fn sockserv_config_set_max_frame_size(
 }
 
 /// How long the whole handshake may take, on both sides (default 10000;
-/// 0 is refused).
+/// 0 is refused). On a server expecting a PROXY protocol header, the same
+/// one deadline covers the header and the handshake, in both modes.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_set_handshake_timeout_ms(
     config: *mut sockserv_config,
