@@ -127,10 +127,24 @@ fn honest(mut input: Input) {
     let key = input.bytes(1 + (mode as usize >> 4));
     let key = if key.is_empty() { b"k".as_slice() } else { key };
     let proxied = mode & 1 != 0;
-    let proxy = if proxied { ProxyMode::Required } else { ProxyMode::Off };
+    let proxy = if proxied {
+        ProxyMode::Required
+    } else {
+        ProxyMode::Off
+    };
     let now = Instant::now();
-    let mut server = Session::new(params(Role::Server, Some(key), proxy), "s".into(), now, [1; NONCE_LEN]);
-    let mut client = Session::new(params(Role::Client, Some(key), proxy), "c".into(), now, [2; NONCE_LEN]);
+    let mut server = Session::new(
+        params(Role::Server, Some(key), proxy),
+        "s".into(),
+        now,
+        [1; NONCE_LEN],
+    );
+    let mut client = Session::new(
+        params(Role::Client, Some(key), proxy),
+        "c".into(),
+        now,
+        [2; NONCE_LEN],
+    );
     let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
     if proxied {
         to_server.extend_from_slice(b"PROXY TCP4 198.51.100.1 192.0.2.1 1000 80\r\n");
