@@ -291,7 +291,8 @@ enum sockserv_result sockserv_config_set_max_frame_size(struct sockserv_config *
 
 /**
  * How long the whole handshake may take, on both sides (default 10000;
- * 0 is refused).
+ * 0 is refused). On a server expecting a PROXY protocol header, the same
+ * one deadline covers the header and the handshake, in both modes.
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.

@@ -6,15 +6,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rand::TryRng;
 use socket2::SockAddr;
 
 use crate::addr::datagram::{literal_sockaddr, DgramAddress};
 use crate::datagram::open::{send_error, Targets};
 use crate::datagram::socket::{now_ms, Bound, DgramSocket};
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::sealed::{self, NONCE_LEN, OVERHEAD};
-use crate::sys::{self, Interest};
+use crate::proto::sealed::{self, OVERHEAD};
+use crate::sys::{self, random, Interest};
 
 /// How long a send with a timeout rests between retries on a full peer.
 const SEND_RETRY_PAUSE: Duration = Duration::from_millis(1);
@@ -67,7 +66,7 @@ impl DgramSocket {
     ) -> Result<()> {
         let sealed = match self.keys.first() {
             Some(key) => {
-                let header = sealed::seal_header(now_ms(), random_nonce()?);
+                let header = sealed::seal_header(now_ms(), random::nonce()?);
                 let tag = sealed::seal_tag(key, &header, payload);
                 Some((header, tag))
             }
@@ -146,12 +145,4 @@ impl DgramSocket {
             }
         }
     }
-}
-
-fn random_nonce() -> Result<[u8; NONCE_LEN]> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::SysRng
-        .try_fill_bytes(&mut nonce)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("the OS random source failed: {e}")))?;
-    Ok(nonce)
 }

@@ -94,7 +94,12 @@ impl Handshake {
     /// The next frame to send, if any. Drain this after `new` and after every
     /// `receive`, also after one that failed (it may queue `#FAILURE#`).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        let msg = self.outbox.pop_front();
+        if self.outbox.is_empty() {
+            // A connection waits long between messages: hold no spare room.
+            self.outbox = VecDeque::new();
+        }
+        msg
     }
 
     /// Both sides proved they know the key.

@@ -8,6 +8,8 @@
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends.
 //! - [`handshake`]: the challenge-response handshake, either role.
 //! - [`sealed`]: sealed datagrams (tag, freshness window, replay memory).
+//! - [`session`]: the whole life of a stream connection over the pieces
+//!   above: PROXY header, verify, handshake, frames, end of stream.
 //!
 //! May use: `error`, `addr`, `util`.
 
@@ -17,3 +19,4 @@ pub mod mac;
 pub mod proxy;
 pub mod recv_buffer;
 pub mod sealed;
+pub mod session;

@@ -1,5 +1,5 @@
-//! The threaded driver: a thread per connection runs the handshake and then
-//! the handler, like `socketserver.ThreadingTCPServer`. The connection
+//! The threaded driver: a thread per connection runs the session's preamble
+//! (PROXY header, verify, handshake) and then the handler, like `socketserver.ThreadingTCPServer`. The connection
 //! closes when the handler returns.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 
 use socket2::Socket;
 
-use crate::proto::handshake::Role;
+use crate::proto::session::Stage;
 use crate::server::driver::{Context, Driver, Handler};
 use crate::stream::connection::Connection;
 use crate::util::sync::lock;
@@ -108,7 +108,7 @@ impl Shared {
     fn run_connection(&self, id: u64, socket: Socket) {
         let _finish = Finish { shared: self, id };
         let config = &self.context.config;
-        let conn = match Connection::new(socket, config) {
+        let conn = match Connection::accepted(socket, config) {
             Ok(conn) => Arc::new(conn),
             Err(_) => return,
         };
@@ -120,23 +120,15 @@ impl Shared {
                 conn.close_for_shutdown();
             }
         }
-        if self.context.verify_after_proxy_header() {
-            if conn.read_proxy_header(config.handshake_timeout).is_err() {
-                self.context.proxy_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if !self.context.verify(conn.peer_addr()) {
-                return;
-            }
-        }
-        if !config.keys.is_empty()
-            && conn
-                .handshake(Role::Server, config.keys.clone(), config.handshake_timeout)
-                .is_err()
-        {
-            self.context
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
+        // PROXY header, verify on the client it names, handshake: within
+        // one deadline, as in event mode.
+        if let Err(failure) = conn.run_preamble(|peer| self.context.verify(peer)) {
+            let counter = match failure.stage {
+                Stage::Proxy => &self.context.proxy_failures,
+                Stage::Handshake => &self.context.handshake_failures,
+                _ => return,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if let Some(handler) = &self.handler {

@@ -1,5 +1,6 @@
 //! A framed connection over a blocking stream socket (TCP or Unix): the
-//! blocking driver of the frame codec and of the handshake.
+//! blocking driver of [`Session`] (PROXY header, verify, handshake, frames,
+//! end of stream), for threaded servers, clients and adopted descriptors.
 //!
 //! Thread safety: sends are serialised by one lock and receives by another,
 //! so two threads sending never interleave frames, and one thread may
@@ -9,20 +10,20 @@
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use rand::TryRng;
 use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::frame::{self, encode_header};
-use crate::proto::handshake::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
-use crate::proto::proxy::{self, Parsed, ProxyMode};
-use crate::proto::recv_buffer::{Decoded, RecvBuffer};
-use crate::sys::sockopt::{self, SockOpt};
+use crate::proto::handshake::{Role, NONCE_LEN};
+use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::{Session, SessionParams, Stage, Step};
+use crate::sys::random;
+use crate::sys::sockopt;
 use crate::sys::{self, Interest};
 use crate::util::sync::lock;
 use crate::util::timeout_cell::TimeoutCell;
@@ -44,6 +45,21 @@ pub enum RecvInto {
     TooSmall(usize),
 }
 
+/// Why [`Connection::run_preamble`] ended the connection: the stage it
+/// failed in (what the server counts it as) and the reason (none when
+/// verify refused the peer).
+pub(crate) struct PreambleFailure {
+    pub stage: Stage,
+    pub error: Option<Error>,
+}
+
+/// The receiving side: the buffer bytes are read into and the session
+/// that makes sense of them.
+struct Receiver {
+    buf: RecvBuffer,
+    session: Session,
+}
+
 /// A framed connection over a blocking stream socket (threaded servers,
 /// clients, adopted sockets).
 pub struct Connection {
@@ -52,11 +68,9 @@ pub struct Connection {
     /// header named one.
     socket_peer: String,
     proxied_peer: OnceLock<String>,
-    /// A PROXY protocol header is still expected before the first frame.
-    expect_proxy: Mutex<Option<ProxyMode>>,
     local: String,
     max_frame_size: u64,
-    recv: Mutex<RecvBuffer>,
+    recv: Mutex<Receiver>,
     /// Serialises senders; holds the tail of a frame that a non-blocking
     /// send could not finish, written before anything else.
     send_lock: Mutex<Vec<u8>>,
@@ -75,34 +89,46 @@ pub struct Connection {
 
 impl Connection {
     /// Wraps a connected stream socket and applies the config's options.
-    /// No handshake: see [`Connection::establish`].
+    /// No handshake: see [`Connection::establish`]. A PROXY header is read
+    /// before the first frame if the config expects one.
     pub fn new(socket: Socket, config: &Config) -> Result<Connection> {
-        Connection::wrap(socket, config).map_err(|(e, _)| e)
+        Connection::wrap(socket, config, Role::Server, false).map_err(|(e, _)| e)
     }
 
-    /// Wraps the socket and, when the config has keys, runs the handshake
-    /// in `role` within the config's handshake timeout. On failure the
-    /// socket is handed back, still open.
+    /// Wraps the socket and runs the preamble in `role` (for a server: the
+    /// PROXY header the config expects; with keys, the handshake) within
+    /// the config's handshake timeout. On failure the socket is handed
+    /// back, still open.
     pub fn establish(
         socket: Socket,
         config: &Config,
         role: Role,
     ) -> std::result::Result<Connection, (Error, Socket)> {
-        let conn = Connection::wrap(socket, config)?;
-        if role == Role::Client {
-            // Only the accepting side hears from a load balancer.
-            *lock(&conn.expect_proxy) = None;
-        }
-        if config.keys.is_empty() {
-            return Ok(conn);
-        }
-        match conn.handshake(role, config.keys.clone(), config.handshake_timeout) {
+        let conn = Connection::wrap(socket, config, role, true)?;
+        match conn.run_preamble(|_| true) {
             Ok(()) => Ok(conn),
-            Err(e) => Err((e, conn.socket)),
+            Err(failure) => {
+                let e = failure
+                    .error
+                    .unwrap_or_else(|| Error::new(ErrorKind::Protocol, "the peer was refused"));
+                Err((e, conn.socket))
+            }
         }
     }
 
-    fn wrap(socket: Socket, config: &Config) -> std::result::Result<Connection, (Error, Socket)> {
+    /// An accepted connection of a threaded server, its preamble (see
+    /// [`Connection::run_preamble`]) still to run; its one deadline starts
+    /// now.
+    pub(crate) fn accepted(socket: Socket, config: &Config) -> Result<Connection> {
+        Connection::wrap(socket, config, Role::Server, true).map_err(|(e, _)| e)
+    }
+
+    fn wrap(
+        socket: Socket,
+        config: &Config,
+        role: Role,
+        handshake: bool,
+    ) -> std::result::Result<Connection, (Error, Socket)> {
         let addresses = socket
             .peer_addr()
             .map_err(|e| Error::io("the socket is not connected", &e))
@@ -116,17 +142,43 @@ impl Connection {
             Ok(pair) => pair,
             Err(e) => return Err((e, socket)),
         };
+        let keys = if handshake {
+            config.keys.clone()
+        } else {
+            Arc::from(Vec::new())
+        };
+        let nonce = if keys.is_empty() {
+            Ok([0; NONCE_LEN])
+        } else {
+            random::nonce()
+        };
+        let nonce = match nonce {
+            Ok(nonce) => nonce,
+            Err(e) => return Err((e, socket)),
+        };
+        let socket_peer = format_sockaddr(&peer);
+        let session = Session::new(
+            SessionParams {
+                role,
+                keys,
+                proxy: config.proxy_protocol,
+                max_frame_size: config.max_frame_size,
+                preamble_timeout: config.handshake_timeout,
+            },
+            socket_peer.clone(),
+            Instant::now(),
+            nonce,
+        );
         let conn = Connection {
-            socket_peer: format_sockaddr(&peer),
+            socket_peer,
             proxied_peer: OnceLock::new(),
-            expect_proxy: Mutex::new(match config.proxy_protocol {
-                ProxyMode::Off => None,
-                mode => Some(mode),
-            }),
             local: format_sockaddr(&local),
             socket,
             max_frame_size: config.max_frame_size,
-            recv: Mutex::new(RecvBuffer::with_capacity(RECV_BUFFER_SIZE)),
+            recv: Mutex::new(Receiver {
+                buf: RecvBuffer::with_capacity(RECV_BUFFER_SIZE),
+                session,
+            }),
             send_lock: Mutex::new(Vec::new()),
             nonblocking: AtomicBool::new(false),
             coalesce: config.coalesce_sends,
@@ -135,48 +187,96 @@ impl Connection {
             closing: AtomicBool::new(false),
         };
         conn.set_timeout(config.io_timeout);
-        if peer.is_ipv4() || peer.is_ipv6() {
-            let options = sockopt::set(&conn.socket, SockOpt::NoDelay, config.nodelay.into())
-                .and_then(|()| {
-                    sockopt::set(&conn.socket, SockOpt::KeepAlive, config.keepalive.into())
-                });
-            if let Err(e) = options {
-                return Err((e, conn.socket));
-            }
+        if let Err(e) = sockopt::apply_stream(&conn.socket, config.nodelay, config.keepalive) {
+            return Err((e, conn.socket));
         }
         Ok(conn)
     }
 
-    /// Runs the challenge-response handshake; fails with the reason, after
-    /// telling the peer `#FAILURE#` where the protocol says so.
-    pub fn handshake(&self, role: Role, keys: Keys, timeout: Duration) -> Result<()> {
-        let context = |e: Error| e.context(format!("handshake with {}", self.peer_addr()));
-        let deadline = Wait::Until(Instant::now() + timeout);
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::SysRng
-            .try_fill_bytes(&mut nonce)
-            .map_err(|e| Error::new(ErrorKind::Io, format!("the OS random source failed: {e}")))?;
-        let mut hs = Handshake::new(role, keys, nonce);
+    /// Runs the session up to its first frame: the PROXY header (then
+    /// `verify` on the client it names), the handshake, all within the
+    /// session's one deadline. On failure the stream is closed.
+    pub(crate) fn run_preamble(
+        &self,
+        verify: impl FnOnce(&str) -> bool,
+    ) -> std::result::Result<(), PreambleFailure> {
+        let mut rx = self.lock_recv();
+        let rx = &mut *rx;
+        let deadline = rx.session.deadline();
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        let mut verify = Some(verify);
+        let failed = |rx: &mut Receiver, e: Error| {
+            // A wait that ran out is the session's deadline passing.
+            let e = match (e.kind(), deadline) {
+                (ErrorKind::TimedOut, Some(d)) => rx.session.timed_out(d).unwrap_or(e),
+                _ => e,
+            };
+            PreambleFailure {
+                stage: rx.session.failure_stage(),
+                error: Some(e),
+            }
+        };
         loop {
-            while let Some(msg) = hs.poll_transmit() {
-                self.send_frame(&msg, deadline).map_err(context)?;
+            if let Err(e) = self.send_transmit(&mut rx.session, wait) {
+                return Err(failed(rx, e));
             }
-            if hs.is_done() {
-                return Ok(());
-            }
-            let step = self
-                .recv_frame(MAX_HANDSHAKE_FRAME, deadline, |buf, frame| {
-                    hs.receive(buf.bytes(frame))
-                })
-                .map_err(context)?;
-            if let Err(e) = step {
-                // Best effort: the peer learns it failed, then we close.
-                while let Some(msg) = hs.poll_transmit() {
-                    let _ = self.send_frame(&msg, deadline);
+            match rx.session.poll(&mut rx.buf) {
+                Ok(Step::Open) | Ok(Step::Frame(_)) => {
+                    // A client's last word (#WELCOME#) goes before its first frame.
+                    return self
+                        .send_transmit(&mut rx.session, wait)
+                        .map_err(|e| failed(rx, e));
                 }
-                return Err(context(e));
+                Ok(Step::Proxy { peer, verify: ask }) => {
+                    if let Some(peer) = peer {
+                        let _ = self.proxied_peer.set(peer);
+                    }
+                    if ask {
+                        let ok = verify.take().is_none_or(|verify| verify(self.peer_addr()));
+                        rx.session.verified(ok);
+                        if !ok {
+                            self.break_stream(format!("{} was refused", self.peer_addr()));
+                            return Err(PreambleFailure {
+                                stage: rx.session.failure_stage(),
+                                error: None,
+                            });
+                        }
+                    }
+                }
+                Ok(Step::NeedMore(missing)) => {
+                    // What the session answered leaves before we wait.
+                    if let Err(e) = self.send_transmit(&mut rx.session, wait) {
+                        return Err(failed(rx, e));
+                    }
+                    let spare = rx.buf.spare(missing.clamp(512, RECV_BUFFER_SIZE));
+                    match self.read_some(spare, wait) {
+                        Ok(0) => {
+                            let e = self.end_of_stream(&rx.session, &rx.buf);
+                            return Err(failed(rx, e));
+                        }
+                        Ok(n) => rx.buf.commit(n),
+                        Err(e) => return Err(failed(rx, e)),
+                    }
+                }
+                Err(e) => {
+                    // Best effort: the peer learns it failed, then we close.
+                    let _ = self.send_transmit(&mut rx.session, wait);
+                    self.break_stream(e.detail().to_string());
+                    return Err(failed(rx, e));
+                }
             }
         }
+    }
+
+    /// Writes what the session has to send (handshake frames).
+    fn send_transmit(&self, session: &mut Session, wait: Wait) -> Result<()> {
+        if !session.wants_transmit() {
+            return Ok(());
+        }
+        self.usable()?;
+        let mut pending = lock(&self.send_lock);
+        session.take_transmit(&mut pending);
+        self.write_pending(&mut pending, wait)
     }
 
     /// Sends one frame: header and payload leave in one system call where
@@ -188,15 +288,13 @@ impl Connection {
     /// Receives the next frame and hands it to `f`, borrowed from the
     /// connection's buffer.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
-            f(buf.bytes(frame))
-        })
+        self.recv_frame(self.wait(), |buf, frame| f(buf.bytes(frame)))
     }
 
     /// Receives the next frame into `out`. A frame larger than `out` is left
     /// queued and its size reported.
     pub fn recv_into(&self, out: &mut [u8]) -> Result<RecvInto> {
-        self.recv_frame(self.max_frame_size, self.wait(), |buf, frame| {
+        self.recv_frame(self.wait(), |buf, frame| {
             let payload = buf.bytes(frame.clone());
             if payload.len() > out.len() {
                 let needed = payload.len();
@@ -224,9 +322,10 @@ impl Connection {
     /// Whether the receive buffer holds a whole frame (or a bad header that
     /// a receive would report) now. A receive running elsewhere counts as no.
     fn frame_waiting(&self) -> bool {
-        let Ok(buf) = self.recv.try_lock() else {
+        let Ok(rx) = self.recv.try_lock() else {
             return false;
         };
+        let buf = &rx.buf;
         match frame::decode_header(buf.pending(), self.max_frame_size) {
             Ok(Some(h)) => buf.pending().len() as u64 >= h.frame_len(),
             Ok(None) => false,
@@ -264,15 +363,6 @@ impl Connection {
     /// the client's, once the header has been read.
     pub fn peer_addr(&self) -> &str {
         self.proxied_peer.get().unwrap_or(&self.socket_peer)
-    }
-
-    /// Reads the PROXY protocol header now, if one is expected, within
-    /// `timeout` (a server in required mode does this before anything else,
-    /// so its verify callback sees the client's address).
-    pub(crate) fn read_proxy_header(&self, timeout: Duration) -> Result<()> {
-        let deadline = Wait::Until(Instant::now() + timeout);
-        let mut buf = self.lock_recv();
-        self.take_proxy_header(&mut buf, deadline)
     }
 
     /// This end's address.
@@ -335,7 +425,7 @@ impl Connection {
 
     /// Bytes of receive buffer held, for memory accounting.
     pub fn buffered_capacity(&self) -> usize {
-        self.lock_recv().capacity()
+        self.lock_recv().buf.capacity()
     }
 
     /// The socket, without the connection around it.
@@ -402,7 +492,7 @@ impl Connection {
         Error::io(format_args!("{doing} {}", self.peer_addr()), err)
     }
 
-    fn lock_recv(&self) -> MutexGuard<'_, RecvBuffer> {
+    fn lock_recv(&self) -> MutexGuard<'_, Receiver> {
         lock(&self.recv)
     }
 
@@ -500,24 +590,38 @@ impl Connection {
 
     fn recv_frame<R>(
         &self,
-        max_payload: u64,
         deadline: Wait,
         f: impl FnOnce(&mut RecvBuffer, std::ops::Range<usize>) -> R,
     ) -> Result<R> {
         self.usable()?;
-        let mut buf = self.lock_recv();
-        self.take_proxy_header(&mut buf, deadline)?;
+        let mut rx = self.lock_recv();
+        let rx = &mut *rx;
         loop {
-            let missing = match buf.next_frame(max_payload) {
-                Ok(Decoded::Frame(frame)) => return Ok(f(&mut buf, frame)),
-                Ok(Decoded::NeedMore(n)) => n,
+            let missing = match rx.session.poll(&mut rx.buf) {
+                Ok(Step::Frame(frame)) => return Ok(f(&mut rx.buf, frame)),
+                Ok(Step::NeedMore(n)) => n,
+                Ok(Step::Open) => continue,
+                // A connection made with `new`: no verify.
+                Ok(Step::Proxy { peer, verify }) => {
+                    if let Some(peer) = peer {
+                        let _ = self.proxied_peer.set(peer);
+                    }
+                    if verify {
+                        rx.session.verified(true);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     // The rest of the stream cannot be found again: close it.
-                    self.break_stream(format!(
-                        "an earlier frame from {} was refused: {e}",
-                        self.peer_addr()
-                    ));
-                    return Err(e.context(format!("receiving from {}", self.peer_addr())));
+                    self.break_stream(if rx.session.failure_stage() == Stage::Open {
+                        format!(
+                            "an earlier frame from {} was refused: {e}",
+                            self.peer_addr()
+                        )
+                    } else {
+                        e.detail().to_string()
+                    });
+                    return Err(e);
                 }
             };
             // Room for what is missing, but at most READ_AHEAD at a time:
@@ -525,77 +629,20 @@ impl Connection {
             // declared frame; the buffer grows as its bytes arrive.
             // About to wait for the peer: whatever we held goes first.
             self.flush_held()?;
-            let spare = buf.spare(missing.clamp(4096, READ_AHEAD));
+            let spare = rx.buf.spare(missing.clamp(4096, READ_AHEAD));
             let n = self.read_some(spare, deadline)?;
             if n == 0 {
-                return Err(self.end_of_stream(buf.pending().len(), missing));
+                return Err(self.end_of_stream(&rx.session, &rx.buf));
             }
-            buf.commit(n);
+            rx.buf.commit(n);
         }
     }
 
-    /// Consumes the PROXY protocol header at the start of the stream, if one
-    /// is expected, reading as needed.
-    fn take_proxy_header(&self, buf: &mut RecvBuffer, deadline: Wait) -> Result<()> {
-        let mut expect = lock(&self.expect_proxy);
-        let Some(mode) = *expect else {
-            return Ok(());
-        };
-        loop {
-            match proxy::parse(buf.pending()) {
-                Ok(Parsed::Header { len, source }) => {
-                    buf.consume(len);
-                    if let Some(source) = source {
-                        let _ = self.proxied_peer.set(format!("tcp://{source}"));
-                    }
-                    break;
-                }
-                Ok(Parsed::Absent) if mode == ProxyMode::Optional => break,
-                Ok(Parsed::Absent) => {
-                    let e = Error::new(
-                        ErrorKind::Protocol,
-                        format!(
-                            "{} sent no PROXY protocol header, which this server requires",
-                            self.peer_addr()
-                        ),
-                    );
-                    self.break_stream(e.detail().to_string());
-                    return Err(e);
-                }
-                Ok(Parsed::NeedMore) => {}
-                Err(e) => {
-                    self.break_stream(e.detail().to_string());
-                    return Err(e.context(format!("connection from {}", self.peer_addr())));
-                }
-            }
-            let spare = buf.spare(512);
-            let n = self.read_some(spare, deadline)?;
-            if n == 0 {
-                return Err(self.end_of_stream(buf.pending().len(), 1));
-            }
-            buf.commit(n);
-        }
-        *expect = None;
-        Ok(())
-    }
-
-    fn end_of_stream(&self, have: usize, missing: usize) -> Error {
+    fn end_of_stream(&self, session: &Session, buf: &RecvBuffer) -> Error {
         if self.closing.load(Ordering::SeqCst) {
             return shutdown_error();
         }
-        if have == 0 {
-            return Error::new(
-                ErrorKind::Closed,
-                format!("{} closed the connection", self.peer_addr()),
-            );
-        }
-        Error::new(
-            ErrorKind::TruncatedFrame,
-            format!(
-                "{} closed the connection in the middle of a frame: {have} bytes received, {missing} more expected",
-                self.peer_addr()
-            ),
-        )
+        session.end_of_stream(buf)
     }
 
     /// One recv(2) into `spare`, waiting as `wait` allows.

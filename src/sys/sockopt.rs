@@ -45,6 +45,20 @@ impl SockOpt {
     }
 }
 
+/// The options every stream connection gets, in both server modes, for
+/// clients and adopted descriptors alike: TCP_NODELAY and SO_KEEPALIVE as
+/// configured, on TCP sockets (Unix sockets have neither).
+pub(crate) fn apply_stream(socket: &Socket, nodelay: bool, keepalive: bool) -> Result<()> {
+    let local = socket
+        .local_addr()
+        .map_err(|e| Error::io("cannot read the socket's local address", &e))?;
+    if local.is_ipv4() || local.is_ipv6() {
+        set(socket, SockOpt::NoDelay, nodelay.into())?;
+        set(socket, SockOpt::KeepAlive, keepalive.into())?;
+    }
+    Ok(())
+}
+
 fn invalid(opt: SockOpt, value: i64, range: &str) -> Error {
     Error::new(
         ErrorKind::InvalidArgument,

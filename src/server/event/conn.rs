@@ -230,13 +230,11 @@ impl EventConn {
         self.in_flight.store(into.len(), Ordering::Release);
     }
 
-    /// Queues bytes the I/O thread itself produces (handshake frames),
-    /// ignoring the limit; the I/O thread flushes after it.
-    pub(crate) fn queue_internal(&self, payload: &[u8]) {
-        let header = encode_header(payload.len() as u64);
+    /// Queues bytes already framed (the session's handshake frames),
+    /// whatever the limit.
+    pub(crate) fn queue_encoded(&self, bytes: &[u8]) {
         let mut out = lock(&self.out);
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(payload);
+        out.extend_from_slice(bytes);
         self.out_len.store(out.len(), Ordering::Release);
     }
 

@@ -21,17 +21,19 @@ use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
 use crate::error::{Error, ErrorKind, Result};
-use crate::proto::proxy::ProxyMode;
+use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::{Session, SessionParams, Stage};
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
-use crate::server::event::dispatch::{dispatch, start};
+use crate::server::event::dispatch::{dispatch, Budget};
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::server::event::state::{
-    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, READS_PER_TURN, SCRATCH_SIZE, WAKER,
+    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, PREAMBLE_READ, READS_PER_TURN, SCRATCH_SIZE,
+    SMALL_PARTIAL, WAKER,
 };
-use crate::sys;
+use crate::sys::{self, random, sockopt};
 
 impl IoThread {
     pub fn new(shared: Arc<EngineShared>) -> io::Result<IoThread> {
@@ -85,6 +87,9 @@ impl IoThread {
                 }
             }
             for token in std::mem::take(&mut self.read_again) {
+                if let Some(conn) = self.conns.get_mut(token) {
+                    conn.read_again = false;
+                }
                 self.on_readable(token, true);
             }
             if self.run_commands() {
@@ -110,7 +115,9 @@ impl IoThread {
                 match command {
                     Command::Adopt(socket, peer) => self.adopt(socket, peer),
                     Command::Flush(token, id) if self.is_live(token, id) => self.flush(token),
-                    Command::Close(token, id) if self.is_live(token, id) => self.begin_close(token),
+                    Command::Close(token, id) if self.is_live(token, id) => {
+                        self.begin_close(token, None)
+                    }
                     Command::Stop => return true,
                     _ => {}
                 }
@@ -139,14 +146,25 @@ impl IoThread {
         let local = socket
             .local_addr()
             .map_err(|e| fail("reading the local address of", e))?;
-        if local.is_ipv4() || local.is_ipv6() {
-            socket
-                .set_tcp_nodelay(config.nodelay)
-                .map_err(|e| fail("setting TCP_NODELAY for", e))?;
-            socket
-                .set_keepalive(config.keepalive)
-                .map_err(|e| fail("setting SO_KEEPALIVE for", e))?;
-        }
+        sockopt::apply_stream(&socket, config.nodelay, config.keepalive)?;
+        let nonce = if config.keys.is_empty() {
+            [0; NONCE_LEN]
+        } else {
+            random::nonce()?
+        };
+        let now = Instant::now();
+        let session = Session::new(
+            SessionParams {
+                role: Role::Server,
+                keys: config.keys.clone(),
+                proxy: config.proxy_protocol,
+                max_frame_size: config.max_frame_size,
+                preamble_timeout: config.handshake_timeout,
+            },
+            peer.clone(),
+            now,
+            nonce,
+        );
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         let fd = socket.as_raw_fd();
@@ -173,41 +191,35 @@ impl IoThread {
                 WhenBackedUp::Refuse
             },
         }));
-        let now = Instant::now();
-        let proxy = match config.proxy_protocol {
-            ProxyMode::Off => None,
-            mode => Some(mode),
-        };
         entry.insert(Conn {
             handle,
             recv: RecvBuffer::default(),
-            proxy,
-            handshake: None,
-            handshake_deadline: now + config.handshake_timeout,
+            session,
             writing: Vec::new(),
             written: 0,
             last_activity: now,
             read_paused: false,
-            opened: false,
             closing_since: None,
+            close_reason: None,
+            read_again: false,
         });
         let conn = &mut self.conns[token];
-        if !config.keys.is_empty() || proxy.is_some() {
-            self.deadlines.push(conn.handshake_deadline, token, id);
+        if let Some(deadline) = conn.session.deadline() {
+            self.deadlines.push(deadline, token, id);
         }
-        // With a required PROXY header, everything waits for it (and for
-        // verify on the client's address).
-        if proxy != Some(ProxyMode::Required) {
-            let outcome = start(&self.shared, conn);
-            if conn.opened {
-                self.arm_idle(token);
-            }
-            if let Err(reason) = outcome {
-                self.close(token, reason);
-                return Ok(());
-            }
-            self.flush(token);
+        // The session starts: a challenge to send, or open at once (and
+        // with a required PROXY header, nothing until it comes).
+        let mut buf = std::mem::take(&mut conn.recv);
+        let outcome = dispatch(&self.shared, conn, &mut buf, &mut Budget::per_turn());
+        conn.recv = buf;
+        if conn.session.was_opened() {
+            self.arm_idle(token);
         }
+        if let Err(reason) = outcome {
+            self.close(token, reason);
+            return Ok(());
+        }
+        self.flush(token);
         Ok(())
     }
 
@@ -222,34 +234,61 @@ impl IoThread {
         if conn.read_paused || conn.closing_since.is_some() {
             return;
         }
-        // A connection with no partial frame reads into the shared scratch
-        // buffer; one with a partial frame continues in its own.
-        let use_scratch = conn.recv.pending().is_empty();
+        // A connection with no partial frame, or a small one, reads into the
+        // shared scratch buffer; one with a larger one continues in its own.
+        let use_scratch = conn.recv.pending().len() <= SMALL_PARTIAL;
         let mut own = std::mem::take(&mut conn.recv);
+        if use_scratch {
+            // A small partial frame moves to the scratch, so the
+            // connection's own buffer never holds more than what is left.
+            self.scratch.extend(own.pending());
+            own.clear();
+        }
         let buf = if use_scratch {
             &mut self.scratch
         } else {
             &mut own
         };
-        let was_open = conn.opened;
+        let was_open = conn.session.was_opened();
         let shared = &self.shared;
-        let mut outcome = Ok(());
+        let mut budget = Budget::per_turn();
+        // Frames left over from the last turn go first.
+        let mut outcome = if buf.pending().is_empty() {
+            Ok(())
+        } else {
+            dispatch(shared, conn, buf, &mut budget)
+        };
+        let mut end = None;
         let mut more = false;
-        for turn in 0..READS_PER_TURN {
-            let spare = buf.spare(16 * 1024);
+        // Before the handshake a frame is at most a few hundred bytes: a
+        // partial one must not cost a full read's worth of buffer.
+        let read_size = if was_open { 16 * 1024 } else { PREAMBLE_READ };
+        // No reading once its share is spent on what was buffered.
+        let reads = if outcome.is_ok() && budget.left() && !conn.read_paused {
+            READS_PER_TURN
+        } else {
+            0
+        };
+        for turn in 0..reads {
+            let spare = buf.spare(read_size);
             let spare_len = spare.len();
             match sys::recv(conn.handle.fd(), spare, 0) {
                 Ok(0) => {
-                    outcome = Err(Some(end_of_stream(conn, buf)));
+                    end = Some(conn.session.end_of_stream(buf));
                     break;
                 }
                 Ok(n) => {
                     buf.commit(n);
                     conn.last_activity = Instant::now();
-                    outcome = dispatch(shared, conn, buf);
+                    outcome = dispatch(shared, conn, buf, &mut budget);
                     // A short read drained the socket: the next data brings a
                     // new edge. A full one may have left more behind.
                     if outcome.is_err() || conn.read_paused || (n < spare_len && !drain) {
+                        break;
+                    }
+                    if !budget.left() {
+                        // Its share is spent: the rest waits for its next turn.
+                        more = true;
                         break;
                     }
                     more = turn + 1 == READS_PER_TURN;
@@ -273,15 +312,30 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
-        if !was_open && conn.opened {
+        // Spent before reading (frames left over from the last turn).
+        let spent_early = !budget.left() && outcome.is_ok() && !conn.read_paused;
+        if !was_open && conn.session.was_opened() {
             self.arm_idle(token);
         }
-        if more {
+        let conn = &mut self.conns[token];
+        if (more || spent_early) && end.is_none() && !conn.read_again {
+            // Once per turn, however often it was called in this one.
+            conn.read_again = true;
             self.read_again.push(token);
         }
-        match outcome {
-            Ok(()) => self.flush(token),
-            Err(reason) => {
+        match (outcome, end) {
+            // The peer's end of stream (a half-close, often): every frame
+            // received was delivered; what the replies queued is written
+            // before the close, as after close().
+            (Ok(()), Some(reason)) if self.conns[token].session.was_opened() => {
+                self.begin_close(token, Some(reason))
+            }
+            (Ok(()), Some(reason)) => {
+                self.flush(token);
+                self.close(token, Some(reason));
+            }
+            (Ok(()), None) => self.flush(token),
+            (Err(reason), _) => {
                 // Best effort: a handshake #FAILURE# reaches the peer.
                 self.flush(token);
                 self.close(token, reason);
@@ -300,14 +354,16 @@ impl IoThread {
         // open): the peer must see the end now.
         conn.handle.mark_closed();
         let context = &self.shared.context;
-        if conn.opened {
+        if conn.session.was_opened() {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
-        } else if conn.proxy == Some(ProxyMode::Required) {
-            context.proxy_failures.fetch_add(1, Ordering::Relaxed);
-        } else if conn.handshake.is_some() {
-            context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            match conn.session.failure_stage() {
+                Stage::Proxy => context.proxy_failures.fetch_add(1, Ordering::Relaxed),
+                Stage::Handshake => context.handshake_failures.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
         }
         drop(conn);
         self.release_slot();
@@ -319,20 +375,5 @@ impl IoThread {
         if before >= self.shared.context.config.max_connections {
             self.shared.context.wake();
         }
-    }
-}
-
-fn end_of_stream(conn: &Conn, buf: &RecvBuffer) -> Error {
-    let peer = conn.handle.peer_addr();
-    if buf.pending().is_empty() {
-        Error::new(ErrorKind::Closed, format!("{peer} closed the connection"))
-    } else {
-        Error::new(
-            ErrorKind::TruncatedFrame,
-            format!(
-                "{peer} closed the connection in the middle of a frame: {} bytes received",
-                buf.pending().len()
-            ),
-        )
     }
 }

@@ -10,9 +10,9 @@ use std::time::Instant;
 use mio::{Poll, Token};
 use slab::Slab;
 
-use crate::proto::handshake::Handshake;
-use crate::proto::proxy::ProxyMode;
+use crate::error::Error;
 use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::Session;
 use crate::server::driver::Context;
 use crate::server::event::conn::EventConn;
 use crate::server::event::deadlines::Deadlines;
@@ -24,6 +24,17 @@ pub(super) const WAKER: Token = Token(usize::MAX);
 pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
 pub(super) const READS_PER_TURN: usize = 16;
+/// The most a read takes before the preamble is over: a handshake frame is
+/// at most 268 bytes, a PROXY v1 header 107.
+pub(super) const PREAMBLE_READ: usize = 512;
+/// A partial frame up to this size continues in the thread's scratch
+/// buffer (copied there and back); a larger one in the connection's own.
+pub(super) const SMALL_PARTIAL: usize = 1024;
+/// A connection's share of one turn: at most this many frames delivered...
+pub(super) const FRAMES_PER_TURN: usize = 1024;
+/// ...and about this many bytes (a flood of tiny frames must not hold the
+/// thread for a full read batch of them; big frames still go 256 KiB a turn).
+pub(super) const BYTES_PER_TURN: usize = 256 * 1024;
 /// A connection's own buffers are freed when idle and larger than this.
 pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// How long a connection closed with `close()` may take to write what it
@@ -35,18 +46,20 @@ pub(super) struct Conn {
     pub(super) handle: Arc<EventConn>,
     /// A partial frame left over from the last read.
     pub(super) recv: RecvBuffer,
-    /// A PROXY protocol header still expected before the first frame.
-    pub(super) proxy: Option<ProxyMode>,
-    pub(super) handshake: Option<Handshake>,
-    /// The deadline of the handshake (and of a required PROXY header).
-    pub(super) handshake_deadline: Instant,
+    /// The protocol: PROXY header, handshake, frames, end of stream.
+    pub(super) session: Session,
     /// Frames taken from the handle's queue, being written.
     pub(super) writing: Vec<u8>,
     pub(super) written: usize,
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,
-    pub(super) opened: bool,
     pub(super) closing_since: Option<Instant>,
+    /// Why it closes once what is queued is written (the peer's end of
+    /// stream); `None`: the owner's `close()`.
+    pub(super) close_reason: Option<Error>,
+    /// Listed in the thread's `read_again` (its share of a turn ran out
+    /// with data left).
+    pub(super) read_again: bool,
 }
 
 pub(crate) struct IoThread {

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use crate::error::{Error, ErrorKind};
-use crate::proto::proxy::ProxyMode;
 use crate::server::event::state::{IoThread, CLOSE_LINGER};
 
 impl IoThread {
@@ -27,19 +26,10 @@ impl IoThread {
             let conn = &self.conns[token];
             let config = &self.shared.context.config;
             let (due, why) = if let Some(since) = conn.closing_since {
-                (since + CLOSE_LINGER, None)
-            } else if conn.handshake.is_some() || conn.proxy == Some(ProxyMode::Required) {
-                let ms = config.handshake_timeout.as_millis();
-                (
-                    conn.handshake_deadline,
-                    Some(Error::new(
-                        ErrorKind::TimedOut,
-                        format!(
-                            "handshake with {}: timed out after {ms} ms",
-                            conn.handle.peer_addr()
-                        ),
-                    )),
-                )
+                (since + CLOSE_LINGER, conn.close_reason.clone())
+            } else if let Some(deadline) = conn.session.deadline() {
+                // The one deadline of the whole preamble.
+                (deadline, conn.session.timed_out(deadline))
             } else if let Some(idle) = config.idle_timeout {
                 (
                     conn.last_activity + idle,

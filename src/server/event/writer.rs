@@ -6,7 +6,6 @@ use std::io;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::server::event::dispatch::dispatch;
 use crate::server::event::state::{Conn, IoThread, CLOSE_LINGER, KEEP_IDLE_BUFFER};
 
 impl IoThread {
@@ -25,7 +24,8 @@ impl IoThread {
             conn.writing = Vec::new();
         }
         if conn.closing_since.is_some() {
-            return self.close(token, None);
+            let reason = conn.close_reason.take();
+            return self.close(token, reason);
         }
         if conn.read_paused && conn.handle.queued_bytes() < conn.handle.max_queued() / 4 {
             conn.read_paused = false;
@@ -35,25 +35,19 @@ impl IoThread {
 
     /// Delivers frames buffered while reads were paused, then reads on.
     pub(super) fn resume_reading(&mut self, token: usize) {
-        let conn = &mut self.conns[token];
-        let mut buf = std::mem::take(&mut conn.recv);
-        let outcome = dispatch(&self.shared, conn, &mut buf);
-        conn.recv = buf;
-        let paused = conn.read_paused;
-        match outcome {
-            Ok(()) if !paused => self.on_readable(token, true),
-            Ok(()) => self.flush(token),
-            Err(reason) => self.close(token, reason),
-        }
+        // Buffered frames go first, within the connection's share.
+        self.on_readable(token, true);
     }
 
-    /// `close()` was called: stop reading, write what is queued, then close
-    /// (within CLOSE_LINGER).
-    pub(super) fn begin_close(&mut self, token: usize) {
+    /// `close()` was called (`reason` `None`), or the peer ended its
+    /// stream (`reason`): stop reading, write what is queued, then close
+    /// (within CLOSE_LINGER) with `reason`.
+    pub(super) fn begin_close(&mut self, token: usize, reason: Option<Error>) {
         let conn = &mut self.conns[token];
         if conn.closing_since.is_none() {
             let now = Instant::now();
             conn.closing_since = Some(now);
+            conn.close_reason = reason;
             self.deadlines
                 .push(now + CLOSE_LINGER, token, conn.handle.id());
         }

@@ -1,0 +1,536 @@
+//! The whole life of one stream connection as a sans-IO state machine:
+//!
+//! ```text
+//! [PROXY header] -> [verify] -> [handshake] -> frames -> end of stream
+//!  (server, when    (the app    (with keys,
+//!   configured)      decides)    either role)
+//! ```
+//!
+//! A driver (the blocking [`Connection`](crate::stream::connection) and the
+//! event-mode I/O thread) reads bytes into a [`RecvBuffer`] it owns and
+//! calls [`Session::poll`], which consumes what it can and says what
+//! happened ([`Step`]); it writes what [`Session::take_transmit`] gives
+//! (handshake frames, wire-encoded), arms a timer for
+//! [`Session::deadline`] and, when that passes, closes with
+//! [`Session::timed_out`]; at the end of the stream it closes with
+//! [`Session::end_of_stream`]. No socket, clock or random source is used
+//! here: the time and the handshake nonce come in from the driver, so both
+//! drivers get the same sequence, the same single preamble deadline and the
+//! same error texts.
+//!
+//! One deadline covers the whole preamble (PROXY header, verify and the
+//! handshake): a peer cannot take a full timeout for each part.
+//!
+//! Frames are handed out as ranges of the driver's buffer, so delivering
+//! one copies and allocates nothing. A later TLS layer slots in between the
+//! PROXY header and the handshake, inside `poll` and `take_transmit`: the
+//! drivers keep feeding socket bytes in and writing what comes out.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::proto::frame::{self, encode_header};
+use crate::proto::handshake::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use crate::proto::proxy::{self, Parsed, ProxyMode};
+use crate::proto::recv_buffer::{Decoded, RecvBuffer};
+
+/// What a session is made of; the drivers fill it from the config.
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// Which side of the handshake this end plays.
+    pub role: Role,
+    /// Empty: no handshake.
+    pub keys: Keys,
+    /// Only for the accepting side: a load balancer's header.
+    pub proxy: ProxyMode,
+    /// The largest frame payload accepted once the preamble is done.
+    pub max_frame_size: u64,
+    /// The one deadline of the whole preamble.
+    pub preamble_timeout: Duration,
+}
+
+/// Where a session is; a driver counts a failure by the stage it ended in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for a required PROXY header.
+    Proxy,
+    /// The PROXY header named the client: waiting for [`Session::verified`].
+    Verify,
+    /// Running the handshake (an optional PROXY header may still come).
+    Handshake,
+    /// The preamble is over; [`Step::Open`] not yet reported.
+    Opening,
+    /// Frames.
+    Open,
+    /// Failed; nothing more comes out.
+    Failed,
+}
+
+/// What [`Session::poll`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing more can be done before more bytes arrive; at least this
+    /// many are needed (a hint for the size of the next read).
+    NeedMore(usize),
+    /// The PROXY header was read; `peer` is the client it names (now also
+    /// [`Session::peer_addr`]). With `verify`, the session waits for
+    /// [`Session::verified`].
+    Proxy {
+        /// The client the header names (none for a LOCAL or UNKNOWN one).
+        peer: Option<String>,
+        /// The application must be asked before the handshake goes on.
+        verify: bool,
+    },
+    /// The preamble is done: the connection is open. Reported once.
+    Open,
+    /// One whole frame's payload, a range of the driver's buffer.
+    Frame(Range<usize>),
+}
+
+/// The whole life of one stream connection, sans I/O: the driver feeds it
+/// the bytes that arrived and the time, and sends what it yields.
+pub struct Session {
+    stage: Stage,
+    role: Role,
+    keys: Keys,
+    nonce: [u8; NONCE_LEN],
+    /// A PROXY header still expected before the first frame.
+    proxy: Option<ProxyMode>,
+    handshake: Option<Handshake>,
+    max_frame_size: u64,
+    deadline: Option<Instant>,
+    timeout: Duration,
+    /// The peer, as errors name it: the socket's, or the client a PROXY
+    /// header named.
+    peer: String,
+    /// Wire bytes to send (encoded handshake frames).
+    transmit: Vec<u8>,
+    /// [`Step::Open`] was reported.
+    opened: bool,
+    /// The stage a failure happened in.
+    failed_in: Option<Stage>,
+}
+
+impl Session {
+    /// A session starting `now` with a peer known as `peer`. `nonce` must
+    /// come from the operating system's random source when there are keys
+    /// (it is not used without).
+    pub fn new(
+        params: SessionParams,
+        peer: String,
+        now: Instant,
+        nonce: [u8; NONCE_LEN],
+    ) -> Session {
+        let proxy = match (params.role, params.proxy) {
+            (Role::Client, _) | (_, ProxyMode::Off) => None,
+            (Role::Server, mode) => Some(mode),
+        };
+        let has_preamble = proxy.is_some() || !params.keys.is_empty();
+        let mut session = Session {
+            stage: Stage::Opening,
+            role: params.role,
+            keys: params.keys,
+            nonce,
+            proxy,
+            handshake: None,
+            max_frame_size: params.max_frame_size,
+            deadline: has_preamble.then(|| now + params.preamble_timeout),
+            timeout: params.preamble_timeout,
+            peer,
+            transmit: Vec::new(),
+            opened: false,
+            failed_in: None,
+        };
+        if proxy == Some(ProxyMode::Required) {
+            // Everything waits for the header (and verify on its address).
+            session.stage = Stage::Proxy;
+        } else {
+            session.start_handshake();
+        }
+        session
+    }
+
+    /// Where the session is now.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// [`Step::Open`] was reported: the application has the connection
+    /// (and hears of its end), whatever happened since.
+    pub fn was_opened(&self) -> bool {
+        self.opened
+    }
+
+    /// The stage the session failed in, or is in: what a driver counts a
+    /// connection that ends before it opened as.
+    pub fn failure_stage(&self) -> Stage {
+        self.failed_in.unwrap_or(self.stage)
+    }
+
+    /// The peer as errors name it.
+    pub fn peer_addr(&self) -> &str {
+        &self.peer
+    }
+
+    /// When the preamble must be done by; `None` once it is (or when there
+    /// is none).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Proxy | Stage::Verify | Stage::Handshake => self.deadline,
+            _ => None,
+        }
+    }
+
+    /// The close reason once `now` is past the preamble deadline.
+    pub fn timed_out(&self, now: Instant) -> Option<Error> {
+        let deadline = self.deadline()?;
+        if now < deadline {
+            return None;
+        }
+        let ms = self.timeout.as_millis();
+        let what = match self.stage {
+            Stage::Proxy => "waiting for the PROXY protocol header from",
+            _ => "handshake with",
+        };
+        Some(Error::new(
+            ErrorKind::TimedOut,
+            format!("{what} {}: timed out after {ms} ms", self.peer),
+        ))
+    }
+
+    /// Appends the bytes to send to `out`; true if there were any.
+    pub fn take_transmit(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.transmit.is_empty() {
+            return false;
+        }
+        if out.is_empty() {
+            // Hand the storage over: a waiting session holds none.
+            std::mem::swap(out, &mut self.transmit);
+        } else {
+            out.append(&mut self.transmit);
+        }
+        true
+    }
+
+    /// Whether bytes wait to be sent.
+    pub fn wants_transmit(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
+    /// The application's verdict on [`Session::peer_addr`] after a
+    /// [`Step::Proxy`] that asked for it. Refused: the session fails, with
+    /// no reason to report (verify counts its refusals).
+    pub fn verified(&mut self, ok: bool) {
+        if self.stage != Stage::Verify {
+            return;
+        }
+        if ok {
+            self.start_handshake();
+        } else {
+            self.set_failed();
+        }
+    }
+
+    /// Consumes what it can of `buf` and says what happened. An error ends
+    /// the session: close the connection with it (after writing what
+    /// [`Session::take_transmit`] still has: a handshake's `#FAILURE#`).
+    pub fn poll(&mut self, buf: &mut RecvBuffer) -> Result<Step> {
+        match self.stage {
+            Stage::Failed => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    format!("the session with {} has failed", self.peer),
+                ))
+            }
+            Stage::Verify => return Ok(Step::NeedMore(0)),
+            Stage::Opening => {
+                self.stage = Stage::Open;
+                self.opened = true;
+                return Ok(Step::Open);
+            }
+            Stage::Proxy | Stage::Handshake | Stage::Open => {}
+        }
+        if self.proxy.is_some() {
+            if let Some(step) = self.take_proxy_header(buf)? {
+                return Ok(step);
+            }
+        }
+        let max = if self.handshake.is_some() {
+            MAX_HANDSHAKE_FRAME
+        } else {
+            self.max_frame_size
+        };
+        let frame = match buf.next_frame(max) {
+            Ok(Decoded::Frame(frame)) => frame,
+            Ok(Decoded::NeedMore(n)) => return Ok(Step::NeedMore(n)),
+            Err(e) => return Err(self.fail(e)),
+        };
+        let Some(hs) = &mut self.handshake else {
+            return Ok(Step::Frame(frame));
+        };
+        let step = hs.receive(buf.bytes(frame));
+        self.queue_handshake_frames();
+        if let Err(e) = step {
+            return Err(self.fail(e));
+        }
+        if self.handshake.as_ref().is_some_and(Handshake::is_done) {
+            self.handshake = None;
+            self.stage = Stage::Open;
+            self.opened = true;
+            return Ok(Step::Open);
+        }
+        // More handshake messages may already be buffered.
+        self.poll(buf)
+    }
+
+    /// The close reason for an end of stream with `buf` holding what is
+    /// left: a clean close, or one in the middle of a frame (or of the
+    /// preamble).
+    pub fn end_of_stream(&self, buf: &RecvBuffer) -> Error {
+        let have = buf.pending().len();
+        let peer = &self.peer;
+        let e = if have == 0 {
+            Error::new(ErrorKind::Closed, format!("{peer} closed the connection"))
+        } else {
+            let expected = if self.proxy.is_some() {
+                "of a PROXY protocol header".to_string()
+            } else {
+                match frame::decode_header(buf.pending(), u64::MAX) {
+                    Ok(Some(h)) => format!("of a {} byte frame", h.frame_len()),
+                    _ => "of a frame header".to_string(),
+                }
+            };
+            Error::new(
+                ErrorKind::TruncatedFrame,
+                format!(
+                    "{peer} closed the connection in the middle of a frame: {have} bytes received {expected}"
+                ),
+            )
+        };
+        match self.stage {
+            Stage::Handshake => e.context(format!("handshake with {peer}")),
+            _ => e,
+        }
+    }
+
+    fn start_handshake(&mut self) {
+        if self.keys.is_empty() {
+            self.stage = Stage::Opening;
+            return;
+        }
+        self.handshake = Some(Handshake::new(self.role, self.keys.clone(), self.nonce));
+        self.nonce = [0; NONCE_LEN];
+        self.stage = Stage::Handshake;
+        self.queue_handshake_frames();
+    }
+
+    fn queue_handshake_frames(&mut self) {
+        let Some(hs) = &mut self.handshake else {
+            return;
+        };
+        while let Some(msg) = hs.poll_transmit() {
+            self.transmit
+                .extend_from_slice(encode_header(msg.len() as u64).as_bytes());
+            self.transmit.extend_from_slice(&msg);
+        }
+    }
+
+    /// Consumes the PROXY header at the start of `buf`: `Some(step)` when
+    /// the driver must hear about it (more bytes needed, or the header).
+    fn take_proxy_header(&mut self, buf: &mut RecvBuffer) -> Result<Option<Step>> {
+        let Some(mode) = self.proxy else {
+            return Ok(None);
+        };
+        let mut peer = None;
+        match proxy::parse(buf.pending()) {
+            Ok(Parsed::NeedMore) => return Ok(Some(Step::NeedMore(1))),
+            Ok(Parsed::Header { len, source }) => {
+                buf.consume(len);
+                if let Some(source) = source {
+                    let named = format!("tcp://{source}");
+                    self.peer = named.clone();
+                    peer = Some(named);
+                }
+            }
+            Ok(Parsed::Absent) if mode == ProxyMode::Optional => {}
+            Ok(Parsed::Absent) => {
+                self.set_failed();
+                return Err(Error::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "{} sent no PROXY protocol header, which this server requires",
+                        self.peer
+                    ),
+                ));
+            }
+            Err(e) => {
+                self.set_failed();
+                return Err(e.context(format!("connection from {}", self.peer)));
+            }
+        }
+        self.proxy = None;
+        let verify = mode == ProxyMode::Required;
+        if verify {
+            self.stage = Stage::Verify;
+        } else if peer.is_none() {
+            // Optional and absent, or naming no client: nothing to report.
+            return Ok(None);
+        }
+        Ok(Some(Step::Proxy { peer, verify }))
+    }
+
+    /// Ends the session with `e`, named after the stage it happened in.
+    fn fail(&mut self, e: Error) -> Error {
+        let e = self.in_context(e);
+        self.set_failed();
+        e
+    }
+
+    fn set_failed(&mut self) {
+        if self.stage != Stage::Failed {
+            self.failed_in = Some(self.stage);
+            self.stage = Stage::Failed;
+        }
+    }
+
+    fn in_context(&self, e: Error) -> Error {
+        match self.stage {
+            Stage::Handshake => e.context(format!("handshake with {}", self.peer)),
+            Stage::Proxy => e,
+            _ => e.context(format!("receiving from {}", self.peer)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::handshake::{CHALLENGE, FAILURE};
+    use std::sync::Arc;
+
+    fn params(keys: &[&[u8]], proxy: ProxyMode) -> SessionParams {
+        SessionParams {
+            role: Role::Server,
+            keys: Arc::from(keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>()),
+            proxy,
+            max_frame_size: 1 << 20,
+            preamble_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn feed(buf: &mut RecvBuffer, bytes: &[u8]) {
+        buf.extend(bytes);
+    }
+
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut v = encode_header(payload.len() as u64).as_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn without_preamble_it_opens_at_once_and_hands_out_frames() {
+        let now = Instant::now();
+        let mut s = Session::new(params(&[], ProxyMode::Off), "p".into(), now, [0; NONCE_LEN]);
+        assert_eq!(s.deadline(), None);
+        let mut buf = RecvBuffer::default();
+        assert_eq!(s.poll(&mut buf).unwrap(), Step::Open);
+        feed(&mut buf, &framed(b"one"));
+        feed(&mut buf, &framed(b"two")[..5]);
+        let Step::Frame(r) = s.poll(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert_eq!(buf.bytes(r), b"one");
+        assert!(matches!(s.poll(&mut buf).unwrap(), Step::NeedMore(_)));
+        let e = s.end_of_stream(&buf);
+        assert_eq!(e.kind(), ErrorKind::TruncatedFrame);
+        assert!(
+            e.detail().contains("5 bytes received of a 7 byte frame"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_server_with_keys_challenges_first_and_one_deadline_covers_the_preamble() {
+        let now = Instant::now();
+        let mut s = Session::new(
+            params(&[b"k"], ProxyMode::Required),
+            "tcp://1.2.3.4:5".into(),
+            now,
+            [7; NONCE_LEN],
+        );
+        // Nothing before the PROXY header.
+        assert!(!s.wants_transmit());
+        assert_eq!(s.deadline(), Some(now + Duration::from_secs(1)));
+        let mut buf = RecvBuffer::default();
+        assert_eq!(s.poll(&mut buf).unwrap(), Step::NeedMore(1));
+        feed(&mut buf, b"PROXY TCP4 9.9.9.9 1.2.3.4 1000 5\r\n");
+        assert_eq!(
+            s.poll(&mut buf).unwrap(),
+            Step::Proxy {
+                peer: Some("tcp://9.9.9.9:1000".into()),
+                verify: true
+            }
+        );
+        s.verified(true);
+        let mut out = Vec::new();
+        assert!(s.take_transmit(&mut out));
+        assert!(out.windows(CHALLENGE.len()).any(|w| w == CHALLENGE));
+        // The same deadline, not a new one for the handshake.
+        assert_eq!(s.deadline(), Some(now + Duration::from_secs(1)));
+        assert!(s.timed_out(now + Duration::from_millis(999)).is_none());
+        let e = s.timed_out(now + Duration::from_secs(1)).unwrap();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert!(
+            e.detail().contains("handshake with tcp://9.9.9.9:1000"),
+            "{e}"
+        );
+        // A wrong answer: #FAILURE# to send, then the error.
+        feed(&mut buf, &framed(b"{sha256}wrongwrongwrongwrongwrongwrong"));
+        let e = s.poll(&mut buf).unwrap_err();
+        assert!(e.detail().starts_with("handshake with"), "{e}");
+        let mut out = Vec::new();
+        s.take_transmit(&mut out);
+        assert!(out.ends_with(FAILURE));
+        assert_eq!(s.stage(), Stage::Failed);
+        assert_eq!(s.failure_stage(), Stage::Handshake);
+        assert!(!s.was_opened());
+    }
+
+    #[test]
+    fn verify_refusal_fails_quietly() {
+        let mut s = Session::new(
+            params(&[], ProxyMode::Required),
+            "p".into(),
+            Instant::now(),
+            [0; NONCE_LEN],
+        );
+        let mut buf = RecvBuffer::default();
+        feed(&mut buf, b"PROXY UNKNOWN\r\n");
+        assert_eq!(
+            s.poll(&mut buf).unwrap(),
+            Step::Proxy {
+                peer: None,
+                verify: true
+            }
+        );
+        s.verified(false);
+        assert_eq!(s.stage(), Stage::Failed);
+    }
+
+    #[test]
+    fn required_header_absent_is_refused() {
+        let mut s = Session::new(
+            params(&[], ProxyMode::Required),
+            "p".into(),
+            Instant::now(),
+            [0; NONCE_LEN],
+        );
+        let mut buf = RecvBuffer::default();
+        feed(&mut buf, &framed(b"hello"));
+        let e = s.poll(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(e.detail().contains("sent no PROXY protocol header"), "{e}");
+    }
+}
