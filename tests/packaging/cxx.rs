@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const FLAGS: [&str; 5] = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
@@ -74,7 +74,7 @@ fn cxx_wrapper_with_gxx() {
 #[test]
 fn cxx_wrapper_with_clangxx() {
     if !have("clang++") {
-        return skipped(
+        return crate::skip::required(
             "cxx_wrapper_with_clangxx",
             "clang++ is not installed (optional: apt-get install clang)",
         );

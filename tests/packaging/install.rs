@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -218,7 +218,7 @@ fn destdir_stages_an_install_for_packaging() {
 #[test]
 fn pkg_config_builds_dynamic_c_and_cxx_consumers() {
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "pkg_config_builds_dynamic_c_and_cxx_consumers",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );
@@ -266,7 +266,7 @@ fn pkg_config_builds_dynamic_c_and_cxx_consumers() {
 #[test]
 fn pkg_config_static_links_the_archive() {
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "pkg_config_static_links_the_archive",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );
@@ -297,7 +297,7 @@ fn pkg_config_static_links_the_archive() {
 #[test]
 fn cmake_find_package_builds_shared_and_static_consumers() {
     if !have("cmake") {
-        return skipped(
+        return crate::skip::required(
             "cmake_find_package_builds_shared_and_static_consumers",
             "cmake is not installed (apt-get install cmake); CI must install it",
         );

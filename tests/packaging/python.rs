@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{assert_success, lib_dir, root, run, show, skipped, stdout};
+use crate::proc::{assert_success, lib_dir, root, run, show, stdout};
 
 /// The suite's own watchdog (faulthandler) fires first, with tracebacks.
 const LIMIT: Duration = Duration::from_secs(300);
@@ -19,7 +19,7 @@ fn python_binding_pytest_suite() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_pytest {
-        return skipped(
+        return crate::skip::required(
             "python_binding_pytest_suite",
             &format!(
                 "pytest is not installed for {python} (apt-get install python3-pytest, or \
