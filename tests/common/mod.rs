@@ -82,6 +82,18 @@ pub fn raw_write_frame(s: &mut TcpStream, payload: &[u8]) {
     s.write_all(&bytes).unwrap();
 }
 
+/// How much slower than a plain run this one is allowed to be: time
+/// bounds that assert a documented promise (with their own stated margin)
+/// are multiplied by `SOCKSERV_TIME_SCALE` (default 1; .ci/sanitizers sets
+/// it, since ASan and TSan run the code 2 to 15 times slower).
+pub fn time_scale() -> u32 {
+    std::env::var("SOCKSERV_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
 /// Waits until `cond` holds, polling, for at most `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
