@@ -538,3 +538,46 @@ fn welch(a: &[f64], b: &[f64]) -> f64 {
     let ((ma, va, na), (mb, vb, nb)) = (stats(&a), stats(&b));
     (ma - mb) / (va / na + vb / nb).sqrt()
 }
+
+/// `prefix` + HMAC-SHA384(key, body of `challenge`), computed here with
+/// the hmac and sha2 crates, not by sockserv.
+fn sha384_response(key: &[u8], challenge: &[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac, SimpleHmac};
+    let body = challenge.strip_prefix(CHALLENGE).expect("a challenge");
+    let mut m = SimpleHmac::<sha2::Sha384>::new_from_slice(key).unwrap();
+    m.update(body);
+    [b"{sha384}".as_slice(), &m.finalize().into_bytes()].concat()
+}
+
+/// A client that answers the server's `{sha256}` challenge with a valid
+/// `{sha384}` response (as Python 3.12+ may: the response names its own
+/// digest) is let in, in both modes; then it challenges the server with
+/// `{sha384}` and gets a `{sha384}` answer, and its frames are echoed.
+#[test]
+fn a_valid_sha384_response_and_challenge_are_accepted() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        let config = security_config();
+        let (server, seen) = counting_echo_server(&config, mode);
+        let mut s = raw(&server);
+        let challenge = raw_read_frame(&mut s).unwrap();
+        raw_write_frame(&mut s, &sha384_response(KEY, &challenge));
+        assert_eq!(raw_read_frame(&mut s).unwrap(), WELCOME, "{mode:?}");
+        // Our challenge, naming sha384.
+        let mine = [CHALLENGE, b"{sha384}".as_slice(), &[0x5a; 40]].concat();
+        raw_write_frame(&mut s, &mine);
+        let answer = raw_read_frame(&mut s).unwrap();
+        assert_eq!(answer, sha384_response(KEY, &mine), "{mode:?}: the answer");
+        raw_write_frame(&mut s, WELCOME);
+        raw_write_frame(&mut s, b"after sha384");
+        assert_eq!(raw_read_frame(&mut s).unwrap(), b"after sha384");
+        assert_eq!(seen.frames(), 1, "{mode:?}");
+        assert_eq!(server.stats().handshake_failures, 0, "{mode:?}");
+        // The same response with one bit of its tag flipped is refused.
+        let mut s = raw(&server);
+        let challenge = raw_read_frame(&mut s).unwrap();
+        let mut bad = sha384_response(KEY, &challenge);
+        *bad.last_mut().unwrap() ^= 1;
+        raw_write_frame(&mut s, &bad);
+        assert_eq!(raw_read_frame(&mut s).unwrap(), FAILURE, "{mode:?}");
+    }
+}
