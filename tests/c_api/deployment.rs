@@ -297,10 +297,8 @@ fn haproxy_in_front_of_two_servers() {
         killed.child.wait_for(RUN_LIMIT);
         killed.stderr.take().unwrap().collect_string(PIPE_LIMIT)
     };
-    let used: Vec<String> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
+    let per_client: Vec<Vec<String>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let used: Vec<String> = per_client.iter().flatten().cloned().collect();
     assert_eq!(
         acked.load(std::sync::atomic::Ordering::SeqCst),
         CLIENTS as u32 * FRAMES
@@ -318,9 +316,30 @@ fn haproxy_in_front_of_two_servers() {
         );
     }
     assert!(killed_log.contains("connection from") && survivor_log.contains("connection from"));
+    // The kill hit clients mid-way, and each of them reconnected: a client
+    // whose connection was on the killed backend made another, on the
+    // survivor, and finished there (every frame was acknowledged above).
+    let seen_by = |log: &str, local: &str| log.contains(&format!("connection from {local}\n"));
+    let hit: Vec<&Vec<String>> = per_client
+        .iter()
+        .filter(|conns| conns.iter().any(|c| seen_by(&killed_log, c)))
+        .collect();
+    assert!(
+        !hit.is_empty(),
+        "no client was on the killed backend:\n{logs}"
+    );
+    for conns in &hit {
+        let last = conns.last().unwrap();
+        assert!(
+            conns.len() >= 2 && seen_by(&survivor_log, last) && !seen_by(&killed_log, last),
+            "a client on the killed backend did not reconnect to the survivor: {conns:?}\n{logs}"
+        );
+    }
     eprintln!(
-        "haproxy: {} frames acknowledged by {CLIENTS} clients over {} connections, one backend killed",
+        "haproxy: {} frames acknowledged by {CLIENTS} clients over {} connections, one backend \
+         killed, {} clients reconnected",
         CLIENTS as u32 * FRAMES,
-        used.len()
+        used.len(),
+        hit.len()
     );
 }
