@@ -11,9 +11,21 @@ fn echo_server_inheriting(
     env: &str,
     args: &[&str],
 ) -> Command {
+    echo_server_inheriting_all(&[(listener, target)], env, args)
+}
+
+/// The same with several listeners, each as its target descriptor.
+fn echo_server_inheriting_all(
+    listeners: &[(&std::net::TcpListener, i32)],
+    env: &str,
+    args: &[&str],
+) -> Command {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let fd = listener.as_raw_fd();
+    let fds: Vec<(i32, i32)> = listeners
+        .iter()
+        .map(|(l, target)| (l.as_raw_fd(), *target))
+        .collect();
     // sh sets LISTEN_PID to its own pid, which exec keeps for echo_server.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -21,19 +33,25 @@ fn echo_server_inheriting(
         .arg(built().examples.join("echo_server"))
         .args(args)
         .env("SOCKSERV_KEY", KEY);
-    // SAFETY: between fork and exec the closure only calls dup2(2) and
-    // fcntl(2), which are async-signal-safe, on descriptors this process
-    // owns.
+    // SAFETY: between fork and exec the closure only calls fcntl(2),
+    // dup2(2) and close(2), which are async-signal-safe, on descriptors this
+    // process owns; it allocates nothing (the Vec was made before fork).
     unsafe {
         cmd.pre_exec(move || {
-            // dup2 onto itself keeps close-on-exec: clear it instead.
-            let rc = if fd == target {
-                libc::fcntl(fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, target)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
+            // First every source to a high descriptor, so that no target
+            // overwrites a source still to be moved; then each to its target
+            // (dup2 clears close-on-exec), and the high copies closed.
+            const HIGH: i32 = 200;
+            for (i, &(fd, _)) in fds.iter().enumerate() {
+                if libc::fcntl(fd, libc::F_DUPFD, HIGH + i as i32) != HIGH + i as i32 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &(_, target)) in fds.iter().enumerate() {
+                if libc::dup2(HIGH + i as i32, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(HIGH + i as i32);
             }
             Ok(())
         });
@@ -76,6 +94,54 @@ fn systemd_socket_activation_and_inetd_style_fds() {
         let (status, stderr) = server.stop(libc::SIGTERM, RUN_LIMIT);
         assert!(status.success(), "{addr}: {stderr}");
     }
+    // Several sockets (LISTEN_FDS=3 at descriptors 3, 4, 5): each address
+    // picks its own, by position from 0 (systemd://1 is the second) or by
+    // name. Fresh listeners each time: a server's shutdown shuts down the
+    // listening socket it shares with this process.
+    let env = "export LISTEN_PID=$$ LISTEN_FDS=3 LISTEN_FDNAMES=first:second:third;";
+    let three = || -> (Vec<std::net::TcpListener>, Vec<String>) {
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let bound = listeners
+            .iter()
+            .map(|l| format!("tcp://{}", l.local_addr().unwrap()))
+            .collect();
+        (listeners, bound)
+    };
+    for (addr, which) in [
+        ("systemd://", 0),
+        ("systemd://0", 0),
+        ("systemd://1", 1),
+        ("systemd://2", 2),
+        ("systemd://second", 1),
+        ("systemd://third", 2),
+    ] {
+        let (listeners, bound) = three();
+        let inherit: Vec<(&std::net::TcpListener, i32)> = listeners.iter().zip(3..).collect();
+        let server = EchoServer::spawn(
+            echo_server_inheriting_all(&inherit, env, &[addr]),
+            RUN_LIMIT,
+        );
+        drop(listeners);
+        assert_eq!(server.addr, bound[which], "{addr} with LISTEN_FDS=3");
+        let conn = sockserv::connect(&server.addr, &keyed()).unwrap();
+        roundtrip(&conn, addr.as_bytes());
+        let (status, stderr) = server.stop(libc::SIGTERM, RUN_LIMIT);
+        assert!(status.success(), "{addr}: {stderr}");
+    }
+    // A position past LISTEN_FDS is refused with a message.
+    let (listeners, _) = three();
+    let inherit: Vec<(&std::net::TcpListener, i32)> = listeners.iter().zip(3..).collect();
+    let output = run(
+        &mut echo_server_inheriting_all(&inherit, env, &["systemd://3"]),
+        RUN_LIMIT,
+        "echo_server systemd://3 with LISTEN_FDS=3",
+    );
+    assert!(!output.status.success(), "{}", show(&output));
+    assert!(stderr(&output).contains("3 passed"), "{}", show(&output));
+    drop(listeners);
+
     // Meant for another process (LISTEN_PID is not the server's): refused.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut cmd = echo_server_inheriting(
