@@ -58,7 +58,13 @@ fn two_thousand_connections_open_and_close_without_leaks() {
         "on_close once each"
     );
     assert_eq!(open_fds(), fds, "file descriptors leaked");
-    assert_eq!(threads(), tasks, "threads leaked");
+    // At most as many as before: the other test's thread may still be
+    // exiting when this one counted (more would be a leak).
+    assert!(
+        wait_until(Duration::from_secs(10), || threads() <= tasks),
+        "threads leaked: {tasks} -> {}",
+        threads()
+    );
 }
 
 /// Idle connections held by the event-mode server.
@@ -122,8 +128,9 @@ fn five_thousand_idle_connections_cost_little_memory_and_no_threads() {
         "\n{IDLE} idle authenticated connections: resident memory {rss_before} -> \
          {rss_after} KiB ({per_connection:.2} KiB each); threads {tasks_before} -> {tasks_after}\n"
     );
-    assert_eq!(
-        tasks_after, tasks_before,
+    // Not one more (one fewer is the other test's thread exiting).
+    assert!(
+        tasks_after <= tasks_before,
         "idle connections took threads: {tasks_before} -> {tasks_after}"
     );
     assert!(

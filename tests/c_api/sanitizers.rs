@@ -1,11 +1,11 @@
-//! Sanitizers: the C test program, the concurrency program and the examples
+//! Sanitizers: the C test program, the datagram and concurrency programs and the examples
 //! built with AddressSanitizer + UndefinedBehaviorSanitizer, and the
 //! concurrency program with ThreadSanitizer, run against the library this
 //! test built (whose Rust code is not instrumented: .ci/sanitizers runs the
 //! Rust side under ASan and TSan). SOCKSERV_SANITIZER_LIB_DIR links them
 //! against another libsockserv.so instead (.ci/sanitizers passes its
 //! ASan-built one, with SOCKSERV_SANITIZER_LIB_INSTRUMENTED=address). A
-//! missing runtime skips loudly.
+//! missing runtime is a required skip (a failure under CI=true).
 
 use super::*;
 
