@@ -17,10 +17,6 @@ const CONNECTIONS: usize = 2000;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 #[test]
 fn two_thousand_connections_open_and_close_without_leaks() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

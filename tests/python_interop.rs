@@ -302,9 +302,7 @@ fn config(key: Option<&[u8]>) -> Config {
 }
 
 fn python() -> PathBuf {
-    std::env::var_os("SOCKSERV_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into())
+    common::python().into()
 }
 
 fn key_str() -> &'static str {

@@ -19,10 +19,6 @@ const MAX_SIZE: usize = 64 * 1024;
 /// Frames a client may have sent and not yet seen echoed.
 const WINDOW: u64 = 8;
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 /// What the server side saw, per client.
 struct Tally {
     delivered: Vec<AtomicU64>,

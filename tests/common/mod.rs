@@ -113,6 +113,11 @@ pub fn kind<T>(r: sockserv::Result<T>) -> ErrorKind {
     }
 }
 
+/// Threads of this process.
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
 /// Open file descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 #[test]
 fn python_binding_pytest_suite() {
-    let python = std::env::var("SOCKSERV_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::common::python();
     let has_pytest = Command::new(&python)
         .args(["-c", "import pytest"])
         .output()
