@@ -6,9 +6,10 @@
 //! - The examples in `c_examples/` (built with their own Makefile) talk to
 //!   each other: the right key, a wrong key, SIGTERM and SIGINT.
 //! - The shared library exports exactly the functions the header declares.
-//! - The same programs, `tests/c/datagram_test.c` and `tests/c/concurrency.c` (threads sharing
-//!   connections, shutdown racing with connects), built with ASan + UBSan
-//!   and TSan; controls show each sanitizer catches a deliberate bug.
+//! - The same programs, `tests/c/datagram_test.c` and
+//!   `tests/c/concurrency.c` (threads sharing connections, shutdown racing
+//!   with connects), built with ASan + UBSan and TSan; controls show each
+//!   sanitizer catches a deliberate bug.
 //!
 //! Where the library comes from: `cargo test` builds the lib target with all
 //! its crate types in one rustc run, so `libsockserv.so` sits beside the
