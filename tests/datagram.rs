@@ -6,12 +6,11 @@ mod common;
 
 use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{wait_until, KEY};
+use common::{skip, wait_until, TempDir, KEY};
 use sockserv::proto::sealed::seal;
 use sockserv::{Config, DgramServer, DgramSocket, ErrorKind};
 use sockserv::{DgramStats, RecvFrom};
@@ -48,26 +47,9 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("sockserv-dg-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn addr(&self, file: &str) -> String {
-        format!("unixgram://{}", self.0.join(file).display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A `unixgram://` address for `file` in `dir`.
+fn unixgram(dir: &TempDir, file: &str) -> String {
+    format!("unixgram://{}", dir.file(file))
 }
 
 /// Echo through a server, with the sender's address checked both ways:
@@ -148,8 +130,8 @@ fn udp_ipv6_echo() {
 #[test]
 fn unixgram_echo_with_a_path_and_an_abstract_name() {
     let dir = TempDir::new("echo");
-    echo_roundtrips(&dir.addr("plain.sock"), None);
-    echo_roundtrips(&dir.addr("sealed.sock"), Some(KEY));
+    echo_roundtrips(&unixgram(&dir, "plain.sock"), None);
+    echo_roundtrips(&unixgram(&dir, "sealed.sock"), Some(KEY));
     let name = format!("unixgram://@sockserv-test-{}", std::process::id());
     echo_roundtrips(&name, Some(KEY));
 }
@@ -157,7 +139,7 @@ fn unixgram_echo_with_a_path_and_an_abstract_name() {
 #[test]
 fn an_unbound_unix_client_is_autobound_so_replies_reach_it() {
     let dir = TempDir::new("autobind");
-    let server = echo_server(&dir.addr("s.sock"), &config(None));
+    let server = echo_server(&unixgram(&dir, "s.sock"), &config(None));
     let client = DgramSocket::unbound(&config(None));
     client.send_to(server.local_addr(), b"ping").unwrap();
     let local = client.local_addr().unwrap();
@@ -169,7 +151,7 @@ fn an_unbound_unix_client_is_autobound_so_replies_reach_it() {
 fn a_unix_server_replaces_a_stale_file_refuses_a_live_one_and_removes_its_own() {
     let dir = TempDir::new("files");
     let path = dir.0.join("s.sock");
-    let addr = dir.addr("s.sock");
+    let addr = unixgram(&dir, "s.sock");
     // A stale socket file: bound once, its owner gone.
     drop(UnixDatagram::bind(&path).unwrap());
     assert!(path.exists());
@@ -189,7 +171,9 @@ fn a_unix_server_replaces_a_stale_file_refuses_a_live_one_and_removes_its_own() 
 fn sending_to_a_unix_path_nobody_binds_is_refused() {
     let dir = TempDir::new("refused");
     let client = DgramSocket::unbound(&config(None));
-    let err = client.send_to(&dir.addr("nobody.sock"), b"x").unwrap_err();
+    let err = client
+        .send_to(&unixgram(&dir, "nobody.sock"), b"x")
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     assert!(err.detail().contains("nobody.sock"), "{err}");
 }
@@ -650,13 +634,14 @@ fn many_senders_at_once_each_get_their_own_replies() {
 /// it, and Python opens the sealed reply with the same rules.
 #[test]
 fn python_seals_and_opens_by_the_documented_format() {
-    if std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: python3 is not installed");
-        return;
+    if !common::proc::have(&common::python()) {
+        return skip::required(
+            "python_seals_and_opens_by_the_documented_format",
+            &format!(
+                "{} is not installed (apt-get install python3)",
+                common::python()
+            ),
+        );
     }
     let server = echo_server("udp://127.0.0.1:0", &config(Some(KEY)));
     let target = server.local_addr().trim_start_matches("udp://");
@@ -680,7 +665,7 @@ s.sendto(seal(b"from python"), (host, port))
 reply, _ = s.recvfrom(65535)
 print(open_(reply).decode())
 "#;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(common::python())
         .args(["-c", script, std::str::from_utf8(KEY).unwrap(), host, port])
         .output()
         .unwrap();
@@ -700,7 +685,7 @@ fn a_unix_send_to_a_full_queue_times_out_and_a_server_reply_does_not_wait() {
     let mut cfg = config(None);
     cfg.set_io_timeout(Some(Duration::from_millis(100)));
     let sender = DgramSocket::unbound(&cfg);
-    let to = dir.addr("sink.sock");
+    let to = unixgram(&dir, "sink.sock");
     let mut outcome = None;
     for _ in 0..100_000 {
         if let Err(e) = sender.send_to(&to, &[0u8; 1000]) {
@@ -714,8 +699,8 @@ fn a_unix_send_to_a_full_queue_times_out_and_a_server_reply_does_not_wait() {
 
     // A server answering a client that does not read: its replies are
     // refused at once (not waited on) and the server goes on serving.
-    let server = echo_server(&dir.addr("server.sock"), &config(None));
-    let deaf = DgramSocket::bind(&dir.addr("deaf.sock"), &config(None)).unwrap();
+    let server = echo_server(&unixgram(&dir, "server.sock"), &config(None));
+    let deaf = DgramSocket::bind(&unixgram(&dir, "deaf.sock"), &config(None)).unwrap();
     for _ in 0..2000 {
         deaf.send_to(server.local_addr(), &[1u8; 1000]).unwrap();
     }

@@ -10,10 +10,6 @@ use std::time::Duration;
 use common::*;
 use sockserv::{Config, DgramServer, DgramSocket};
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 #[test]
 fn dropped_datagram_servers_and_sockets_leave_nothing_behind() {
     let dir = std::env::temp_dir().join(format!("sockserv-dgleak-{}", std::process::id()));

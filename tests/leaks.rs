@@ -8,10 +8,6 @@ use std::time::Duration;
 use common::*;
 use sockserv::connect;
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 #[test]
 fn a_dropped_server_leaves_no_fd_or_thread_behind() {
     let (fds, tasks) = (open_fds(), threads());

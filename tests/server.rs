@@ -118,13 +118,27 @@ fn shutdown_wakes_serve_at_once() {
     let thread = std::thread::spawn(move || tx.send(serving.serve()).unwrap());
     // Let serve() reach its poll before waking it.
     std::thread::sleep(Duration::from_millis(100));
+    // The promise (README, docs/server.md): shutdown returns at once and
+    // serve then returns. Measured: well under 1 ms for both. Asserted:
+    // shutdown under 50 ms, serve under 500 ms after it (margins for a
+    // loaded machine), times SOCKSERV_TIME_SCALE under a sanitizer.
     let asked = Instant::now();
     server.shutdown();
+    let shutdown_took = asked.elapsed();
     let result = rx
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(Duration::from_secs(10))
         .expect("serve returned");
+    let serve_took = asked.elapsed();
     assert!(result.is_ok());
-    eprintln!("serve returned {:?} after shutdown", asked.elapsed());
+    eprintln!("shutdown took {shutdown_took:?}; serve returned {serve_took:?} after it was asked");
+    assert!(
+        shutdown_took < Duration::from_millis(50) * time_scale(),
+        "shutdown took {shutdown_took:?}"
+    );
+    assert!(
+        serve_took < Duration::from_millis(500) * time_scale(),
+        "serve returned {serve_took:?} after shutdown"
+    );
     thread.join().unwrap();
     // New clients are refused rather than left hanging in the queue.
     assert_eq!(

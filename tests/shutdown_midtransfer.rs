@@ -19,10 +19,6 @@ const MAX_SIZE: usize = 64 * 1024;
 /// Frames a client may have sent and not yet seen echoed.
 const WINDOW: u64 = 8;
 
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 /// What the server side saw, per client.
 struct Tally {
     delivered: Vec<AtomicU64>,
@@ -220,9 +216,13 @@ fn run(mode: Mode) {
     let drop_took = dropping.elapsed();
     let ends: Vec<ClientEnd> = clients.into_iter().map(|t| t.join().unwrap()).collect();
 
+    // The promise (docs/RELIABILITY.md): drop returns in under 0.1 s (60 ms
+    // measured at a load average of 35). The bound is 5x that, as margin
+    // for a loaded machine, times SOCKSERV_TIME_SCALE under a sanitizer.
+    let bound = Duration::from_millis(500) * time_scale();
     assert!(
-        drop_took < Duration::from_secs(10),
-        "{mode:?}: drop took {drop_took:?}"
+        drop_took < bound,
+        "{mode:?}: drop took {drop_took:?}, over {bound:?} (promised: under 0.1 s)"
     );
     assert_eq!(
         tally.bad.load(Ordering::SeqCst),

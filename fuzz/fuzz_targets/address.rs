@@ -54,7 +54,9 @@ fuzz_target!(|data: &[u8]| {
         }
         // Inherited sockets name no place to connect to.
         Address::Fd(_) | Address::Systemd(_) => {
-            let e = addr.resolve().expect_err("an inherited socket does not resolve");
+            let e = addr
+                .resolve()
+                .expect_err("an inherited socket does not resolve");
             assert_eq!(e.kind(), ErrorKind::InvalidAddress);
         }
     }

@@ -195,12 +195,34 @@ impl State {
             _ => false,
         };
         let both = rc_a == sockserv_result::SOCKSERV_OK && rc_b == sockserv_result::SOCKSERV_OK;
-        // A side may also fail on its short handshake timeout (a loaded
-        // machine): only success where it must not is a finding.
+        // Both directions. Keys that do not match: never a pair.
         assert!(
             expected || !both,
             "a handshake succeeded with keys that do not match"
         );
+        // Keys that match: a pair, unless a side ran out of its (fuzzed,
+        // as short as 1 ms) handshake timeout and the other saw it go.
+        // An authentication failure, or a failure with no timeout on
+        // either side, is a finding.
+        if expected && !both {
+            use sockserv_result::*;
+            let timed_out = [rc_a, rc_b].contains(&SOCKSERV_ERR_TIMED_OUT);
+            let peer_gone = |rc: sockserv_result| {
+                matches!(
+                    rc,
+                    SOCKSERV_OK
+                        | SOCKSERV_ERR_TIMED_OUT
+                        | SOCKSERV_ERR_CLOSED
+                        | SOCKSERV_ERR_TRUNCATED_FRAME
+                        | SOCKSERV_ERR_BROKEN
+                        | SOCKSERV_ERR_IO
+                )
+            };
+            assert!(
+                timed_out && peer_gone(rc_a) && peer_gone(rc_b),
+                "keys that match made no pair: server {rc_a:?}, client {rc_b:?}"
+            );
+        }
         if rc_a == sockserv_result::SOCKSERV_OK {
             self.ends[0] = Some(End {
                 conn: server,

@@ -7,9 +7,10 @@
  *    sender's frames in order.
  * 2. A server shut down and freed while other threads are connecting and
  *    exchanging: every call returns a code (success, or refused, closed,
- *    shutdown...), nothing hangs, nothing crashes.
+ *    shutdown...), none times out (a hang is a failure), nobody is served
+ *    after the shutdown returned, nothing crashes.
  *
- * Run by tests/c_api.rs. Prints "concurrency: N checks, F failed"; exits 1
+ * Run by tests/c_api/sanitizers.rs (under ASan + UBSan and TSan). Prints "concurrency: N checks, F failed"; exits 1
  * on any failure. Every loop is bounded in count, every wait in time.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -57,12 +58,6 @@ static void must(sockserv_result rc, const char *what)
         fprintf(stderr, "concurrency: %s: %s (%s)\n", what, sockserv_strerror(rc), detail);
         exit(1);
     }
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&t, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -221,12 +216,53 @@ struct racer {
     const char *addr;
     const sockserv_config *cfg;
     int ok, refused, other;
+    int timed_out; /* a call that hung until its timeout: a failure */
+    int late_ok;   /* served after the shutdown returned: a failure */
 };
+
+/* The race's two moments, under one lock (no sleeps to guess them): the
+ * main thread shuts the server down once a racer is half-way through its
+ * rounds, and every racer holds its last round until that shutdown has
+ * returned, so each last round must be refused or cut; the server is
+ * freed once half the racers are done with it, the others still running. */
+static pthread_mutex_t race_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t race_cond = PTHREAD_COND_INITIALIZER;
+static int race_halfway; /* racers past half their rounds */
+static int race_stopped; /* sockserv_server_shutdown has returned */
+static int race_last_done; /* racers that finished their last round */
+
+/* Waits (at most 30 s) until *flag >= want; whether it got there. */
+static int race_wait(const int *flag, int want)
+{
+    struct timespec end;
+    clock_gettime(CLOCK_REALTIME, &end);
+    end.tv_sec += 30;
+    pthread_mutex_lock(&race_lock);
+    int rc = 0;
+    while (*flag < want && rc == 0)
+        rc = pthread_cond_timedwait(&race_cond, &race_lock, &end);
+    int got = *flag >= want;
+    pthread_mutex_unlock(&race_lock);
+    return got;
+}
+
+static void race_bump(int *flag)
+{
+    pthread_mutex_lock(&race_lock);
+    (*flag)++;
+    pthread_cond_broadcast(&race_cond);
+    pthread_mutex_unlock(&race_lock);
+}
 
 static void *race(void *arg)
 {
     struct racer *r = arg;
     for (int i = 0; i < RACE_ROUNDS; i++) {
+        if (i == RACE_ROUNDS / 2)
+            race_bump(&race_halfway);
+        int last = i == RACE_ROUNDS - 1;
+        if (last && !race_wait(&race_stopped, 1))
+            r->other++; /* the shutdown never came */
         sockserv_conn *c;
         sockserv_result rc = sockserv_connect(r->addr, r->cfg, &c);
         if (rc == SOCKSERV_OK) {
@@ -240,7 +276,11 @@ static void *race(void *arg)
             sockserv_conn_free(c);
         }
         switch (rc) {
-        case SOCKSERV_OK: r->ok++; break;
+        case SOCKSERV_OK:
+            r->ok++;
+            if (last)
+                r->late_ok++;
+            break;
         case SOCKSERV_ERR_CONNECTION_REFUSED: r->refused++; break;
         /* The server went away at some point of the exchange. */
         case SOCKSERV_ERR_CLOSED:
@@ -248,11 +288,14 @@ static void *race(void *arg)
         case SOCKSERV_ERR_TRUNCATED_FRAME:
         case SOCKSERV_ERR_BROKEN:
         case SOCKSERV_ERR_IO:
-        case SOCKSERV_ERR_TIMED_OUT:
             r->refused++;
             break;
+        /* Not an ending: the server left the call hanging. */
+        case SOCKSERV_ERR_TIMED_OUT: r->timed_out++; break;
         default: r->other++; break;
         }
+        if (last)
+            race_bump(&race_last_done);
     }
     return NULL;
 }
@@ -266,30 +309,41 @@ static void shutdown_races_connects(int event)
     sockserv_server *srv = start_server(cfg, event, addr, sizeof addr);
     struct racer racers[RACERS];
     pthread_t t[RACERS];
+    race_halfway = 0;
+    race_stopped = 0;
+    race_last_done = 0;
     for (int i = 0; i < RACERS; i++) {
-        racers[i] = (struct racer){addr, cfg, 0, 0, 0};
+        racers[i] = (struct racer){addr, cfg, 0, 0, 0, 0, 0};
         pthread_create(&t[i], NULL, race, &racers[i]);
     }
-    sleep_ms(30);
-    /* Stops accepting while the racers connect; then frees the server
-     * (closing live connections, joining its threads) with them still
-     * running. */
+    /* Once a racer is half-way (the others are connecting all the while),
+     * stop accepting; once half the racers made their last attempt against
+     * the stopped (not yet freed) server, free it (closing live
+     * connections, joining its threads) while the rest still run. */
+    CHECK(race_wait(&race_halfway, 1));
     CHECK(sockserv_server_shutdown(srv) == SOCKSERV_OK);
-    sleep_ms(10);
+    race_bump(&race_stopped);
+    CHECK(race_wait(&race_last_done, RACERS / 2));
     sockserv_server_free(srv);
-    int ok = 0, refused = 0, other = 0;
+    int ok = 0, refused = 0, other = 0, timed_out = 0, late_ok = 0;
     for (int i = 0; i < RACERS; i++) {
         pthread_join(t[i], NULL);
         ok += racers[i].ok;
         refused += racers[i].refused;
         other += racers[i].other;
+        timed_out += racers[i].timed_out;
+        late_ok += racers[i].late_ok;
     }
     CHECK(other == 0);
+    CHECK(timed_out == 0); /* nothing hung */
+    CHECK(late_ok == 0);   /* nobody was served after the shutdown */
     CHECK(ok + refused == RACERS * RACE_ROUNDS);
-    CHECK(refused > 0); /* the shutdown came before the racers were done */
+    CHECK(refused >= RACERS); /* at least every racer's last round */
     sockserv_config_free(cfg);
-    printf("concurrency: shutdown raced %d connects (%s): %d served, %d refused or cut\n",
-           RACERS * RACE_ROUNDS, event ? "event" : "threaded", ok, refused);
+    printf("concurrency: shutdown raced %d connects (%s): %d served, %d refused or cut, "
+           "%d timed out, %d served after the shutdown, %d other\n",
+           RACERS * RACE_ROUNDS, event ? "event" : "threaded", ok, refused, timed_out,
+           late_ok, other);
 }
 
 int main(void)

@@ -2,6 +2,12 @@
 //! echo handler, raw peers for hostile input, bounded waits.
 #![allow(dead_code)]
 
+pub mod proc;
+pub mod skip;
+
+#[allow(unused_imports)]
+pub use proc::{ChildGuard, TempDir};
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -76,6 +82,18 @@ pub fn raw_write_frame(s: &mut TcpStream, payload: &[u8]) {
     s.write_all(&bytes).unwrap();
 }
 
+/// How much slower than a plain run this one is allowed to be: time
+/// bounds that assert a documented promise (with their own stated margin)
+/// are multiplied by `SOCKSERV_TIME_SCALE` (default 1; .ci/sanitizers sets
+/// it, since ASan and TSan run the code 2 to 15 times slower).
+pub fn time_scale() -> u32 {
+    std::env::var("SOCKSERV_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
 /// Waits until `cond` holds, polling, for at most `limit`.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -93,6 +111,11 @@ pub fn kind<T>(r: sockserv::Result<T>) -> ErrorKind {
         Ok(_) => panic!("expected an error"),
         Err(e) => e.kind(),
     }
+}
+
+/// Threads of this process.
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
 }
 
 /// Open file descriptors of this process.
@@ -366,60 +389,6 @@ pub fn counting_echo_server(config: &Config, mode: Mode) -> (Server, Arc<Seen>) 
     }
     server.start().unwrap();
     (server, seen)
-}
-
-/// A child process, killed (SIGKILL) and reaped when dropped, whose stdout
-/// lines arrive on a channel.
-pub struct ChildGuard {
-    pub child: std::process::Child,
-    pub lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl ChildGuard {
-    pub fn spawn(cmd: &mut std::process::Command) -> ChildGuard {
-        use std::io::BufRead;
-        let mut child = cmd
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        ChildGuard { child, lines }
-    }
-
-    /// Waits at most `limit` for the line `want`.
-    pub fn expect_line(&self, want: &str, limit: Duration) {
-        let end = Instant::now() + limit;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line == want => return,
-                Ok(_) => {}
-                Err(e) => panic!("no {want:?} line from the child: {e}"),
-            }
-        }
-    }
-
-    /// SIGKILL, then reap: the kernel closes its sockets with no goodbye.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// The Python interpreter for helper scripts (`SOCKSERV_PYTHON`, default

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const FLAGS: [&str; 5] = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
@@ -106,7 +106,7 @@ fn check_every_function_reached(exe: &Path) {
     );
 
     if !have("nm") {
-        return skipped(
+        return crate::skip::required(
             "check_every_function_reached",
             "nm is not installed (apt-get install binutils)",
         );
@@ -161,7 +161,7 @@ fn wrapper_test(compiler: &str, extra: &[&str], env: &[(&str, &str)]) {
     assert!(out.trim_end().ends_with(", 0 failed"), "{}", show(&output));
     // A part the machine cannot run (no IPv6) is said out loud.
     for line in out.lines().filter(|l| l.contains("SKIPPED")) {
-        skipped(&format!("wrapper_test built by {compiler}"), line);
+        crate::skip::optional(&format!("wrapper_test built by {compiler}"), line);
     }
     check_every_function_reached(&exe);
 }
@@ -174,7 +174,7 @@ fn cxx_wrapper_with_gxx() {
 #[test]
 fn cxx_wrapper_with_clangxx() {
     if !have("clang++") {
-        return skipped(
+        return crate::skip::required(
             "cxx_wrapper_with_clangxx",
             "clang++ is not installed (optional: apt-get install clang)",
         );

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::proc::{assert_success, have, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, have, root, run, show, stdout, TempDir};
 use crate::reproducible::{assert_path_free, copy_tree, second_checkout_builds_the_same};
 
 const LIMIT: Duration = Duration::from_secs(900);
@@ -76,7 +76,7 @@ pub fn have_debian_tools() -> bool {
 #[test]
 fn dpkg_buildpackage_builds_lintian_clean_packages_that_work() {
     if let Some(program) = missing_tool() {
-        return skipped(
+        return crate::skip::required(
             "dpkg_buildpackage_builds_lintian_clean_packages_that_work",
             &format!(
                 "{program} is not installed (apt-get install dpkg-dev debhelper lintian \

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, root, run, show, skipped, TempDir};
+use crate::proc::{assert_success, have, root, run, show, TempDir};
 
 #[test]
 fn doxygen_builds_the_reference_without_warnings() {
     if !have("doxygen") {
-        return skipped(
+        return crate::skip::required(
             "doxygen_builds_the_reference_without_warnings",
             "doxygen is not installed (apt-get install doxygen); CI must install it",
         );

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::proc::{assert_success, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, lib_dir, root, run, show, stdout, TempDir};
 
 /// A cold build cache compiles the standard library's cgo parts first.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -130,7 +130,7 @@ fn go_binding_tests() {
             std::env::var("CI").as_deref() != Ok("true"),
             "{why}: CI must have it (.ci/run installs it)"
         );
-        return skipped("go_binding_tests", why);
+        return crate::skip::required("go_binding_tests", why);
     }
     // The C example server, built against the library under test.
     let dir = TempDir::new("go");
@@ -166,7 +166,7 @@ fn go_binding_tests() {
     let python = python_312();
     match &python {
         Some(p) => env.push(("SOCKSERV_PYTHON", p.display().to_string())),
-        None => skipped(
+        None => crate::skip::required(
             "go_binding_tests: Python interop",
             "no Python 3.12+ found (SOCKSERV_PYTHON, python3.12, pyenv)",
         ),
@@ -211,7 +211,7 @@ fn go_program_in_its_own_module() {
             std::env::var("CI").as_deref() != Ok("true"),
             "{why}: CI must have it (.ci/run installs it)"
         );
-        return skipped("go_program_in_its_own_module", why);
+        return crate::skip::required("go_program_in_its_own_module", why);
     }
     let dir = TempDir::new("go-program");
     std::fs::write(

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{have, root, run, show, skipped, TempDir};
+use crate::proc::{have, root, run, show, TempDir};
 
 const MARK: &str =
     "/* sockserv_result: cbindgen's from src/ffi less its last comma (tests/packaging/header_std.rs) */\n";
@@ -109,7 +109,7 @@ fn header_compiles_as_c89_and_cxx98_with_pedantic_errors() {
     if have("clang++") {
         compilers.push(("clang++", "-std=c++98"));
     } else {
-        skipped(
+        crate::skip::required(
             "header_compiles_as_c89_and_cxx98_with_pedantic_errors (clang++)",
             "clang++ is not installed (apt-get install clang); CI must install it",
         );

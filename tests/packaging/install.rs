@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -163,7 +163,7 @@ fn make_install_lays_out_the_prefix_and_uninstall_removes_it() {
         let pages = std::fs::read_dir(&man3).unwrap().count();
         assert!(pages > crate::abi::header_function_count(), "{pages} pages");
     } else {
-        skipped(
+        crate::skip::required(
             "make_install_lays_out_the_prefix_and_uninstall_removes_it (man pages)",
             "doxygen is not installed (apt-get install doxygen); CI must install it",
         );
@@ -256,7 +256,7 @@ fn destdir_stages_an_install_for_packaging() {
 #[test]
 fn pkg_config_builds_dynamic_c_and_cxx_consumers() {
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "pkg_config_builds_dynamic_c_and_cxx_consumers",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );
@@ -315,7 +315,7 @@ fn pkg_config_builds_dynamic_c_and_cxx_consumers() {
 #[test]
 fn pkg_config_static_links_the_archive() {
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "pkg_config_static_links_the_archive",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );
@@ -346,7 +346,7 @@ fn pkg_config_static_links_the_archive() {
 #[test]
 fn cmake_find_package_builds_shared_and_static_consumers() {
     if !have("cmake") {
-        return skipped(
+        return crate::skip::required(
             "cmake_find_package_builds_shared_and_static_consumers",
             "cmake is not installed (apt-get install cmake); CI must install it",
         );
@@ -398,7 +398,7 @@ fn cmake_build(prefix: &Path, build: &Path) {
 #[test]
 fn cc_static_links_a_fully_static_consumer() {
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "cc_static_links_a_fully_static_consumer",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );
@@ -436,7 +436,7 @@ fn cc_static_links_a_fully_static_consumer() {
 #[test]
 fn a_moved_prefix_still_builds_and_runs_consumers() {
     if !have("pkg-config") || !have("cmake") {
-        return skipped(
+        return crate::skip::required(
             "a_moved_prefix_still_builds_and_runs_consumers",
             "pkg-config or cmake is not installed (apt-get install pkgconf cmake); CI must \
              install them",
@@ -532,7 +532,7 @@ fn installed_library_versions_every_export_as_sockserv_0() {
     );
 
     if !have("pkg-config") {
-        return skipped(
+        return crate::skip::required(
             "installed_library_versions_every_export_as_sockserv_0 (consumer)",
             "pkg-config is not installed (apt-get install pkgconf); CI must install it",
         );

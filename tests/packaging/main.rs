@@ -4,8 +4,12 @@
 //! wrapper (cxx), the Python binding's pytest suite (python), the Go cgo
 //! package's `go test` (go), the docs (docs), the C header under C89 and
 //! C++98 (header_std), the Debian package (debian) and two checkouts
-//! building identical libraries (reproducible). A missing optional tool
-//! prints a loud SKIPPED line.
+//! building identical libraries (reproducible). A missing tool is a skip
+//! through tests/common/skip.rs (a failure in CI).
+
+#[path = "../common/mod.rs"]
+mod common;
+use common::{proc, skip};
 
 mod abi;
 mod cxx;
@@ -14,6 +18,5 @@ mod docs;
 mod go;
 mod header_std;
 mod install;
-mod proc;
 mod python;
 mod reproducible;

@@ -11,34 +11,20 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::proc::{assert_success, lib_dir, root, run, show, skipped, stdout, TempDir};
+use crate::proc::{assert_success, lib_dir, root, run, show, stdout, TempDir};
 
 /// The suite's own watchdog (faulthandler) fires first, with tracebacks.
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn python() -> String {
-    std::env::var("SOCKSERV_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// A loud skip, or a failure on CI, where everything must be there.
-fn missing(test: &str, why: &str) {
-    assert!(!in_ci(), "{test}: {why} (CI=true: nothing may be skipped)");
-    skipped(test, why);
-}
-
 #[test]
 fn python_binding_pytest_suite() {
-    let python = python();
+    let python = crate::common::python();
     let has_pytest = Command::new(&python)
         .args(["-c", "import pytest"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_pytest {
-        return missing(
+        return crate::skip::required(
             "python_binding_pytest_suite",
             &format!(
                 "pytest is not installed for {python} (apt-get install python3-pytest, or \
@@ -73,13 +59,13 @@ fn python_binding_pytest_suite() {
         "python_binding_pytest_suite: {summary} ({:.1} s wall)",
         started.elapsed().as_secs_f64()
     );
-    // A skipped part (no Python 3.12+ for the stock handshake) is said out loud.
+    // A skipped part (no Python 3.12+ for the stock handshake; under CI=true
+    // the suite fails instead) is a required skip.
     if summary.contains("skipped") {
         let reasons: Vec<&str> = out.lines().filter(|l| l.starts_with("SKIPPED")).collect();
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** python_binding_pytest_suite: {summary}\n{} ***\n",
-            reasons.join("\n")
+        crate::skip::required(
+            "python_binding_pytest_suite",
+            &format!("{summary}: {}", reasons.join("; ")),
         );
     }
 }
@@ -152,7 +138,7 @@ fn run_whole_api(venv: &Path, dir: &Path, what: &str) {
 #[test]
 fn python_package_installs_alone_in_a_fresh_venv() {
     const TEST: &str = "python_package_installs_alone_in_a_fresh_venv";
-    let python = python();
+    let python = crate::common::python();
     let tmp = TempDir::new("pyvenv");
     let started = Instant::now();
     let src = root().join("bindings/python");
@@ -177,7 +163,7 @@ fn python_package_installs_alone_in_a_fresh_venv() {
         clean(&pip, tmp.path()).args(["install", "-q", "setuptools>=61", "wheel", "mypy"]),
     );
     if !tools.status.success() {
-        return missing(
+        return crate::skip::required(
             TEST,
             &format!(
                 "cannot install setuptools, wheel and mypy from PyPI\n{}",

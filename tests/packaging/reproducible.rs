@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::proc::{assert_success, have, root, run, skipped, TempDir};
+use crate::proc::{assert_success, have, root, run, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(900);
 
@@ -147,7 +147,7 @@ pub fn second_checkout_builds_the_same(first: &Path, checkout: &Path, dir: &Path
 #[test]
 fn two_checkouts_build_identical_path_free_libraries() {
     if !have("git") {
-        return skipped(
+        return crate::skip::required(
             "two_checkouts_build_identical_path_free_libraries",
             "git is not installed",
         );

@@ -1,0 +1,69 @@
+//! The C side: C programs compiled against the committed header and the
+//! library this `cargo test` just built, run as real processes.
+//!
+//! - `tests/c/api_test.c` checks the whole C API from C (also under valgrind);
+//!   `tests/c/header_cxx.cpp` compiles the header as C++11.
+//! - The examples in `c_examples/` (built with their own Makefile) talk to
+//!   each other: the right key, a wrong key, SIGTERM and SIGINT.
+//! - The shared library exports exactly the functions the header declares.
+//! - The same programs, `tests/c/datagram_test.c` and
+//!   `tests/c/concurrency.c` (threads sharing connections, shutdown racing
+//!   with connects), built with ASan + UBSan and TSan; controls show each
+//!   sanitizer catches a deliberate bug.
+//!
+//! Where the library comes from: `cargo test` builds the lib target with all
+//! its crate types in one rustc run, so `libsockserv.so` sits beside the
+//! rlib this test links, in `target/<profile>/deps/` (it is not copied up to
+//! `target/<profile>/` by `cargo test`, only by `cargo build`). Programs are
+//! compiled into `target/tmp/c-tests/`, never into the source tree.
+//!
+//! Modules by concern: `build` (compiling the programs once), `children`
+//! (the example programs as child processes), `api` (api_test.c, the
+//! header, the exported symbols, the README's program), `examples` (the
+//! example programs talking to each other), `memcheck` (valgrind),
+//! `deployment` (inherited sockets, SO_REUSEPORT, HAProxy), `datagram`
+//! (datagram_test.c), `sanitizers` (ASan + UBSan and TSan).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod api;
+mod build;
+mod children;
+mod datagram;
+mod deployment;
+mod examples;
+mod memcheck;
+mod sanitizers;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use build::{built, compile, compile_with, make_examples, Lang};
+use children::{client, client_in, EchoServer};
+use common::proc::{
+    assert_success, drain, lib_dir, read_lines, root, show, stderr, stdout, ChildGuard, Drain,
+    TempDir, PIPE_LIMIT,
+};
+use common::skip;
+use datagram::{assert_datagram_summary, datagram_test};
+
+const KEY: &str = "c-api-test-key";
+/// How long a program may run natively, and under valgrind.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const VALGRIND_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs a command to completion within `limit`, capturing its output.
+fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    common::proc::run(without_cargo_library_path(cmd), limit, what)
+}
+
+/// `cargo test` puts target/<profile>/ first in LD_LIBRARY_PATH, where an
+/// older `cargo build` may have left an older libsockserv.so; the programs'
+/// RUNPATH names the library under test, so let it decide.
+fn without_cargo_library_path(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("LD_LIBRARY_PATH")
+}
