@@ -22,9 +22,18 @@
 //! handshake): a peer cannot take a full timeout for each part.
 //!
 //! Frames are handed out as ranges of the driver's buffer, so delivering
-//! one copies and allocates nothing. A later TLS layer slots in between the
-//! PROXY header and the handshake, inside `poll` and `take_transmit`: the
-//! drivers keep feeding socket bytes in and writing what comes out.
+//! one copies and allocates nothing.
+//!
+//! Where TLS goes (not built yet): between the PROXY header and the
+//! handshake, inside this machine. On the way in, `poll` would feed the
+//! bytes after the PROXY header to the TLS state and decode frames from
+//! the plaintext it yields (a buffer of the session's own, so `Frame`
+//! ranges would index that one); on the way out, `take_transmit` already
+//! carries the session's own wire bytes, and the drivers' frame writers
+//! (the event I/O thread's `write_queued`, the blocking connection's send
+//! path) would pass the application's encoded frames through the session
+//! before the socket. The drivers keep feeding socket bytes in and writing
+//! what comes out; neither gains a second copy of the sequence.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};

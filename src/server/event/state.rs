@@ -30,8 +30,10 @@ pub(super) const PREAMBLE_READ: usize = 512;
 /// A partial frame up to this size continues in the thread's scratch
 /// buffer (copied there and back); a larger one in the connection's own.
 pub(super) const SMALL_PARTIAL: usize = 1024;
-/// A connection's share of one turn: at most this many frames delivered...
-pub(super) const FRAMES_PER_TURN: usize = 1024;
+/// A connection's share of one turn: at most this many frames delivered
+/// (a neighbour waits for at most one such share: 256 frames kept its p99
+/// under 0.1 ms beside a flood, 1,024 let it reach 2-4 ms)...
+pub(super) const FRAMES_PER_TURN: usize = 256;
 /// ...and about this many bytes (a flood of tiny frames must not hold the
 /// thread for a full read batch of them; big frames still go 256 KiB a turn).
 pub(super) const BYTES_PER_TURN: usize = 256 * 1024;
