@@ -128,7 +128,11 @@ int main(int argc, char **argv)
         report("config", rc);
         return 1;
     }
-    if (key && *key) {
+    if (key) {
+        /*
+         * An empty key (-k "" or SOCKSERV_KEY=) is refused by the library,
+         * and so here: it is a mistake, not a wish to serve everyone.
+         */
         rc = sockserv_config_set_auth_key(config, (const uint8_t *)key, strlen(key));
         if (rc) {
             report("key", rc);

@@ -93,10 +93,9 @@ impl Driver for Threaded {
             }
             live.threads.drain().map(|(_, t)| t).collect()
         };
-        let me = thread::current().id();
         for t in threads {
             // A handler that drops its own server cannot join itself.
-            if t.thread().id() != me {
+            if !crate::sys::is_current_thread(&t) {
                 let _ = t.join();
             }
         }
