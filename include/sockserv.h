@@ -165,7 +165,8 @@
 
 /**
  * With a key: datagrams dropped as sent from further in the future than
- * the window allows.
+ * the window allows, or dated ahead (more than 1/16 of the window) while
+ * the replay memory's share for datagrams that far ahead is full.
  */
 #define SOCKSERV_DGRAM_STAT_TOO_NEW 7
 
