@@ -70,7 +70,14 @@ pub struct Connection {
     /// Set by a server that is shutting down before it closes the socket, so
     /// the calls it interrupts say so.
     closing: AtomicBool,
+    /// Run once, before the peer can learn that the preamble (PROXY header,
+    /// handshake) failed: before `#FAILURE#` is sent or the stream is shut
+    /// down. A server counts the refusal here, so a client that saw it
+    /// never reads a counter that has not caught up.
+    refusal_hook: Mutex<Option<RefusalHook>>,
 }
+
+type RefusalHook = Box<dyn FnOnce() + Send>;
 
 impl Connection {
     /// Wraps a connected stream socket and applies the config's options.
@@ -132,6 +139,7 @@ impl Connection {
             timeout: TimeoutCell::default(),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
+            refusal_hook: Mutex::new(None),
         };
         conn.set_timeout(config.io_timeout);
         if peer.is_ipv4() || peer.is_ipv6() {
@@ -169,6 +177,8 @@ impl Connection {
                 })
                 .map_err(context)?;
             if let Err(e) = step {
+                // Counted before the peer can hear of it.
+                self.run_refusal_hook();
                 // Best effort: the peer learns it failed, then we close.
                 while let Some(msg) = hs.poll_transmit() {
                     let _ = self.send_frame(&msg, deadline);
@@ -381,8 +391,27 @@ impl Connection {
         }
     }
 
+    /// Sets the hook run (once) when the preamble fails; see `refusal_hook`.
+    pub(crate) fn set_refusal_hook(&self, hook: RefusalHook) {
+        *lock(&self.refusal_hook) = Some(hook);
+    }
+
+    /// Runs the refusal hook if it has not run yet, and forgets it.
+    pub(crate) fn run_refusal_hook(&self) {
+        let hook = lock(&self.refusal_hook).take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// The preamble succeeded: the hook is not needed any more.
+    pub(crate) fn clear_refusal_hook(&self) {
+        lock(&self.refusal_hook).take();
+    }
+
     /// Marks the stream unusable and closes it, so the peer sees the end too.
     fn break_stream(&self, why: String) {
+        self.run_refusal_hook();
         let _ = self.broken.set(why);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }

@@ -395,6 +395,10 @@ impl IoThread {
         match outcome {
             Ok(()) => self.flush(token),
             Err(reason) => {
+                // Counted before the peer can hear of it.
+                if let Some(conn) = self.conns.get_mut(token) {
+                    count_refusal(&self.shared.context, conn);
+                }
                 // Best effort: a handshake #FAILURE# reaches the peer.
                 self.flush(token);
                 self.close(token, reason);
@@ -454,23 +458,21 @@ impl IoThread {
 
     /// Removes the connection, closes its socket and reports it.
     fn close(&mut self, token: usize, reason: Option<Error>) {
-        let Some(conn) = self.conns.try_remove(token) else {
+        let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
         let fd = conn.handle.fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let context = &self.shared.context;
+        // Before the peer sees the end.
+        count_refusal(context, &mut conn);
         // Handles may outlive the connection (and keep the descriptor
         // open): the peer must see the end now.
         conn.handle.mark_closed();
-        let context = &self.shared.context;
         if conn.opened {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
-        } else if conn.proxy == Some(ProxyMode::Required) {
-            context.proxy_failures.fetch_add(1, Ordering::Relaxed);
-        } else if conn.handshake.is_some() {
-            context.handshake_failures.fetch_add(1, Ordering::Relaxed);
         }
         drop(conn);
         self.release_slot();
@@ -528,6 +530,25 @@ impl IoThread {
             }
         }
     }
+}
+
+/// Counts a connection that ends before it opened: a failed PROXY header
+/// (required mode) or handshake. Called before the peer can see the outcome
+/// (the #FAILURE# written, or the close), so a client that saw it never
+/// reads a counter that has not caught up; once only, as it forgets what
+/// it counted.
+fn count_refusal(context: &Context, conn: &mut Conn) {
+    if conn.opened {
+        return;
+    }
+    if conn.proxy == Some(ProxyMode::Required) {
+        context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+    } else if conn.handshake.is_some() {
+        context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    // The connection is ending: nothing reads these any more but this.
+    conn.proxy = None;
+    conn.handshake = None;
 }
 
 /// Decodes and delivers every whole frame in `buf`: handshake messages to

@@ -118,24 +118,35 @@ impl Shared {
                 conn.close_for_shutdown();
             }
         }
+        // Each refusal is counted before the peer can see it (a #FAILURE#,
+        // or the stream shut down): the connection runs the hook first.
         if self.context.verify_after_proxy_header() {
+            let context = self.context.clone();
+            conn.set_refusal_hook(Box::new(move || {
+                context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+            }));
             if conn.read_proxy_header(config.handshake_timeout).is_err() {
-                self.context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+                conn.run_refusal_hook();
                 return;
             }
+            conn.clear_refusal_hook();
             if !self.context.verify(conn.peer_addr()) {
                 return;
             }
         }
-        if !config.keys.is_empty()
-            && conn
+        if !config.keys.is_empty() {
+            let context = self.context.clone();
+            conn.set_refusal_hook(Box::new(move || {
+                context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            }));
+            if conn
                 .handshake(Role::Server, config.keys.clone(), config.handshake_timeout)
                 .is_err()
-        {
-            self.context
-                .handshake_failures
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+            {
+                conn.run_refusal_hook();
+                return;
+            }
+            conn.clear_refusal_hook();
         }
         if let Some(handler) = &self.handler {
             handler(&conn);
