@@ -33,7 +33,7 @@ use crate::datagram_address::{
     format_dgram_sockaddr, literal_sockaddr, write_dgram_sockaddr, DgramAddress,
 };
 use crate::datagram_auth::{self, Opener, Rejection, NONCE_LEN, OVERHEAD};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::socket_file::{self, SocketFile};
 use crate::sys::{self, Interest};
 use crate::timeout_cell::TimeoutCell;
@@ -619,6 +619,18 @@ impl DgramSocket {
                 }
                 Err(why) => {
                     self.counters.rejected(&why);
+                    let kind = match why {
+                        Rejection::TooShort { .. } | Rejection::BadVersion(_) => {
+                            ErrorKind::Protocol
+                        }
+                        Rejection::BadTag => ErrorKind::AuthFailed,
+                        _ => ErrorKind::AuthProtocol,
+                    };
+                    log_refusal(
+                        &st.from,
+                        kind,
+                        &format!("sealed datagram from {} dropped: {why}", st.from),
+                    );
                     return Ok(Took::Dropped);
                 }
             },

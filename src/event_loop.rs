@@ -24,7 +24,7 @@ use socket2::Socket;
 use crate::address::format_sockaddr;
 use crate::auth::{Handshake, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::deadlines::Deadlines;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::event_conn::{EventConn, EventConnParts, EventHandler, WhenBackedUp};
 use crate::proxy_protocol::{self, Parsed, ProxyMode};
 use crate::recv_buffer::{Decoded, RecvBuffer};
@@ -397,7 +397,7 @@ impl IoThread {
             Err(reason) => {
                 // Counted before the peer can hear of it.
                 if let Some(conn) = self.conns.get_mut(token) {
-                    count_refusal(&self.shared.context, conn);
+                    count_refusal(&self.shared.context, conn, reason.as_ref());
                 }
                 // Best effort: a handshake #FAILURE# reaches the peer.
                 self.flush(token);
@@ -465,7 +465,7 @@ impl IoThread {
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let context = &self.shared.context;
         // Before the peer sees the end.
-        count_refusal(context, &mut conn);
+        count_refusal(context, &mut conn, reason.as_ref());
         // Handles may outlive the connection (and keep the descriptor
         // open): the peer must see the end now.
         conn.handle.mark_closed();
@@ -536,15 +536,21 @@ impl IoThread {
 /// (required mode) or handshake. Called before the peer can see the outcome
 /// (the #FAILURE# written, or the close), so a client that saw it never
 /// reads a counter that has not caught up; once only, as it forgets what
-/// it counted.
-fn count_refusal(context: &Context, conn: &mut Conn) {
+/// it counted. `reason` goes to the refusal log.
+fn count_refusal(context: &Context, conn: &mut Conn, reason: Option<&Error>) {
     if conn.opened {
         return;
     }
-    if conn.proxy == Some(ProxyMode::Required) {
-        context.proxy_failures.fetch_add(1, Ordering::Relaxed);
+    let counter = if conn.proxy == Some(ProxyMode::Required) {
+        &context.proxy_failures
     } else if conn.handshake.is_some() {
-        context.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        &context.handshake_failures
+    } else {
+        return;
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(e) = reason {
+        log_refusal(conn.handle.peer_addr(), e.kind(), e.detail());
     }
     // The connection is ending: nothing reads these any more but this.
     conn.proxy = None;

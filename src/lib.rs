@@ -42,6 +42,6 @@ pub use config::Config;
 pub use conn::Connection;
 pub use datagram::DgramSocket;
 pub use datagram_server::DgramServer;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{set_refusal_log, Error, ErrorKind, Refusal, RefusalLog, Result};
 pub use event_conn::{EventConn, EventHandler};
 pub use server::Server;

@@ -27,7 +27,7 @@ use socket2::Socket;
 use crate::address::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
 use crate::conn::Connection;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::event_conn::EventHandler;
 use crate::event_engine::EventEngine;
 use crate::listener::Listener;
@@ -86,6 +86,11 @@ impl Context {
         let ok = verify.is_none_or(|verify| verify(peer));
         if !ok {
             self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
+            log_refusal(
+                peer,
+                ErrorKind::ConnectionRefused,
+                "refused by the server's verify callback",
+            );
         }
         ok
     }
@@ -394,6 +399,14 @@ impl Shared {
         }
         if full {
             self.refused_when_full.fetch_add(1, Ordering::Relaxed);
+            log_refusal(
+                &peer,
+                ErrorKind::ConnectionRefused,
+                &format!(
+                    "refused: the server already serves its maximum of {} connections",
+                    self.context.config.max_connections
+                ),
+            );
             return;
         }
         self.driver().adopt(socket, peer);

@@ -11,6 +11,7 @@ use socket2::Socket;
 
 use crate::auth::Role;
 use crate::conn::Connection;
+use crate::error::log_refusal;
 use crate::server::{lock, Context, Driver, Handler};
 
 pub(crate) struct Threaded {
@@ -125,8 +126,9 @@ impl Shared {
             conn.set_refusal_hook(Box::new(move || {
                 context.proxy_failures.fetch_add(1, Ordering::Relaxed);
             }));
-            if conn.read_proxy_header(config.handshake_timeout).is_err() {
+            if let Err(e) = conn.read_proxy_header(config.handshake_timeout) {
                 conn.run_refusal_hook();
+                log_refusal(conn.peer_addr(), e.kind(), e.detail());
                 return;
             }
             conn.clear_refusal_hook();
@@ -139,11 +141,11 @@ impl Shared {
             conn.set_refusal_hook(Box::new(move || {
                 context.handshake_failures.fetch_add(1, Ordering::Relaxed);
             }));
-            if conn
-                .handshake(Role::Server, config.keys.clone(), config.handshake_timeout)
-                .is_err()
+            if let Err(e) =
+                conn.handshake(Role::Server, config.keys.clone(), config.handshake_timeout)
             {
                 conn.run_refusal_hook();
+                log_refusal(conn.peer_addr(), e.kind(), e.detail());
                 return;
             }
             conn.clear_refusal_hook();
