@@ -396,6 +396,25 @@ typedef void (*sockserv_dgram_handler_fn)(void *userdata,
                                           const char *from);
 
 /**
+ * Receives each peer sockserv turned away (see `sockserv_set_refusal_log`):
+ * `peer` is its address ("tcp://IP:PORT", "unix://PATH", "udp://IP:PORT";
+ * the client's when a PROXY header named it), `code` why
+ * (`SOCKSERV_ERR_AUTH_FAILED` for a wrong key, `SOCKSERV_ERR_AUTH_PROTOCOL`
+ * for MD5 or an unknown digest, `SOCKSERV_ERR_PROTOCOL` for a bad PROXY
+ * header, `SOCKSERV_ERR_CONNECTION_REFUSED` for the verify callback or the
+ * connection cap, ...) and `detail` the text `sockserv_last_error` would
+ * give; both strings are valid during the call only. Runs on the thread
+ * that refused (accept, connection, I/O or datagram-receiving threads),
+ * concurrently, so `userdata` must be safe to share between threads; keep
+ * it quick (a flood of forged datagrams calls it for each). Must not throw
+ * a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_refusal_fn)(void *userdata,
+                                    const char *peer,
+                                    enum sockserv_result code,
+                                    const char *detail);
+
+/**
  * Handles one connection, on a thread of its own, after the handshake
  * succeeded. `conn` is borrowed: valid until the handler returns, when the
  * server closes it (do not free it). Runs concurrently with other handlers,
@@ -1102,6 +1121,17 @@ void sockserv_clear_error(void);
  * SOCKSERV_VERSION_* macros to detect a header/library mismatch.
  */
 const char *sockserv_version(void);
+
+/**
+ * Sets the process-wide refusal log (NULL removes it), like SQLite's
+ * `SQLITE_CONFIG_LOG`: `log` is called for every refusal of every server
+ * (both modes: failed PROXY headers and handshakes, verify and cap
+ * refusals) and every datagram socket (dropped sealed datagrams); the
+ * servers' counters count the same events. Any time, from any thread;
+ * `userdata` must stay valid until the log is replaced or removed and no
+ * call to the old one is running. Always `SOCKSERV_OK`.
+ */
+enum sockserv_result sockserv_set_refusal_log(sockserv_refusal_fn log, void *userdata);
 
 /**
  * Creates a server bound to `addr` ("tcp://127.0.0.1:9000", "tcp://[::1]:0",

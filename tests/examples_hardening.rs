@@ -210,6 +210,13 @@ fn echo_server_is_clean_under_exact_valgrind() {
         "echo_server under {VALGRIND:?}: {status:?}\n{log}"
     );
     assert!(log.contains("ERROR SUMMARY: 0 errors"), "{log}");
+    // The refusal log: the wrong key's client, by address, code and detail.
+    assert!(
+        log.contains("echo_server: refused tcp://127.0.0.1:")
+            && log.contains("authentication failed")
+            && log.contains("does not match the key"),
+        "{log}"
+    );
 }
 
 /// The control: the same command exits 1 on a program that leaks, so a
