@@ -9,7 +9,8 @@
  *          load balancer sending the PROXY protocol; -v: log each client)
  *
  * Clients must prove they know the key (HMAC-SHA256 challenge-response)
- * before the handler sees them. Once bound, the server prints one line,
+ * before the handler sees them; each refused peer is reported on stderr.
+ * Once bound, the server prints one line,
  * "listening on ADDR", with the real port when ADDR asks for port 0. It
  * stops cleanly on SIGINT or SIGTERM and exits 0.
  */
@@ -30,6 +31,18 @@ static void report(const char *what, sockserv_result rc)
     char detail[512];
     sockserv_last_error(detail, sizeof detail);
     fprintf(stderr, "echo_server: %s: %s (%s)\n", what, sockserv_strerror(rc), detail);
+}
+
+/*
+ * Every peer the library turns away (wrong key, old Python's MD5, a bad
+ * PROXY header, the connection cap...), with its address and why. Runs on
+ * sockserv's threads; one fprintf is one write, so lines do not mix.
+ */
+static void print_refusal(void *userdata, const char *peer, sockserv_result code,
+                          const char *detail)
+{
+    (void)userdata;
+    fprintf(stderr, "echo_server: refused %s: %s (%s)\n", peer, sockserv_strerror(code), detail);
 }
 
 /*
@@ -122,13 +135,19 @@ int main(int argc, char **argv)
     sigaddset(&stopper.signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stopper.signals, NULL);
 
+    sockserv_set_refusal_log(print_refusal, NULL);
+
     sockserv_config *config;
     sockserv_result rc = sockserv_config_new(&config);
     if (rc) {
         report("config", rc);
         return 1;
     }
-    if (key && *key) {
+    if (key) {
+        /*
+         * An empty key (-k "" or SOCKSERV_KEY=) is refused by the library,
+         * and so here: it is a mistake, not a wish to serve everyone.
+         */
         rc = sockserv_config_set_auth_key(config, (const uint8_t *)key, strlen(key));
         if (rc) {
             report("key", rc);

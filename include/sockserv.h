@@ -218,6 +218,41 @@ void sockserv_clear_error(void);
  */
 const char *sockserv_version(void);
 
+/**
+ * Receives each peer sockserv turned away (see `sockserv_set_refusal_log`):
+ * `peer` is its address ("tcp://IP:PORT", "unix://PATH", "udp://IP:PORT";
+ * the client's when a PROXY header named it), `code` why
+ * (`SOCKSERV_ERR_AUTH_FAILED` for a wrong key, `SOCKSERV_ERR_AUTH_PROTOCOL`
+ * for MD5 or an unknown digest, `SOCKSERV_ERR_PROTOCOL` for a bad PROXY
+ * header, `SOCKSERV_ERR_CONNECTION_REFUSED` for the verify callback or the
+ * connection cap, ...) and `detail` the text `sockserv_last_error` would
+ * give; both strings are valid during the call only. Runs on the thread
+ * that refused (accept, connection, I/O or datagram-receiving threads),
+ * concurrently, so `userdata` must be safe to share between threads; keep
+ * it quick (a flood of forged datagrams calls it for each). Must not throw
+ * a C++ exception or longjmp out.
+ */
+typedef void (*sockserv_refusal_fn)(void *userdata,
+                                    const char *peer,
+                                    enum sockserv_result code,
+                                    const char *detail);
+
+/**
+ * Sets the process-wide refusal log (NULL removes it), like SQLite's
+ * `SQLITE_CONFIG_LOG`: `log` is called for every refusal of every server
+ * (both modes: failed PROXY headers and handshakes, verify and cap
+ * refusals) and every datagram socket (dropped sealed datagrams); the
+ * servers' counters count the same events. Any time, from any thread;
+ * `userdata` must stay valid until the log is replaced or removed and no
+ * call to the old one is running.
+ *
+ * @retval SOCKSERV_OK the log is set (or removed).
+ * @retval SOCKSERV_ERR_NULL_PARAMETER never: a NULL `log` removes the log,
+ * and `userdata` may be NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_set_refusal_log(sockserv_refusal_fn log, void *userdata);
+
 /* ---- Config: sockserv_config ---- */
 
 /**
@@ -1481,7 +1516,8 @@ enum sockserv_result sockserv_dgram_get_timeout_ms(const struct sockserv_dgram *
 
 /**
  * With a key: datagrams dropped as sent from further in the future than
- * the window allows.
+ * the window allows, or dated ahead (more than 1/16 of the window) while
+ * the replay memory's share for datagrams that far ahead is full.
  */
 #define SOCKSERV_DGRAM_STAT_TOO_NEW 7
 

@@ -32,6 +32,7 @@
 #include "sockserv.h"
 
 #include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -64,6 +65,45 @@ inline void clear_error() noexcept { sockserv_clear_error(); }
 /// The library's version, "MAJOR.MINOR.PATCH" (the header's is in the
 /// SOCKSERV_VERSION_* macros).
 inline std::string_view version() noexcept { return sockserv_version(); }
+
+/// A refusal log (see set_refusal_log): the peer's address, why (the code)
+/// and the detail text, each valid during the call only.
+using refusal_log = void (*)(std::string_view peer, sockserv_result code,
+                             std::string_view detail);
+
+namespace detail {
+// The log the trampoline calls: a plain function never dies, so a call
+// running while the log is replaced is safe (no userdata to free).
+inline std::atomic<refusal_log> current_refusal_log{nullptr};
+
+extern "C" {
+inline void sockserv_cxx_refusal(void *, const char *peer, sockserv_result code,
+                                 const char *detail) {
+    refusal_log log = current_refusal_log.load();
+    if (!log)
+        return;
+    try {
+        log(peer, code, detail);
+    } catch (const std::exception &ex) {
+        std::fprintf(stderr, "sockserv: the refusal log threw: %s\n", ex.what());
+    } catch (...) {
+        std::fprintf(stderr, "sockserv: the refusal log threw an exception\n");
+    }
+}
+} // extern "C"
+} // namespace detail
+
+/// Sets (nullptr removes) the process-wide refusal log
+/// (sockserv_set_refusal_log): called for each peer any server turns away
+/// (a failed PROXY header or handshake, the verify callback, the connection
+/// cap) and each sealed datagram a socket drops, on the library's thread
+/// that refused, concurrently; keep it quick. An exception it throws is
+/// caught at the boundary and printed.
+inline void set_refusal_log(refusal_log log) noexcept {
+    detail::current_refusal_log.store(log);
+    // Always OK: nothing here can fail.
+    (void)sockserv_set_refusal_log(log ? detail::sockserv_cxx_refusal : nullptr, nullptr);
+}
 
 /// A failed call: its code, and the detail sockserv_last_error gave on the
 /// failing thread. what() reads "CALL: STATIC TEXT (DETAIL)".

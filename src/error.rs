@@ -171,3 +171,47 @@ fn io_kind(err: &io::Error) -> ErrorKind {
         _ => ErrorKind::Io,
     }
 }
+
+/// A peer the library turned away: a failed PROXY header or handshake (a
+/// wrong key, MD5, an unknown digest...), a verify callback's or the
+/// connection cap's refusal, a sealed datagram dropped. What a server's
+/// counters count, one by one, with who and why.
+#[derive(Debug)]
+pub struct Refusal<'a> {
+    /// The peer's address ("tcp://IP:PORT", "unix://...", "udp://IP:PORT";
+    /// the client's when a PROXY header named it).
+    pub peer: &'a str,
+    /// Why: the kind of the error the peer was refused with.
+    pub kind: ErrorKind,
+    /// The detail text, as [`Error::detail`] gives it.
+    pub detail: &'a str,
+}
+
+/// Receives every refusal in the process; see [`set_refusal_log`].
+pub type RefusalLog = std::sync::Arc<dyn Fn(&Refusal<'_>) + Send + Sync>;
+
+static REFUSAL_LOG: std::sync::RwLock<Option<RefusalLog>> = std::sync::RwLock::new(None);
+
+/// Sets (or with `None` removes) the process-wide refusal log, like
+/// SQLite's `SQLITE_CONFIG_LOG`: called for each refusal of every server
+/// and datagram socket, on the thread that refused (accept, connection, I/O
+/// or receiving thread), concurrently. Keep it quick: it runs where the
+/// refusal happened, once per forged datagram in a flood too.
+pub fn set_refusal_log(log: Option<RefusalLog>) {
+    *REFUSAL_LOG.write().unwrap_or_else(|p| p.into_inner()) = log;
+}
+
+/// Reports a refusal to the log, if one is set. A server shutting down is
+/// not a refusal.
+pub(crate) fn log_refusal(peer: &str, kind: ErrorKind, detail: &str) {
+    if kind == ErrorKind::Shutdown {
+        return;
+    }
+    let log = REFUSAL_LOG
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(log) = log {
+        log(&Refusal { peer, kind, detail });
+    }
+}

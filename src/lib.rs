@@ -60,7 +60,7 @@ mod util;
 pub use config::{Config, DatagramConfig, WhenFull};
 pub use datagram::server::{DgramHandler, DgramServer};
 pub use datagram::{DgramSocket, DgramStats, RecvFrom, Take};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{set_refusal_log, Error, ErrorKind, Refusal, RefusalLog, Result};
 pub use proto::handshake::{Keys, Role};
 pub use proto::proxy::ProxyMode;
 pub use server::event::{EventConn, EventHandler};

@@ -241,6 +241,7 @@ const GROUPS: [(&str, &[&str]); 8] = [
             "sockserv_last_error",
             "sockserv_clear_error",
             "sockserv_version",
+            "sockserv_set_refusal_log",
         ],
     ),
     ("Config: sockserv_config", &["sockserv_config_"]),

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use crate::addr::datagram::write_dgram_sockaddr;
 use crate::datagram::socket::{now_ms, Bound, DgramSocket, RecvState};
-use crate::error::{Error, ErrorKind, Result};
-use crate::proto::sealed::{self, OVERHEAD};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
+use crate::proto::sealed::{self, Rejection, OVERHEAD};
 use crate::sys::{self, Interest};
 use crate::util::sync::lock;
 
@@ -215,6 +215,18 @@ impl DgramSocket {
                 }
                 Err(why) => {
                     self.counters.rejected(&why);
+                    let kind = match why {
+                        Rejection::TooShort { .. } | Rejection::BadVersion(_) => {
+                            ErrorKind::Protocol
+                        }
+                        Rejection::BadTag => ErrorKind::AuthFailed,
+                        _ => ErrorKind::AuthProtocol,
+                    };
+                    log_refusal(
+                        &st.from,
+                        kind,
+                        &format!("sealed datagram from {} dropped: {why}", st.from),
+                    );
                     return Ok(Took::Dropped);
                 }
             },

@@ -158,7 +158,7 @@ impl Drop for DgramServer {
         self.shutdown();
         if let Some(thread) = lock(&self.thread).take() {
             // A handler that drops its own server cannot join itself.
-            if thread.thread().id() != thread::current().id() {
+            if !crate::sys::is_current_thread(&thread) {
                 let _ = thread.join();
             }
         }

@@ -48,7 +48,7 @@ impl Counters {
             Rejection::BadVersion(_) => &self.bad_version,
             Rejection::BadTag => &self.bad_tag,
             Rejection::TooOld { .. } => &self.too_old,
-            Rejection::TooNew { .. } => &self.too_new,
+            Rejection::TooNew { .. } | Rejection::AheadFull { .. } => &self.too_new,
             Rejection::Replayed => &self.replayed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -27,7 +27,8 @@ pub const SOCKSERV_DGRAM_STAT_BAD_TAG: c_int = 5;
 /// With a key: datagrams dropped as older than the window allows.
 pub const SOCKSERV_DGRAM_STAT_TOO_OLD: c_int = 6;
 /// With a key: datagrams dropped as sent from further in the future than
-/// the window allows.
+/// the window allows, or dated ahead (more than 1/16 of the window) while
+/// the replay memory's share for datagrams that far ahead is full.
 pub const SOCKSERV_DGRAM_STAT_TOO_NEW: c_int = 7;
 /// With a key: datagrams dropped as replays of one already accepted.
 pub const SOCKSERV_DGRAM_STAT_REPLAYED: c_int = 8;

@@ -1,10 +1,10 @@
 //! Result codes, their static text, the per-thread error detail, and the
 //! library version.
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::OnceLock;
 
-use super::{guard_value, set_last_error, LAST_ERROR};
+use super::{guard, guard_value, set_last_error, LAST_ERROR};
 use crate::error::ErrorKind;
 
 /// The version of this header; `sockserv_version()` gives the library's.
@@ -168,4 +168,80 @@ pub extern "C" fn sockserv_clear_error() {
 pub extern "C" fn sockserv_version() -> *const c_char {
     const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
     VERSION.as_ptr().cast()
+}
+
+/// Receives each peer sockserv turned away (see `sockserv_set_refusal_log`):
+/// `peer` is its address ("tcp://IP:PORT", "unix://PATH", "udp://IP:PORT";
+/// the client's when a PROXY header named it), `code` why
+/// (`SOCKSERV_ERR_AUTH_FAILED` for a wrong key, `SOCKSERV_ERR_AUTH_PROTOCOL`
+/// for MD5 or an unknown digest, `SOCKSERV_ERR_PROTOCOL` for a bad PROXY
+/// header, `SOCKSERV_ERR_CONNECTION_REFUSED` for the verify callback or the
+/// connection cap, ...) and `detail` the text `sockserv_last_error` would
+/// give; both strings are valid during the call only. Runs on the thread
+/// that refused (accept, connection, I/O or datagram-receiving threads),
+/// concurrently, so `userdata` must be safe to share between threads; keep
+/// it quick (a flood of forged datagrams calls it for each). Must not throw
+/// a C++ exception or longjmp out.
+pub type sockserv_refusal_fn = Option<
+    unsafe extern "C" fn(
+        userdata: *mut c_void,
+        peer: *const c_char,
+        code: sockserv_result,
+        detail: *const c_char,
+    ),
+>;
+
+/// A C `userdata` pointer, carried to the threads that run the log.
+#[derive(Clone, Copy)]
+struct LogUserData(*mut c_void);
+// SAFETY: sockserv never dereferences userdata; the callback's contract says
+// it runs on other threads, so the caller shares it knowingly.
+unsafe impl Send for LogUserData {}
+// SAFETY: as above: only handed back to the caller's callback.
+unsafe impl Sync for LogUserData {}
+
+/// Sets the process-wide refusal log (NULL removes it), like SQLite's
+/// `SQLITE_CONFIG_LOG`: `log` is called for every refusal of every server
+/// (both modes: failed PROXY headers and handshakes, verify and cap
+/// refusals) and every datagram socket (dropped sealed datagrams); the
+/// servers' counters count the same events. Any time, from any thread;
+/// `userdata` must stay valid until the log is replaced or removed and no
+/// call to the old one is running.
+///
+/// @retval SOCKSERV_OK the log is set (or removed).
+/// @retval SOCKSERV_ERR_NULL_PARAMETER never: a NULL `log` removes the log,
+/// and `userdata` may be NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub extern "C" fn sockserv_set_refusal_log(
+    log: sockserv_refusal_fn,
+    userdata: *mut c_void,
+) -> sockserv_result {
+    guard(|| {
+        let Some(log) = log else {
+            crate::error::set_refusal_log(None);
+            return Ok(());
+        };
+        let userdata = LogUserData(userdata);
+        crate::error::set_refusal_log(Some(std::sync::Arc::new(
+            move |r: &crate::error::Refusal<'_>| {
+                let userdata = userdata;
+                // Addresses and details hold no NUL; if one did, it is cut.
+                let text =
+                    |s: &str| CString::new(s.split('\0').next().unwrap_or("")).unwrap_or_default();
+                let (peer, detail) = (text(r.peer), text(r.detail));
+                // SAFETY: the caller's function with the documented
+                // signature; both strings outlive the call.
+                unsafe {
+                    log(
+                        userdata.0,
+                        peer.as_ptr(),
+                        result_of(r.kind),
+                        detail.as_ptr(),
+                    )
+                }
+            },
+        )));
+        Ok(())
+    })
 }

@@ -224,10 +224,20 @@ impl Handshake {
 /// digests sockserv does not speak, each with its own message.
 fn split_digest<'m>(msg: &'m [u8], what: &str) -> Result<(Digest, &'m [u8])> {
     if LEGACY_LENGTHS.contains(&msg.len()) {
-        return Err(auth_protocol(format!(
-            "the peer's {what} is in the legacy unprefixed HMAC-MD5 form ({} bytes), which sockserv refuses; the peer needs Python 3.12+ or a {{sha256}} handshake",
-            msg.len()
-        )));
+        // Python decides by length alone: a 16- or 20-byte message is the
+        // legacy HMAC-MD5 form even when it starts with a tag, so a tagged
+        // one of those lengths is a malformed (or MD5) message, not a
+        // {sha256} one; the detail says which the peer sent.
+        return Err(auth_protocol(match tag_of(msg) {
+            Some(tag) => format!(
+                "the peer's {what} is {} bytes long with a {{{tag}}} prefix: Python reads any {what} of that length as the legacy HMAC-MD5 form, whatever its prefix, so it is refused (a {what} must be longer, e.g. {{sha256}} and a 40-byte nonce)",
+                msg.len()
+            ),
+            None => format!(
+                "the peer's {what} is in the legacy unprefixed HMAC-MD5 form ({} bytes), which sockserv refuses; the peer needs Python 3.12+ or a {{sha256}} handshake",
+                msg.len()
+            ),
+        }));
     }
     let name = msg.strip_prefix(b"{").and_then(|rest| {
         let end = rest
@@ -245,13 +255,30 @@ fn split_digest<'m>(msg: &'m [u8], what: &str) -> Result<(Digest, &'m [u8])> {
     match Digest::from_name(name) {
         Some(digest) => Ok((digest, rest)),
         None if name == b"md5" => Err(auth_protocol(format!(
-            "the peer's {what} uses HMAC-MD5, which sockserv refuses (sha256 and sha384 are accepted)"
+            "the peer's {what} uses HMAC-MD5, which sockserv refuses ({ACCEPTED} are accepted)"
         ))),
         None => Err(auth_protocol(format!(
-            "the peer's {what} names an unsupported digest {{{}}} (sha256 and sha384 are accepted)",
+            "the peer's {what} names an unsupported digest {{{}}} ({ACCEPTED} are accepted)",
             String::from_utf8_lossy(name)
         ))),
     }
+}
+
+/// The digests named in refusals.
+const ACCEPTED: &str = "sha256, sha384, sha3_256 and sha3_384";
+
+/// The printable digest name of a message that starts `{name}`, if it does.
+fn tag_of(msg: &[u8]) -> Option<String> {
+    let rest = msg.strip_prefix(b"{")?;
+    let end = rest
+        .iter()
+        .take(MAX_DIGEST_NAME + 1)
+        .position(|&b| b == b'}')?;
+    let name = &rest[..end];
+    if name.is_empty() || !name.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    Some(String::from_utf8_lossy(name).into_owned())
 }
 
 fn auth_protocol(detail: impl Into<String>) -> Error {
@@ -379,6 +406,42 @@ mod tests {
             let err = client.receive(msg).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::AuthProtocol);
             assert!(err.detail().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_tagged_20_byte_challenge_is_not_called_unprefixed() {
+        let mut client = Handshake::new(Role::Client, keys(&[b"k"]), [0; NONCE_LEN]);
+        let msg = [CHALLENGE, b"{sha256}", &[1; 12]].concat();
+        let err = client.receive(&msg).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AuthProtocol);
+        assert!(!err.detail().contains("unprefixed"), "{err}");
+        assert!(
+            err.detail()
+                .contains("20 bytes long with a {sha256} prefix"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sha3_challenges_are_answered_and_sha3_responses_verified() {
+        for (tag, digest) in [
+            (b"{sha3_256}".as_slice(), Digest::Sha3_256),
+            (b"{sha3_384}".as_slice(), Digest::Sha3_384),
+        ] {
+            let mut client = Handshake::new(Role::Client, keys(&[b"k"]), [0; NONCE_LEN]);
+            let body = [tag, &[9; NONCE_LEN]].concat();
+            client.receive(&[CHALLENGE, &body].concat()).unwrap();
+            let response = client.poll_transmit().unwrap();
+            assert_eq!(response, [tag, &digest.mac(b"k", &body)].concat());
+
+            let mut server = Handshake::new(Role::Server, keys(&[b"k"]), [3; NONCE_LEN]);
+            let challenge = server.poll_transmit().unwrap();
+            let ours = &challenge[CHALLENGE.len()..];
+            server
+                .receive(&[tag, &digest.mac(b"k", ours)].concat())
+                .unwrap();
+            assert_eq!(server.poll_transmit().unwrap(), WELCOME);
         }
     }
 

@@ -12,7 +12,7 @@
 //! 25+n    32    tag: HMAC-SHA256(key, bytes 0 .. 25+n)
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -85,6 +85,17 @@ pub enum Rejection {
     },
     /// This exact datagram (timestamp and nonce) was accepted before.
     Replayed,
+    /// Dated `ahead_ms` after the receiver's clock (more than 1/16 of the
+    /// window, less than all of it) while the replay memory's share for
+    /// datagrams that far ahead is full: senders whose clocks run fast use
+    /// only that share, so they never crowd out the senders in step
+    /// (counted as too new).
+    AheadFull {
+        /// The datagram's timestamp.
+        timestamp_ms: u64,
+        /// How far after the receiver's clock it is dated.
+        ahead_ms: u64,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -116,6 +127,13 @@ impl fmt::Display for Rejection {
                 "sent at {timestamp_ms} ms, after the newest accepted time {newest_ms} ms"
             ),
             Rejection::Replayed => write!(f, "the datagram was received before (a replay)"),
+            Rejection::AheadFull {
+                timestamp_ms,
+                ahead_ms,
+            } => write!(
+                f,
+                "sent at {timestamp_ms} ms, {ahead_ms} ms ahead of this clock, and the replay memory's share for datagrams that far ahead is full (the sender's clock runs fast, or floods)"
+            ),
         }
     }
 }
@@ -138,11 +156,7 @@ impl Opener {
         Opener {
             keys,
             window_ms,
-            replay: ReplayMemory {
-                seen: BTreeSet::new(),
-                capacity: capacity.max(1),
-                floor: None,
-            },
+            replay: ReplayMemory::new(capacity, window_ms),
         }
     }
 
@@ -185,30 +199,64 @@ impl Opener {
             });
         }
         self.replay.forget_before(oldest_ms);
-        self.replay.remember(timestamp_ms, nonce)?;
+        self.replay.remember(timestamp_ms, nonce, now_ms)?;
         Ok(&signed[HEADER_LEN..])
     }
 
     /// Datagrams remembered now (for tests and memory accounting).
     pub fn remembered(&self) -> usize {
-        self.replay.seen.len()
+        self.replay.seen.len() + self.replay.ahead.len()
     }
 }
+
+/// How far ahead of the receiver's clock a datagram may be dated and still
+/// count as in step, as a fraction of the window (1/16: about 1.9 s of the
+/// default 30 s): clocks in step to NTP's accuracy land here.
+const IN_STEP_DIVISOR: u64 = 16;
+/// Datagrams dated further ahead are remembered apart, in two bands (up to
+/// a quarter of the window ahead, and up to the whole window), each holding
+/// at most 1/`AHEAD_SHARE_DIVISOR` of the capacity until they expire.
+const AHEAD_SHARE_DIVISOR: usize = 8;
 
 /// The accepted datagrams still inside the window, keyed by (timestamp,
 /// nonce): a replay carries both unchanged (the tag covers them), and
 /// ordering by timestamp makes forgetting the expired ones cheap.
+///
+/// Two parts. `seen` holds the datagrams that were in step when they came
+/// (dated before the clock, or at most 1/16 of the window after it) and is
+/// the only part ever evicted from, so only in-step traffic can raise the
+/// floor. `ahead` holds those dated further ahead (a sender whose clock
+/// runs fast), in two bands of a bounded share each; a full band refuses
+/// (`AheadFull`) instead of evicting, and its entries stay counted until
+/// they expire. Before, one memory held both, and once it held only
+/// future-dated entries, evicting one moved the floor into the future:
+/// a sender 25 s fast locked every sender in step out for 20 s (issue 10).
 struct ReplayMemory {
     seen: BTreeSet<(u64, [u8; NONCE_LEN])>,
+    /// Each with the band it was counted in.
+    ahead: BTreeMap<(u64, [u8; NONCE_LEN]), usize>,
+    ahead_count: [usize; 2],
     capacity: usize,
-    /// When full, the oldest entry is forgotten and nothing at or before its
-    /// timestamp is accepted any more: a forgotten datagram can then never be
-    /// replayed. Memory stays bounded; only old-ish datagrams under a flood
-    /// are refused, never a replay accepted.
+    window_ms: u64,
+    /// When `seen` is full, its oldest entry is forgotten and nothing at or
+    /// before that timestamp is accepted any more: a forgotten datagram can
+    /// then never be replayed. Memory stays bounded; only old-ish datagrams
+    /// under a flood of in-step ones are refused, never a replay accepted.
     floor: Option<u64>,
 }
 
 impl ReplayMemory {
+    fn new(capacity: usize, window_ms: u64) -> ReplayMemory {
+        ReplayMemory {
+            seen: BTreeSet::new(),
+            ahead: BTreeMap::new(),
+            ahead_count: [0; 2],
+            capacity: capacity.max(1),
+            window_ms,
+            floor: None,
+        }
+    }
+
     /// The oldest timestamp accepted, given the window's.
     fn oldest(&self, window_oldest: u64) -> u64 {
         match self.floor {
@@ -217,19 +265,55 @@ impl ReplayMemory {
         }
     }
 
+    /// The room of each band of `ahead` (none in a memory of under 8).
+    fn band_share(&self) -> usize {
+        self.capacity / AHEAD_SHARE_DIVISOR
+    }
+
+    /// The room of `seen`: the rest, at least 1.
+    fn seen_capacity(&self) -> usize {
+        (self.capacity - 2 * self.band_share()).max(1)
+    }
+
     /// Drops entries older than `oldest`: replays of them are refused as too
     /// old anyway.
     fn forget_before(&mut self, oldest: u64) {
         while self.seen.first().is_some_and(|&(ts, _)| ts < oldest) {
             self.seen.pop_first();
         }
+        while let Some(entry) = self.ahead.first_entry() {
+            if entry.key().0 >= oldest {
+                break;
+            }
+            let band = entry.remove();
+            self.ahead_count[band] -= 1;
+        }
     }
 
-    fn remember(&mut self, timestamp_ms: u64, nonce: [u8; NONCE_LEN]) -> Result<(), Rejection> {
-        if self.seen.contains(&(timestamp_ms, nonce)) {
+    fn remember(
+        &mut self,
+        timestamp_ms: u64,
+        nonce: [u8; NONCE_LEN],
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        let key = (timestamp_ms, nonce);
+        if self.seen.contains(&key) || self.ahead.contains_key(&key) {
             return Err(Rejection::Replayed);
         }
-        if self.seen.len() >= self.capacity {
+        let ahead_ms = timestamp_ms.saturating_sub(now_ms);
+        if ahead_ms > self.window_ms / IN_STEP_DIVISOR {
+            let band = usize::from(ahead_ms > self.window_ms / 4);
+            if self.ahead_count[band] >= self.band_share() {
+                return Err(Rejection::AheadFull {
+                    timestamp_ms,
+                    ahead_ms,
+                });
+            }
+            self.ahead.insert(key, band);
+            self.ahead_count[band] += 1;
+            return Ok(());
+        }
+        if self.seen.len() >= self.seen_capacity() {
             let (evicted, _) = self.seen.pop_first().expect("capacity is at least 1");
             self.floor = Some(self.floor.map_or(evicted, |f| f.max(evicted)));
             if timestamp_ms <= evicted {
@@ -241,7 +325,7 @@ impl ReplayMemory {
                 });
             }
         }
-        self.seen.insert((timestamp_ms, nonce));
+        self.seen.insert(key);
         Ok(())
     }
 }
@@ -409,27 +493,29 @@ mod tests {
     #[test]
     fn a_full_memory_forgets_the_oldest_and_refuses_anything_that_old() {
         let mut o = Opener::new(keys(&[KEY]), WINDOW, 3);
+        // Received a little later than sent, as usual (none dated ahead).
+        let now = NOW + 100;
         let d: Vec<Vec<u8>> = (0..4u8)
             .map(|i| seal(KEY, NOW + u64::from(i), nonce(i), b""))
             .collect();
         for datagram in &d {
-            o.open(datagram, NOW).unwrap();
+            o.open(datagram, now).unwrap();
         }
         assert_eq!(o.remembered(), 3);
         // d[0] was forgotten: its replay is refused by the floor, not let in.
         assert_eq!(
-            o.open(&d[0], NOW),
+            o.open(&d[0], now),
             Err(Rejection::TooOld {
                 timestamp_ms: NOW,
                 oldest_ms: NOW + 1
             })
         );
         for datagram in &d[1..] {
-            assert_eq!(o.open(datagram, NOW), Err(Rejection::Replayed));
+            assert_eq!(o.open(datagram, now), Err(Rejection::Replayed));
         }
         // Newer datagrams still come in, and memory stays at the cap.
         for i in 10..50u8 {
-            o.open(&seal(KEY, NOW + u64::from(i), nonce(i), b""), NOW)
+            o.open(&seal(KEY, NOW + u64::from(i), nonce(i), b""), now)
                 .unwrap();
             assert!(o.remembered() <= 3);
         }

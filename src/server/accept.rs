@@ -26,7 +26,7 @@ use socket2::Socket;
 
 use crate::addr::stream::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::server::driver::{Context, Driver};
 pub use crate::server::driver::{Handler, Stats, Verify};
 use crate::server::event::engine::EventEngine;
@@ -327,6 +327,14 @@ impl Shared {
         }
         if full {
             self.refused_when_full.fetch_add(1, Ordering::Relaxed);
+            log_refusal(
+                &peer,
+                ErrorKind::ConnectionRefused,
+                &format!(
+                    "refused: the server already serves its maximum of {} connections",
+                    self.context.config.max_connections
+                ),
+            );
             return;
         }
         self.driver().adopt(socket, peer);

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use socket2::Socket;
 
 use crate::config::Config;
+use crate::error::{log_refusal, ErrorKind};
 use crate::proto::proxy::ProxyMode;
 use crate::stream::connection::Connection;
 use crate::util::sync::lock;
@@ -68,6 +69,11 @@ impl Context {
         let ok = verify.is_none_or(|verify| verify(peer));
         if !ok {
             self.refused_by_verify.fetch_add(1, Ordering::Relaxed);
+            log_refusal(
+                peer,
+                ErrorKind::ConnectionRefused,
+                "refused by the server's verify callback",
+            );
         }
         ok
     }

@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 
 use socket2::Socket;
 
+use crate::error::{log_refusal, Error};
 use crate::proto::session::Stage;
 use crate::server::driver::{Context, Driver, Handler};
 use crate::stream::connection::Connection;
@@ -94,10 +95,9 @@ impl Driver for Threaded {
             }
             live.threads.drain().map(|(_, t)| t).collect()
         };
-        let me = thread::current().id();
         for t in threads {
             // A handler that drops its own server cannot join itself.
-            if t.thread().id() != me {
+            if !crate::sys::is_current_thread(&t) {
                 let _ = t.join();
             }
         }
@@ -121,14 +121,22 @@ impl Shared {
             }
         }
         // PROXY header, verify on the client it names, handshake: within
-        // one deadline, as in event mode.
-        if let Err(failure) = conn.run_preamble(|peer| self.context.verify(peer)) {
-            let counter = match failure.stage {
+        // one deadline, as in event mode. Each refusal is counted (and
+        // logged) before the peer can see it: before a #FAILURE# is sent or
+        // the stream shut down.
+        let refused = |stage: Stage, peer: &str, e: &Error| {
+            let counter = match stage {
                 Stage::Proxy => &self.context.proxy_failures,
                 Stage::Handshake => &self.context.handshake_failures,
                 _ => return,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            log_refusal(peer, e.kind(), e.detail());
+        };
+        if conn
+            .run_preamble(|peer| self.context.verify(peer), refused)
+            .is_err()
+        {
             return;
         }
         if let Some(handler) = &self.handler {

@@ -6,6 +6,19 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
+/// Whether `thread` is the calling thread. Unlike `thread::current()`, this
+/// allocates nothing: called from a thread Rust did not start (a C program's
+/// main thread freeing a server), `thread::current()` creates a handle that
+/// lives in thread-local storage until exit, which valgrind reports as
+/// "possibly lost".
+pub fn is_current_thread<T>(thread: &std::thread::JoinHandle<T>) -> bool {
+    use std::os::unix::thread::JoinHandleExt;
+    // SAFETY: pthread_self has no preconditions and always succeeds. The
+    // handle's pthread_t stays valid (and unreused) until it is joined or
+    // dropped, and `thread` borrows it for this comparison.
+    thread.as_pthread_t() == unsafe { libc::pthread_self() }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interest {
     Read,

@@ -64,6 +64,33 @@ static int wait_stat(const sockserv_server *server, int stat, uint64_t want)
     return stat_of(server, stat) == want;
 }
 
+/* What the refusal log received (sockserv_set_refusal_log). */
+struct refusals {
+    pthread_mutex_t lock;
+    int count;
+    sockserv_result code;
+    char detail[512];
+};
+
+static void log_refusal(void *userdata, const char *peer, sockserv_result code, const char *detail)
+{
+    struct refusals *r = userdata;
+    pthread_mutex_lock(&r->lock);
+    if (r->count++ == 0 && peer && detail) {
+        r->code = code;
+        snprintf(r->detail, sizeof r->detail, "%s", detail);
+    }
+    pthread_mutex_unlock(&r->lock);
+}
+
+static int refusals_seen(struct refusals *r)
+{
+    pthread_mutex_lock(&r->lock);
+    int n = r->count;
+    pthread_mutex_unlock(&r->lock);
+    return n;
+}
+
 /* Sends `len` bytes and checks that the same bytes come back (borrowed recv). */
 static int roundtrip(const sockserv_conn *conn, const uint8_t *data, size_t len)
 {
@@ -786,7 +813,11 @@ static void test_exchange(const char *listen_addr)
     CHECK(stat_of(server, SOCKSERV_STAT_HANDSHAKE_FAILURES) == 0);
     CHECK(stat_of(server, SOCKSERV_STAT_PROXY_FAILURES) == 0);
 
-    /* A wrong key is refused with AUTH_FAILED; the server counts it. */
+    /* A wrong key is refused with AUTH_FAILED; the server counts it, and
+     * the refusal log hears of it with the code and the detail. */
+    static struct refusals refusals = {PTHREAD_MUTEX_INITIALIZER, 0, SOCKSERV_OK, ""};
+    refusals.count = 0;
+    REQUIRE_OK(sockserv_set_refusal_log(log_refusal, &refusals));
     sockserv_config *wrong = config_with_key(WRONG_KEY, sizeof WRONG_KEY - 1);
     sockserv_conn *intruder = UNTOUCHED;
     EXPECT_RC(sockserv_connect(bound, wrong, &intruder), SOCKSERV_ERR_AUTH_FAILED);
@@ -794,6 +825,12 @@ static void test_exchange(const char *listen_addr)
     CHECK(intruder == UNTOUCHED);
     CHECK(wait_stat(server, SOCKSERV_STAT_HANDSHAKE_FAILURES, 1));
     sockserv_config_free(wrong);
+    for (long long end = now_ms() + WAIT_MS; refusals_seen(&refusals) == 0 && now_ms() < end;)
+        sleep_ms(5);
+    CHECK(refusals_seen(&refusals) == 1);
+    CHECK(refusals.code == SOCKSERV_ERR_AUTH_FAILED);
+    CHECK(strstr(refusals.detail, "does not match the key") != NULL);
+    REQUIRE_OK(sockserv_set_refusal_log(NULL, NULL));
 
     /* ...and the first connection is unharmed. */
     roundtrip(conn, hello, 5);

@@ -812,6 +812,49 @@ static void test_every_config_setter() {
     CHECK(wait_until([&] { return timed_out == 1; }));
 }
 
+// The process-wide refusal log: a wrong key is logged with the client's
+// address, the code and the detail before the client sees #FAILURE#.
+static std::mutex refusal_mutex;
+static std::vector<std::string> refusal_peers, refusal_details;
+static std::vector<sockserv_result> refusal_codes;
+
+static void record_refusal(std::string_view peer, sockserv_result code, std::string_view detail) {
+    std::lock_guard<std::mutex> lock(refusal_mutex);
+    refusal_peers.emplace_back(peer);
+    refusal_codes.push_back(code);
+    refusal_details.emplace_back(detail);
+    throw std::runtime_error("caught at the boundary");
+}
+
+static std::size_t refusals() {
+    std::lock_guard<std::mutex> lock(refusal_mutex);
+    return refusal_codes.size();
+}
+
+static void test_refusal_log() {
+    sockserv::set_refusal_log(record_refusal);
+    sockserv::server srv("tcp://127.0.0.1:0", keyed());
+    srv.on_connection(echo);
+    srv.start();
+    sockserv::connection conn;
+    CHECK(sockserv::connection::connect(srv.local_addr(), keyed("wrong key"), conn, std::nothrow) ==
+          SOCKSERV_ERR_AUTH_FAILED);
+    CHECK(refusals() == 1);
+    {
+        std::lock_guard<std::mutex> lock(refusal_mutex);
+        CHECK(!refusal_codes.empty() && refusal_codes[0] == SOCKSERV_ERR_AUTH_FAILED);
+        CHECK(!refusal_peers.empty() && contains(refusal_peers[0], "tcp://127.0.0.1:"));
+        CHECK(!refusal_details.empty() && contains(refusal_details[0], "handshake"));
+    }
+    CHECK(srv.stats().handshake_failures == 1);
+    // Removed: the next refusal reaches nobody.
+    sockserv::set_refusal_log(nullptr);
+    CHECK(sockserv::connection::connect(srv.local_addr(), keyed("wrong key"), conn, std::nothrow) ==
+          SOCKSERV_ERR_AUTH_FAILED);
+    CHECK(wait_until([&] { return srv.stats().handshake_failures == 2; }));
+    CHECK(refusals() == 1);
+}
+
 int main() {
     test_bytes_and_version();
     test_hmac();
@@ -830,6 +873,7 @@ int main() {
     test_datagram_server();
     test_sealed_datagrams();
     test_unix_datagrams();
+    test_refusal_log();
     std::printf("wrapper_test: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -23,7 +23,7 @@ from_fd, connection options and non-blocking mode, statistics.
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+from typing import Any, Callable, Optional, Union
 
 from . import _lib
 from ._core import Address, Buffer, ErrorHandler, Options, Proxy, WhenFull
@@ -78,6 +78,7 @@ __all__ = [
     "Options",
     "ProtocolError",
     "Proxy",
+    "RefusalLog",
     "Role",
     "Server",
     "SockservError",
@@ -94,6 +95,7 @@ __all__ = [
     "last_error",
     "library_path",
     "open_datagram",
+    "set_refusal_log",
     "strerror",
     "version",
 ]
@@ -152,5 +154,36 @@ def hmac_sha256_verify(key: Buffer, msg: Buffer, mac: Buffer) -> bool:
     return True
 
 
+#: refusal_log(peer_address, code, detail): one peer a server or datagram
+#: socket turned away (see set_refusal_log); code is a Code (a plain int
+#: for one this binding does not know, from a newer library).
+RefusalLog = Callable[[str, Union[Code, int], str], None]
+
+# The ctypes function the library holds, kept alive while it may call it.
+_refusal_log: Optional[Any] = None
 
 
+def set_refusal_log(log: Optional[RefusalLog]) -> None:
+    """Sets (None removes) the process-wide refusal log: log(peer, code,
+    detail) is called for each peer any server refuses (a failed PROXY
+    header or handshake, the verify callback, the connection cap) and each
+    sealed datagram a socket drops, on the library's thread that refused,
+    so keep it quick. Exceptions it raises are swallowed (never into C)."""
+    global _refusal_log
+
+    if log is None:
+        lib.sockserv_set_refusal_log(_lib.REFUSAL(), None)  # NULL
+        _refusal_log = None
+        return
+
+    def trampoline(_userdata: Optional[int], peer: bytes, code: int, detail: bytes) -> None:
+        try:
+            kind: Union[Code, int] = Code(code) if code in Code._value2member_map_ else code
+            log(peer.decode(errors="replace"), kind, detail.decode(errors="replace"))
+        except BaseException:  # noqa: BLE001 (never into C)
+            pass
+
+    fn = _lib.REFUSAL(trampoline)
+    lib.sockserv_set_refusal_log(fn, None)
+    # The old one is dropped only once the library holds the new one.
+    _refusal_log = fn

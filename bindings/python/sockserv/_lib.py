@@ -46,6 +46,7 @@ OPEN = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 FRAME = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t)
 CLOSE = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_int)
 DGRAM_HANDLER = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t, c_char_p)
+REFUSAL = ctypes.CFUNCTYPE(None, c_void_p, c_char_p, c_int, c_char_p)
 
 _R = c_int  # enum sockserv_result
 _P = c_void_p  # every opaque handle
@@ -58,6 +59,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_strerror": (c_char_p, [c_int]),
     "sockserv_last_error": (c_size_t, [c_char_p, c_size_t]),
     "sockserv_clear_error": (None, []),
+    "sockserv_set_refusal_log": (_R, [REFUSAL, c_void_p]),
     "sockserv_hmac_sha256": (_R, [c_char_p, c_size_t, c_char_p, c_size_t, POINTER(c_uint8)]),
     "sockserv_hmac_sha256_verify": (
         _R,

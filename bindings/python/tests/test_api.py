@@ -102,6 +102,42 @@ def test_errors_carry_code_and_detail_and_clear_error():
     assert sockserv.last_error() == ""
 
 
+def test_refusal_log_sees_a_wrong_key_with_peer_code_and_detail():
+    seen = []
+    lock = threading.Lock()
+
+    def log(peer, code, detail):
+        with lock:
+            seen.append((peer, code, detail))
+        raise RuntimeError("swallowed: never into C")
+
+    sockserv.set_refusal_log(log)
+    try:
+        gc.collect()  # the binding keeps the ctypes callback alive itself
+        with sockserv.Server("tcp://127.0.0.1:0", echo, key=KEY, io_timeout=WAIT) as srv:
+            srv.start()
+            with pytest.raises(sockserv.AuthenticationError):
+                sockserv.connect(srv.address, key=b"not the key", io_timeout=WAIT)
+            # Logged before the client could see #FAILURE#, so it is there now.
+            with lock:
+                got = list(seen)
+            assert len(got) == 1, got
+            peer, code, detail = got[0]
+            assert peer.startswith("tcp://127.0.0.1:") and peer != srv.address, peer
+            assert code is Code.AUTH_FAILED, code
+            assert "handshake" in detail, detail
+            assert srv.stats()["handshake_failures"] == 1
+            # Removed: a second refusal reaches nobody.
+            sockserv.set_refusal_log(None)
+            with pytest.raises(sockserv.AuthenticationError):
+                sockserv.connect(srv.address, key=b"not the key", io_timeout=WAIT)
+            assert wait_until(lambda: srv.stats()["handshake_failures"] == 2)
+            with lock:
+                assert len(seen) == 1, seen
+    finally:
+        sockserv.set_refusal_log(None)
+
+
 # --- Event mode -----------------------------------------------------------------
 
 

@@ -71,10 +71,9 @@ impl Driver for EventEngine {
         for inbox in &self.inboxes {
             inbox.post(Command::Stop);
         }
-        let me = thread::current().id();
         for thread in lock(&self.threads).drain(..) {
             // A callback that drops its own server cannot join its thread.
-            if thread.thread().id() != me {
+            if !crate::sys::is_current_thread(&thread) {
                 let _ = thread.join();
             }
         }

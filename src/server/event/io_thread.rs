@@ -20,10 +20,11 @@ use slab::Slab;
 use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::{Session, SessionParams, Stage};
+use crate::server::driver::Context;
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
 use crate::server::event::dispatch::{dispatch, Budget};
@@ -202,6 +203,7 @@ impl IoThread {
             closing_since: None,
             close_reason: None,
             read_again: false,
+            refusal_counted: false,
         });
         let conn = &mut self.conns[token];
         if let Some(deadline) = conn.session.deadline() {
@@ -331,11 +333,19 @@ impl IoThread {
                 self.begin_close(token, Some(reason))
             }
             (Ok(()), Some(reason)) => {
+                // Counted before the peer can see the outcome.
+                count_refusal(&self.shared.context, &mut self.conns[token], Some(&reason));
                 self.flush(token);
                 self.close(token, Some(reason));
             }
             (Ok(()), None) => self.flush(token),
             (Err(reason), _) => {
+                // Counted before the peer can hear of it.
+                count_refusal(
+                    &self.shared.context,
+                    &mut self.conns[token],
+                    reason.as_ref(),
+                );
                 // Best effort: a handshake #FAILURE# reaches the peer.
                 self.flush(token);
                 self.close(token, reason);
@@ -345,25 +355,21 @@ impl IoThread {
 
     /// Removes the connection, closes its socket and reports it.
     pub(super) fn close(&mut self, token: usize, reason: Option<Error>) {
-        let Some(conn) = self.conns.try_remove(token) else {
+        let Some(mut conn) = self.conns.try_remove(token) else {
             return;
         };
         let fd = conn.handle.fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let context = &self.shared.context;
+        // Before the peer sees the end.
+        count_refusal(context, &mut conn, reason.as_ref());
         // Handles may outlive the connection (and keep the descriptor
         // open): the peer must see the end now.
         conn.handle.mark_closed();
-        let context = &self.shared.context;
         if conn.session.was_opened() {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
-        } else {
-            match conn.session.failure_stage() {
-                Stage::Proxy => context.proxy_failures.fetch_add(1, Ordering::Relaxed),
-                Stage::Handshake => context.handshake_failures.fetch_add(1, Ordering::Relaxed),
-                _ => 0,
-            };
         }
         drop(conn);
         self.release_slot();
@@ -375,5 +381,27 @@ impl IoThread {
         if before >= self.shared.context.config.max_connections {
             self.shared.context.wake();
         }
+    }
+}
+
+/// Counts a connection that ends before it opened: a failed PROXY header
+/// (required mode) or handshake, by the stage the session failed in (a
+/// verify refusal counts itself). Called before the peer can see the
+/// outcome (the #FAILURE# written, or the close), so a client that saw it
+/// never reads a counter that has not caught up; once only. `reason` goes
+/// to the refusal log.
+fn count_refusal(context: &Context, conn: &mut Conn, reason: Option<&Error>) {
+    if conn.refusal_counted || conn.session.was_opened() {
+        return;
+    }
+    let counter = match conn.session.failure_stage() {
+        Stage::Proxy => &context.proxy_failures,
+        Stage::Handshake => &context.handshake_failures,
+        _ => return,
+    };
+    conn.refusal_counted = true;
+    counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(e) = reason {
+        log_refusal(conn.handle.peer_addr(), e.kind(), e.detail());
     }
 }

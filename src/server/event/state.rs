@@ -62,6 +62,8 @@ pub(super) struct Conn {
     /// Listed in the thread's `read_again` (its share of a turn ran out
     /// with data left).
     pub(super) read_again: bool,
+    /// Its failed preamble was counted (and logged): once only.
+    pub(super) refusal_counted: bool,
 }
 
 pub(crate) struct IoThread {
