@@ -11,10 +11,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-#[path = "packaging/proc.rs"]
-#[allow(dead_code)]
-mod proc;
-use proc::{assert_success, have, lib_dir, root, run, show, skipped, stdout, TempDir};
+mod common;
+use common::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
+use common::skip;
 
 const KEY: &str = "correct horse battery staple";
 /// The exact command of the issue.
@@ -92,7 +91,7 @@ fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 fn valgrind(test: &str) -> Option<Command> {
     if !have("valgrind") {
-        skipped(
+        skip::required(
             test,
             "valgrind is not installed (apt-get install valgrind); CI must install it",
         );
