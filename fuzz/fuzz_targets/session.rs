@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use sockserv::auth::{Role, NONCE_LEN};
-use sockserv::frame::encode_header;
+use sockserv::proto::frame::encode_header;
+use sockserv::proto::handshake::{Role, NONCE_LEN};
+use sockserv::proto::recv_buffer::RecvBuffer;
 use sockserv::proto::session::{Session, SessionParams, Stage, Step};
-use sockserv::proxy_protocol::ProxyMode;
-use sockserv::recv_buffer::RecvBuffer;
+use sockserv::ProxyMode;
 
 const SECRET: &[u8] = b"\x9c\x1e\x7f sockserv session fuzz secret \x03\xd4";
 const MAX_FRAME: u64 = 4096;
