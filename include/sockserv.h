@@ -162,6 +162,18 @@ typedef struct sockserv_config sockserv_config;
  * send; receive from one thread at a time. Event-mode connections (lent by
  * an event-driven server) deliver frames to `on_frame` instead, and their
  * sends queue without blocking.
+ *
+ * Ownership: the handle is reference counted. Whoever made it holds one
+ * reference (you, for `sockserv_connect` and `sockserv_conn_from_fd`,
+ * dropped by `sockserv_conn_free`; the server, for a handle it lends to a
+ * handler or to the event callbacks, dropped after the handler or
+ * `on_close` returned). `sockserv_conn_retain` adds one, so another thread
+ * may keep the handle past that point; `sockserv_conn_release` drops it.
+ * The memory lives until the last reference goes. Once the connection has
+ * ended (`on_close` ran, the threaded handler returned, or
+ * `sockserv_conn_free` was called), every call that touches the
+ * connection returns `SOCKSERV_ERR_CLOSED`; the addresses and the
+ * userdata stay readable.
  */
 typedef struct sockserv_conn sockserv_conn;
 
@@ -640,8 +652,12 @@ enum sockserv_result sockserv_server_new(const char *addr,
 
 /**
  * Handles one connection, on a thread of its own, after the handshake
- * succeeded. `conn` is borrowed: valid until the handler returns, when the
- * server closes it (do not free it). Runs concurrently with other handlers,
+ * succeeded. `conn` is lent: the server's reference keeps it valid until
+ * the handler returns, when the server closes it (do not free it). A
+ * thread of yours that needs it longer takes a reference with
+ * `sockserv_conn_retain` (and drops it with `sockserv_conn_release`);
+ * once the handler returned, calls through it return
+ * `SOCKSERV_ERR_CLOSED`. Runs concurrently with other handlers,
  * so `userdata` must be safe to share between threads. Must not throw a
  * C++ exception or longjmp out.
  */
@@ -810,8 +826,11 @@ void sockserv_server_free(struct sockserv_server *server);
 
 /**
  * Event mode: a connection passed the handshake (or needs none). `conn`
- * stays valid until `on_close` for it returns; other threads may send on
- * it until then. Runs on the connection's I/O thread; with several I/O
+ * is lent: the server's reference keeps it valid until `on_close` for it
+ * returns. To use it from another thread beyond that (a worker replying
+ * with `sockserv_conn_send`), take a reference with `sockserv_conn_retain`
+ * here or in `on_frame` and drop it with `sockserv_conn_release`; once the
+ * connection closed, calls through it return `SOCKSERV_ERR_CLOSED`. Runs on the connection's I/O thread; with several I/O
  * threads, callbacks for different connections run at the same time, so
  * `userdata` must be safe to share between threads. Like every callback:
  * must not throw a C++ exception or longjmp out.
@@ -831,7 +850,10 @@ typedef void (*sockserv_frame_fn)(void *userdata,
 
 /**
  * Event mode: the connection ended; called exactly once for every
- * connection `on_open` saw, after which `conn` is freed. `reason` is
+ * connection `on_open` saw, after which the server drops its reference
+ * (the handle is freed unless retained with `sockserv_conn_retain`; sends
+ * through a retained one return `SOCKSERV_ERR_CLOSED`, already during
+ * this call). `reason` is
  * `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
  * peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
  * `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
@@ -944,13 +966,16 @@ enum sockserv_result sockserv_conn_from_fd(int fd,
  * I/O thread writes it. When the queue holds more than the limit
  * (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
  * with `sockserv_config_set_close_when_backed_up` the connection is closed
- * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
+ * and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`,
+ * also from a thread that retained the handle (`sockserv_conn_retain`)
+ * and sends after `on_close` ran.
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, or `data` with a non-zero `len` is NULL.
  * @retval SOCKSERV_ERR_TIMED_OUT the timeout passed (blocking connections).
- * @retval SOCKSERV_ERR_CLOSED the peer went away, or (event mode) the connection is
- * closed or was closed for being backed up.
+ * @retval SOCKSERV_ERR_CLOSED the peer went away, the connection has ended (a
+ * retained handle), or (event mode) the connection is closed or was closed for
+ * being backed up.
  * @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: the kernel took nothing; event
  * mode: the queue is over its limit.
  * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
@@ -1021,7 +1046,8 @@ enum sockserv_result sockserv_conn_recv_into(const struct sockserv_conn *conn,
  * @retval SOCKSERV_OK `*readable` was written (true or false).
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
  * @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
- * writing replies held by coalescing failed.
+ * writing replies held by coalescing failed; `SOCKSERV_ERR_CLOSED` also when the
+ * connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
  * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
  * @retval SOCKSERV_ERR_IO poll(2) failed.
@@ -1066,6 +1092,8 @@ enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle): its
+ * descriptor is not for use any more.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd);
@@ -1079,6 +1107,7 @@ enum sockserv_result sockserv_conn_fd(const struct sockserv_conn *conn, int *fd)
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -1090,6 +1119,7 @@ enum sockserv_result sockserv_conn_set_timeout_ms(const struct sockserv_conn *co
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `timeout_ms` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -1157,6 +1187,7 @@ enum sockserv_result sockserv_conn_get_timeout_ms(const struct sockserv_conn *co
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown or `value` out of range.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
  * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
  * socket).
@@ -1172,6 +1203,7 @@ enum sockserv_result sockserv_conn_set_option(const struct sockserv_conn *conn,
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `value` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
  * @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
  * socket).
@@ -1206,6 +1238,7 @@ enum sockserv_result sockserv_conn_flush(const struct sockserv_conn *conn);
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -1216,6 +1249,7 @@ enum sockserv_result sockserv_conn_set_nodelay(const struct sockserv_conn *conn,
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `on` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -1230,6 +1264,7 @@ enum sockserv_result sockserv_conn_get_nodelay(const struct sockserv_conn *conn,
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
  * @retval SOCKSERV_ERR_INVALID_ARGUMENT a timing is out of the kernel's range.
+ * @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
  * @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
@@ -1245,15 +1280,19 @@ enum sockserv_result sockserv_conn_set_keepalive(const struct sockserv_conn *con
  * runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
  * waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
  * (a client connection must still be freed with `sockserv_conn_free`).
+ * Closing does not free the handle: references held stay valid.
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_CLOSED the connection had already ended (`on_close` ran,
+ * the handler returned, or it was freed): nothing to do.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_close(const struct sockserv_conn *conn);
 
 /**
  * Attaches a pointer of yours to the connection (not used by sockserv).
+ * Works on an ended connection too (the handle's own memory).
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
@@ -1268,10 +1307,36 @@ enum sockserv_result sockserv_conn_set_userdata(const struct sockserv_conn *conn
 void *sockserv_conn_get_userdata(const struct sockserv_conn *conn);
 
 /**
- * Closes and frees a connection from `sockserv_connect` or
- * `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
- * by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
- * a handler (the server closes those), are ignored.
+ * Adds a reference to `conn`, so it stays valid memory after its owner
+ * let go: a handle lent by a server past `on_close` (event mode) or past
+ * the handler's return (threaded mode), or one of yours past
+ * `sockserv_conn_free`. Any thread, at any time while you hold a
+ * reference (inside a callback, the server's counts). Each retain needs
+ * one `sockserv_conn_release`. Calls on a connection that has ended
+ * return `SOCKSERV_ERR_CLOSED` and never touch freed memory; a retained
+ * handle keeps the (shut down) socket's descriptor until released.
+ *
+ * @retval SOCKSERV_OK the reference was added.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_retain(const struct sockserv_conn *conn);
+
+/**
+ * Drops a reference added by `sockserv_conn_retain`; the last one frees
+ * the handle (a connection of yours that was never freed closes as with
+ * `sockserv_conn_free`). Any thread. NULL is ignored. Releasing more
+ * than you retained is a use-after-free, as a double free would be.
+ */
+void sockserv_conn_release(struct sockserv_conn *conn);
+
+/**
+ * Closes a connection from `sockserv_connect` or `sockserv_conn_from_fd`
+ * and drops your reference, first writing (for up to 5 s) any replies held
+ * by `sockserv_config_set_coalesce_sends`. The handle is freed now, or
+ * with the last `sockserv_conn_release` if it was retained (calls through
+ * those references return `SOCKSERV_ERR_CLOSED`). NULL, and a connection
+ * lent to a handler (the server closes those), are ignored.
  */
 void sockserv_conn_free(struct sockserv_conn *conn);
 

@@ -5,6 +5,9 @@
  *   sockserv::dgram and sockserv::dgram_server own their C handle and free
  *   it in their destructor; they move, never copy. sockserv::conn_ref and
  *   sockserv::dgram_ref are borrowed (what handlers receive).
+ *   sockserv::conn_handle is a counted reference to a connection
+ *   (sockserv_conn_retain / _release): copy it to a worker thread, and it
+ *   stays safe to call after the connection closed (SOCKSERV_ERR_CLOSED).
  * - Buffers: sockserv::bytes, a pointer and a size, made from a string,
  *   string_view, vector, array or (pointer, size).
  * - Callbacks are any callables (lambdas), reached through C trampolines
@@ -302,7 +305,9 @@ private:
 
 /// A connection you do not own: what a handler or event callback receives,
 /// valid for as long as the C API says (during the handler call; from
-/// on_open until on_close returns). A plain pointer: copy it freely.
+/// on_open until on_close returns). A plain pointer: copy it freely. To
+/// keep it longer (a worker thread replying later), make a conn_handle
+/// from it while it is valid.
 class conn_ref {
 public:
     /// No connection (operator bool is false).
@@ -526,6 +531,37 @@ private:
     void connect_or_throw(const std::string &addr, const sockserv_config *cfg) {
         detail::check(sockserv_connect(addr.c_str(), cfg, &conn_), "sockserv_connect");
     }
+};
+
+/// A counted reference to a connection (sockserv_conn_retain, released by
+/// the destructor): the handle stays valid memory for as long as a
+/// conn_handle holds it, on any thread, after on_close ran or the handler
+/// returned too. Calls on a connection that has ended throw (or, nothrow,
+/// return) SOCKSERV_ERR_CLOSED; nothing is ever used after it was freed.
+/// Make one from the conn_ref a callback got, during that callback (or
+/// from a connection you own); copying retains again, moving does not.
+class conn_handle : public conn_ref {
+public:
+    /// No connection.
+    conn_handle() noexcept = default;
+    /// Takes a reference to `conn` (which must be valid now).
+    explicit conn_handle(conn_ref conn) : conn_ref(conn.get()) {
+        if (conn_)
+            detail::check(sockserv_conn_retain(conn_), "sockserv_conn_retain");
+    }
+    /// Another reference to the same connection.
+    conn_handle(const conn_handle &other) : conn_handle(static_cast<const conn_ref &>(other)) {}
+    /// Moves the reference; `other` is left empty.
+    conn_handle(conn_handle &&other) noexcept : conn_ref(std::exchange(other.conn_, nullptr)) {}
+    /// Copy or move assignment (by value, then swapped).
+    conn_handle &operator=(conn_handle other) noexcept {
+        std::swap(conn_, other.conn_);
+        return *this;
+    }
+    /// Drops the reference (sockserv_conn_release).
+    ~conn_handle() { sockserv_conn_release(conn_); }
+    /// Drops the reference now; the handle is left empty.
+    void reset() noexcept { sockserv_conn_release(std::exchange(conn_, nullptr)); }
 };
 
 /// sockserv_server_stat's counters, all at once.

@@ -2,7 +2,7 @@
 //! `sockserv_conn_from_fd` (yours to free) or lent to a server's handler.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +23,27 @@ use crate::sys::sockopt::{self, SockOpt};
 /// send; receive from one thread at a time. Event-mode connections (lent by
 /// an event-driven server) deliver frames to `on_frame` instead, and their
 /// sends queue without blocking.
+///
+/// Ownership: the handle is reference counted. Whoever made it holds one
+/// reference (you, for `sockserv_connect` and `sockserv_conn_from_fd`,
+/// dropped by `sockserv_conn_free`; the server, for a handle it lends to a
+/// handler or to the event callbacks, dropped after the handler or
+/// `on_close` returned). `sockserv_conn_retain` adds one, so another thread
+/// may keep the handle past that point; `sockserv_conn_release` drops it.
+/// The memory lives until the last reference goes. Once the connection has
+/// ended (`on_close` ran, the threaded handler returned, or
+/// `sockserv_conn_free` was called), every call that touches the
+/// connection returns `SOCKSERV_ERR_CLOSED`; the addresses and the
+/// userdata stay readable.
 pub struct sockserv_conn {
     pub(super) kind: ConnKind,
     pub(super) userdata: AtomicPtr<c_void>,
     /// Lent by a server: the server closes it, `sockserv_conn_free` ignores it.
     pub(super) server_owned: bool,
+    /// The connection ended for this handle's holders: a threaded handler
+    /// returned, or `sockserv_conn_free` ran. (Event mode: the
+    /// `EventConn` knows it is closed.)
+    ended: AtomicBool,
 }
 
 pub(super) enum ConnKind {
@@ -36,17 +52,55 @@ pub(super) enum ConnKind {
 }
 
 impl sockserv_conn {
-    pub(super) fn lent(kind: ConnKind) -> sockserv_conn {
-        sockserv_conn {
+    /// A handle a server lends, holding the server's reference (given back
+    /// with [`sockserv_conn::server_done`]).
+    pub(super) fn lent(kind: ConnKind) -> *mut sockserv_conn {
+        Arc::into_raw(Arc::new(sockserv_conn {
             kind,
             userdata: AtomicPtr::new(std::ptr::null_mut()),
             server_owned: true,
+            ended: AtomicBool::new(false),
+        }))
+        .cast_mut()
+    }
+
+    /// The server is done with a handle it lent: the connection ends for
+    /// every other holder (a retained threaded handle must not keep the
+    /// socket open: the peer sees the end now), and the server's reference
+    /// goes.
+    ///
+    /// # Safety
+    /// `handle` came from [`sockserv_conn::lent`] and the server's
+    /// reference is given back once.
+    pub(super) unsafe fn server_done(handle: *mut sockserv_conn) {
+        // SAFETY: the caller's contract: this is the server's reference.
+        let handle = unsafe { Arc::from_raw(handle.cast_const()) };
+        handle.ended.store(true, Ordering::Release);
+        if Arc::strong_count(&handle) > 1 {
+            if let ConnKind::Blocking(conn) = &handle.kind {
+                // Replies a coalescing handler held leave before the close.
+                conn.flush_within(Duration::from_secs(5));
+                conn.close();
+            }
         }
+    }
+
+    /// `SOCKSERV_ERR_CLOSED` once the connection has ended.
+    fn live(&self) -> Result<&ConnKind> {
+        let ended = self.ended.load(Ordering::Acquire)
+            || matches!(&self.kind, ConnKind::Event(conn) if conn.is_closed());
+        if ended {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("the connection with {} is closed", self.peer_addr()),
+            ));
+        }
+        Ok(&self.kind)
     }
 
     /// The blocking connection, or why `doing` is not for event mode.
     fn blocking(&self, doing: &str) -> Result<&Connection> {
-        match &self.kind {
+        match self.live()? {
             ConnKind::Blocking(conn) => Ok(conn),
             ConnKind::Event(_) => Err(Error::new(
                 ErrorKind::InvalidState,
@@ -55,11 +109,11 @@ impl sockserv_conn {
         }
     }
 
-    fn socket(&self) -> &Socket {
-        match &self.kind {
+    fn socket(&self) -> Result<&Socket> {
+        Ok(match self.live()? {
             ConnKind::Blocking(conn) => conn.socket(),
             ConnKind::Event(conn) => conn.socket(),
-        }
+        })
     }
 
     fn peer_addr(&self) -> &str {
@@ -77,17 +131,32 @@ impl sockserv_conn {
     }
 }
 
+impl Drop for sockserv_conn {
+    fn drop(&mut self) {
+        // The last reference to a connection of yours that was never freed
+        // (retained, then released): it goes as sockserv_conn_free would.
+        if !self.server_owned && !*self.ended.get_mut() {
+            if let ConnKind::Blocking(conn) = &self.kind {
+                conn.flush_within(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// `sockserv_conn_from_fd`: the socket was accepted (it challenges first).
 pub const SOCKSERV_ROLE_SERVER: c_int = 0;
 /// `sockserv_conn_from_fd`: the socket was connected (it answers first).
 pub const SOCKSERV_ROLE_CLIENT: c_int = 1;
 
+/// A handle of yours (one reference, dropped by `sockserv_conn_free`).
 fn new_handle(conn: Connection) -> *mut sockserv_conn {
-    Box::into_raw(Box::new(sockserv_conn {
+    Arc::into_raw(Arc::new(sockserv_conn {
         kind: ConnKind::Blocking(Arc::new(conn)),
         userdata: AtomicPtr::new(std::ptr::null_mut()),
         server_owned: false,
+        ended: AtomicBool::new(false),
     }))
+    .cast_mut()
 }
 
 /// Runs `body` on the connection behind `conn`.
@@ -202,13 +271,16 @@ fn invalid(detail: String) -> Error {
 /// I/O thread writes it. When the queue holds more than the limit
 /// (`sockserv_config_set_max_queued_bytes`): `SOCKSERV_ERR_WOULD_BLOCK`, or
 /// with `sockserv_config_set_close_when_backed_up` the connection is closed
-/// and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`.
+/// and `SOCKSERV_ERR_CLOSED` returned. After close: `SOCKSERV_ERR_CLOSED`,
+/// also from a thread that retained the handle (`sockserv_conn_retain`)
+/// and sends after `on_close` ran.
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, or `data` with a non-zero `len` is NULL.
 /// @retval SOCKSERV_ERR_TIMED_OUT the timeout passed (blocking connections).
-/// @retval SOCKSERV_ERR_CLOSED the peer went away, or (event mode) the connection is
-/// closed or was closed for being backed up.
+/// @retval SOCKSERV_ERR_CLOSED the peer went away, the connection has ended (a
+/// retained handle), or (event mode) the connection is closed or was closed for
+/// being backed up.
 /// @retval SOCKSERV_ERR_WOULD_BLOCK non-blocking mode: the kernel took nothing; event
 /// mode: the queue is over its limit.
 /// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
@@ -225,7 +297,11 @@ pub unsafe extern "C" fn sockserv_conn_send(
         // SAFETY: caller contract: `data` has `len` readable bytes.
         let data = unsafe { bytes(data, len, "data") }?;
         match &c.kind {
-            ConnKind::Blocking(conn) => conn.send(data),
+            ConnKind::Blocking(conn) => {
+                c.live()?;
+                conn.send(data)
+            }
+            // EventConn::send checks for the close itself, under its one lock.
             ConnKind::Event(conn) => conn.send(data),
         }
     })
@@ -319,7 +395,8 @@ pub unsafe extern "C" fn sockserv_conn_recv_into(
 /// @retval SOCKSERV_OK `*readable` was written (true or false).
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `readable` is NULL.
 /// @retval SOCKSERV_ERR_TIMED_OUT, SOCKSERV_ERR_WOULD_BLOCK, SOCKSERV_ERR_CLOSED
-/// writing replies held by coalescing failed.
+/// writing replies held by coalescing failed; `SOCKSERV_ERR_CLOSED` also when the
+/// connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_BROKEN an earlier failure left the connection unusable.
 /// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
 /// @retval SOCKSERV_ERR_IO poll(2) failed.
@@ -385,6 +462,8 @@ pub unsafe extern "C" fn sockserv_conn_local_addr(
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `fd` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle): its
+/// descriptor is not for use any more.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_fd(
@@ -394,7 +473,7 @@ pub unsafe extern "C" fn sockserv_conn_fd(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let fd_out = unsafe { out(fd, "fd") }?;
-        fd_out.put(match &c.kind {
+        fd_out.put(match c.live()? {
             ConnKind::Blocking(conn) => conn.fd(),
             ConnKind::Event(conn) => conn.fd(),
         });
@@ -410,6 +489,7 @@ pub unsafe extern "C" fn sockserv_conn_fd(
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
@@ -428,6 +508,7 @@ pub unsafe extern "C" fn sockserv_conn_set_timeout_ms(
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `timeout_ms` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
@@ -491,6 +572,7 @@ fn socket_option(option: c_int) -> Result<SockOpt> {
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown or `value` out of range.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
 /// @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
 /// socket).
@@ -514,7 +596,7 @@ pub unsafe extern "C" fn sockserv_conn_set_option(
             c.blocking("SOCKSERV_OPT_NONBLOCKING")?.set_nonblocking(on);
             return Ok(());
         }
-        sockopt::set(c.socket(), socket_option(option)?, value)
+        sockopt::set(c.socket()?, socket_option(option)?, value)
     })
 }
 
@@ -523,6 +605,7 @@ pub unsafe extern "C" fn sockserv_conn_set_option(
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `value` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT `option` is unknown.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_INVALID_STATE an event-mode connection (`SOCKSERV_OPT_NONBLOCKING`).
 /// @retval SOCKSERV_ERR_IO the system refused the option (a TCP option on a Unix
 /// socket).
@@ -541,7 +624,7 @@ pub unsafe extern "C" fn sockserv_conn_get_option(
                 .is_nonblocking()
                 .into()
         } else {
-            sockopt::get(c.socket(), socket_option(option)?)?
+            sockopt::get(c.socket()?, socket_option(option)?)?
         });
         Ok(())
     })
@@ -572,6 +655,7 @@ pub unsafe extern "C" fn sockserv_conn_flush(conn: *const sockserv_conn) -> sock
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
@@ -580,7 +664,7 @@ pub unsafe extern "C" fn sockserv_conn_set_nodelay(
     on: bool,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        sockopt::set(c.socket(), SockOpt::NoDelay, on.into())
+        sockopt::set(c.socket()?, SockOpt::NoDelay, on.into())
     })
 }
 
@@ -588,6 +672,7 @@ pub unsafe extern "C" fn sockserv_conn_set_nodelay(
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `on` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
@@ -598,7 +683,7 @@ pub unsafe extern "C" fn sockserv_conn_get_nodelay(
     with_conn(conn, |c| {
         // SAFETY: caller contract (see the module docs of ffi).
         let on = unsafe { out(on, "on") }?;
-        on.put(sockopt::get(c.socket(), SockOpt::NoDelay)? == 1);
+        on.put(sockopt::get(c.socket()?, SockOpt::NoDelay)? == 1);
         Ok(())
     })
 }
@@ -611,6 +696,7 @@ pub unsafe extern "C" fn sockserv_conn_get_nodelay(
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
 /// @retval SOCKSERV_ERR_INVALID_ARGUMENT a timing is out of the kernel's range.
+/// @retval SOCKSERV_ERR_CLOSED the connection has ended (a retained handle).
 /// @retval SOCKSERV_ERR_IO not a TCP socket, or another OS error.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
@@ -622,7 +708,7 @@ pub unsafe extern "C" fn sockserv_conn_set_keepalive(
     count: u32,
 ) -> sockserv_result {
     with_conn(conn, |c| {
-        let socket = c.socket();
+        let socket = c.socket()?;
         sockopt::set(socket, SockOpt::KeepAlive, on.into())?;
         if on && idle_s > 0 && interval_s > 0 && count > 0 {
             sockopt::set(socket, SockOpt::KeepAliveIdle, idle_s.into())?;
@@ -638,14 +724,17 @@ pub unsafe extern "C" fn sockserv_conn_set_keepalive(
 /// runs with `SOCKSERV_OK`. Blocking mode: the socket is shut down at once,
 /// waking any thread blocked on it; later calls return `SOCKSERV_ERR_BROKEN`
 /// (a client connection must still be freed with `sockserv_conn_free`).
+/// Closing does not free the handle: references held stay valid.
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_CLOSED the connection had already ended (`on_close` ran,
+/// the handler returned, or it was freed): nothing to do.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sockserv_result {
     with_conn(conn, |c| {
-        match &c.kind {
+        match c.live()? {
             ConnKind::Blocking(conn) => conn.close(),
             ConnKind::Event(conn) => conn.close(),
         }
@@ -654,6 +743,7 @@ pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sock
 }
 
 /// Attaches a pointer of yours to the connection (not used by sockserv).
+/// Works on an ended connection too (the handle's own memory).
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
@@ -682,26 +772,77 @@ pub unsafe extern "C" fn sockserv_conn_get_userdata(conn: *const sockserv_conn) 
     })
 }
 
-/// Closes and frees a connection from `sockserv_connect` or
-/// `sockserv_conn_from_fd`, first writing (for up to 5 s) any replies held
-/// by `sockserv_config_set_coalesce_sends`. NULL, and a connection lent to
-/// a handler (the server closes those), are ignored.
+/// Adds a reference to `conn`, so it stays valid memory after its owner
+/// let go: a handle lent by a server past `on_close` (event mode) or past
+/// the handler's return (threaded mode), or one of yours past
+/// `sockserv_conn_free`. Any thread, at any time while you hold a
+/// reference (inside a callback, the server's counts). Each retain needs
+/// one `sockserv_conn_release`. Calls on a connection that has ended
+/// return `SOCKSERV_ERR_CLOSED` and never touch freed memory; a retained
+/// handle keeps the (shut down) socket's descriptor until released.
+///
+/// @retval SOCKSERV_OK the reference was added.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_retain(conn: *const sockserv_conn) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        unsafe { arg(conn, "conn") }?;
+        // SAFETY: every handle comes from Arc::into_raw (new_handle,
+        // sockserv_conn::lent) and the caller holds a reference, so the
+        // count is at least one.
+        unsafe { Arc::increment_strong_count(conn) };
+        Ok(())
+    })
+}
+
+/// Drops a reference added by `sockserv_conn_retain`; the last one frees
+/// the handle (a connection of yours that was never freed closes as with
+/// `sockserv_conn_free`). Any thread. NULL is ignored. Releasing more
+/// than you retained is a use-after-free, as a double free would be.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_release(conn: *mut sockserv_conn) {
+    guard_value((), || {
+        if conn.is_null() {
+            return;
+        }
+        // SAFETY: from Arc::into_raw, and the caller gives back a reference
+        // it holds (its contract).
+        unsafe { Arc::decrement_strong_count(conn.cast_const()) };
+    })
+}
+
+/// Closes a connection from `sockserv_connect` or `sockserv_conn_from_fd`
+/// and drops your reference, first writing (for up to 5 s) any replies held
+/// by `sockserv_config_set_coalesce_sends`. The handle is freed now, or
+/// with the last `sockserv_conn_release` if it was retained (calls through
+/// those references return `SOCKSERV_ERR_CLOSED`). NULL, and a connection
+/// lent to a handler (the server closes those), are ignored.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_conn_free(conn: *mut sockserv_conn) {
     guard_value((), || {
-        // SAFETY: caller contract (see the module docs of ffi).
-        let Ok(handle) = (unsafe { arg(conn, "conn") }) else {
+        if conn.is_null() {
             return;
-        };
-        if !handle.server_owned {
-            if let ConnKind::Blocking(conn) = &handle.kind {
-                // Replies held by coalescing are not lost to a free.
-                conn.flush_within(Duration::from_secs(5));
-            }
-            // SAFETY: a connection not lent by a server came from
-            // new_handle (Box::into_raw) and is freed once, as the caller
-            // contract says.
-            drop(unsafe { Box::from_raw(conn) });
         }
+        // SAFETY: a non-NULL handle came from Arc::into_raw and the caller
+        // holds a reference; ManuallyDrop leaves the count alone.
+        let handle = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(conn.cast_const()) });
+        if handle.server_owned {
+            return;
+        }
+        if let ConnKind::Blocking(inner) = &handle.kind {
+            // Replies held by coalescing are not lost to a free.
+            inner.flush_within(Duration::from_secs(5));
+            handle.ended.store(true, Ordering::Release);
+            // Retained elsewhere: those holders must not keep the peer
+            // waiting (the count can only shrink meanwhile).
+            if Arc::strong_count(&handle) > 1 {
+                inner.close();
+            }
+        }
+        // SAFETY: a connection not lent by a server came from new_handle;
+        // this is the caller's reference, given back once.
+        drop(std::mem::ManuallyDrop::into_inner(handle));
     })
 }

@@ -14,8 +14,11 @@ use crate::error::Error;
 use crate::server::event::{EventConn, EventHandler};
 
 /// Event mode: a connection passed the handshake (or needs none). `conn`
-/// stays valid until `on_close` for it returns; other threads may send on
-/// it until then. Runs on the connection's I/O thread; with several I/O
+/// is lent: the server's reference keeps it valid until `on_close` for it
+/// returns. To use it from another thread beyond that (a worker replying
+/// with `sockserv_conn_send`), take a reference with `sockserv_conn_retain`
+/// here or in `on_frame` and drop it with `sockserv_conn_release`; once the
+/// connection closed, calls through it return `SOCKSERV_ERR_CLOSED`. Runs on the connection's I/O thread; with several I/O
 /// threads, callbacks for different connections run at the same time, so
 /// `userdata` must be safe to share between threads. Like every callback:
 /// must not throw a C++ exception or longjmp out.
@@ -36,7 +39,10 @@ pub type sockserv_frame_fn = Option<
 >;
 
 /// Event mode: the connection ended; called exactly once for every
-/// connection `on_open` saw, after which `conn` is freed. `reason` is
+/// connection `on_open` saw, after which the server drops its reference
+/// (the handle is freed unless retained with `sockserv_conn_retain`; sends
+/// through a retained one return `SOCKSERV_ERR_CLOSED`, already during
+/// this call). `reason` is
 /// `SOCKSERV_OK` after `sockserv_conn_close`, `SOCKSERV_ERR_CLOSED` when the
 /// peer closed, `SOCKSERV_ERR_SHUTDOWN` when the server is freed,
 /// `SOCKSERV_ERR_TIMED_OUT` for the idle timeout, or the error that ended
@@ -46,8 +52,8 @@ pub type sockserv_close_fn = Option<
 >;
 
 /// The C callbacks of an event-mode server. Each connection's C handle is
-/// created before `on_open`, kept in the connection's slot, and freed after
-/// `on_close`.
+/// created before `on_open`, kept in the connection's slot (holding the
+/// server's reference), and that reference is dropped after `on_close`.
 struct CEvents {
     on_open: sockserv_open_fn,
     on_frame: sockserv_frame_fn,
@@ -63,11 +69,11 @@ impl CEvents {
 
 impl EventHandler for CEvents {
     fn on_open(&self, conn: &Arc<EventConn>) {
-        let handle = Box::into_raw(Box::new(sockserv_conn::lent(ConnKind::Event(conn.clone()))));
+        let handle = sockserv_conn::lent(ConnKind::Event(conn.clone()));
         conn.slot.store(handle as usize, Ordering::Release);
         if let Some(f) = self.on_open {
             // SAFETY: the caller's function with the documented signature;
-            // `handle` lives until after on_close.
+            // the server's reference keeps `handle` alive until after on_close.
             unsafe { f(self.userdata.0, handle) };
         }
     }
@@ -102,9 +108,9 @@ impl EventHandler for CEvents {
             // SAFETY: as in on_open.
             unsafe { f(self.userdata.0, handle, code) };
         }
-        // SAFETY: `handle` came from Box::into_raw in on_open and the slot
-        // held it alone; on_close runs once, so it is freed once.
-        drop(unsafe { Box::from_raw(handle) });
+        // SAFETY: `handle` came from sockserv_conn::lent in on_open and the
+        // slot held the server's reference alone; the swap takes it once.
+        unsafe { sockserv_conn::server_done(handle) };
     }
 }
 

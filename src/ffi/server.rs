@@ -19,8 +19,12 @@ pub struct sockserv_server {
 }
 
 /// Handles one connection, on a thread of its own, after the handshake
-/// succeeded. `conn` is borrowed: valid until the handler returns, when the
-/// server closes it (do not free it). Runs concurrently with other handlers,
+/// succeeded. `conn` is lent: the server's reference keeps it valid until
+/// the handler returns, when the server closes it (do not free it). A
+/// thread of yours that needs it longer takes a reference with
+/// `sockserv_conn_retain` (and drops it with `sockserv_conn_release`);
+/// once the handler returned, calls through it return
+/// `SOCKSERV_ERR_CLOSED`. Runs concurrently with other handlers,
 /// so `userdata` must be safe to share between threads. Must not throw a
 /// C++ exception or longjmp out.
 pub type sockserv_handler_fn =
@@ -108,10 +112,13 @@ pub unsafe extern "C" fn sockserv_server_set_handler(
             .inner
             .set_handler(Arc::new(move |conn: &Arc<Connection>| {
                 let userdata = userdata;
-                let mut handle = sockserv_conn::lent(ConnKind::Blocking(conn.clone()));
+                let handle = sockserv_conn::lent(ConnKind::Blocking(conn.clone()));
                 // SAFETY: the handler is the caller's function with the
-                // documented signature; `handle` outlives the call.
-                unsafe { handler(userdata.0, &mut handle) };
+                // documented signature; the server's reference keeps
+                // `handle` alive during the call.
+                unsafe { handler(userdata.0, handle) };
+                // SAFETY: from lent above; the server's reference, once.
+                unsafe { sockserv_conn::server_done(handle) };
             }))
     })
 }

@@ -351,6 +351,7 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_conn_set_keepalive(NULL, true, 1, 1, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_userdata(NULL, config), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_close(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_retain(NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_flush(NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_option(NULL, SOCKSERV_OPT_NODELAY, 1), SOCKSERV_ERR_NULL_PARAMETER);
     {
@@ -392,6 +393,7 @@ static void test_null_parameters(void)
     /* Freeing NULL does nothing. */
     sockserv_config_free(NULL);
     sockserv_conn_free(NULL);
+    sockserv_conn_release(NULL);
     sockserv_server_free(NULL);
     sockserv_config_free(config);
 }

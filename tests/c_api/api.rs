@@ -24,6 +24,25 @@ fn c_api_test_program_passes() {
     assert!(last.ends_with(", 0 failed"), "{last}");
 }
 
+/// tests/c/handles.c: retained connection handles used after the
+/// connection ended get `SOCKSERV_ERR_CLOSED` (issue 10, finding 7), and
+/// 8 threads sending to connections that close at random.
+#[test]
+fn retained_handles_program_passes() {
+    let output = run(&mut Command::new(&built().handles), RUN_LIMIT, "handles");
+    assert_success(&output, "handles");
+    let out = stdout(&output);
+    let last = out.lines().last().unwrap_or("");
+    let count: usize = last
+        .strip_prefix("handles: ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line:\n{}", show(&output)));
+    assert!(count > 30, "only {count} checks ran:\n{}", show(&output));
+    assert!(last.ends_with(", 0 failed"), "{last}");
+    eprintln!("{out}");
+}
+
 #[test]
 fn header_compiles_and_links_as_cxx11() {
     let output = run(

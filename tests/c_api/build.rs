@@ -9,6 +9,7 @@ pub(crate) struct Built {
     pub(crate) api_test: PathBuf,
     pub(crate) header_cxx: PathBuf,
     pub(crate) leak_control: PathBuf,
+    pub(crate) handles: PathBuf,
     pub(crate) examples: PathBuf,
 }
 
@@ -21,6 +22,7 @@ pub(crate) fn built() -> &'static Built {
         let c = |name: &str| compile(Lang::C, &lib_dir, &root().join("tests/c").join(name), &out);
         let api_test = c("api_test.c");
         let leak_control = c("leak_control.c");
+        let handles = c("handles.c");
         let header_cxx = compile(
             Lang::Cxx11,
             &lib_dir,
@@ -40,6 +42,7 @@ pub(crate) fn built() -> &'static Built {
             api_test,
             header_cxx,
             leak_control,
+            handles,
             examples,
         }
     })

@@ -336,6 +336,57 @@ static void test_event_server() {
     CHECK(reasons.size() == 1 && reasons[0] == SOCKSERV_OK);
 }
 
+// conn_handle: a worker keeps a counted reference past on_close (issue 10,
+// finding 7). The send after the peer left gets SOCKSERV_ERR_CLOSED, never a
+// use-after-free; copies and moves keep the count right (ASan would see a
+// double release).
+static void test_retained_event_handle() {
+    std::mutex lock;
+    std::vector<sockserv::conn_handle> kept;
+    std::atomic<int> closed{0};
+    sockserv::server srv("tcp://127.0.0.1:0", keyed());
+    srv.on_events(
+        [&](sockserv::conn_ref c) {
+            std::lock_guard<std::mutex> hold(lock);
+            kept.emplace_back(c);
+        },
+        [](sockserv::conn_ref c, sockserv::bytes f) { c.send(f); },
+        [&](sockserv::conn_ref, sockserv_result) { closed++; });
+    srv.start();
+    {
+        sockserv::connection c(srv.local_addr(), keyed());
+        c.send("hello");
+        CHECK(c.recv_string() == "hello");
+        // Live: a worker's send through the handle reaches the peer.
+        sockserv::conn_handle h;
+        CHECK(wait_until([&] {
+            std::lock_guard<std::mutex> hold(lock);
+            return kept.size() == 1;
+        }));
+        {
+            std::lock_guard<std::mutex> hold(lock);
+            h = kept[0]; // a copy: two references now
+        }
+        std::thread([h] { h.send("from a worker"); }).join();
+        CHECK(c.recv_string() == "from a worker");
+    }
+    CHECK(wait_until([&] { return closed == 1; }));
+    sockserv::conn_handle moved;
+    {
+        std::lock_guard<std::mutex> hold(lock);
+        moved = std::move(kept[0]);
+        CHECK(!kept[0]);
+    }
+    sockserv_result rc = SOCKSERV_OK;
+    std::thread([&] { rc = moved.send("too late", std::nothrow); }).join();
+    CHECK(rc == SOCKSERV_ERR_CLOSED);
+    EXPECT_ERROR(SOCKSERV_ERR_CLOSED, moved.send("too late"));
+    EXPECT_ERROR(SOCKSERV_ERR_CLOSED, moved.fd());
+    CHECK(!moved.peer_addr().empty()); // the handle's own memory stays readable
+    moved.reset();
+    CHECK(!moved);
+}
+
 // The server is freed before its callbacks: destroying a server with a live
 // connection runs on_close (SHUTDOWN) while the lambdas still exist.
 static void test_destruction_order() {
@@ -862,6 +913,7 @@ int main() {
     test_threaded_server();
     test_exceptions_stay_in_cxx();
     test_event_server();
+    test_retained_event_handle();
     test_destruction_order();
     test_config_setters_and_errors();
     test_every_config_setter();

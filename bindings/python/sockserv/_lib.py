@@ -113,6 +113,8 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_conn_close": (_R, [_P]),
     "sockserv_conn_set_userdata": (_R, [_P, c_void_p]),
     "sockserv_conn_get_userdata": (c_void_p, [_P]),
+    "sockserv_conn_retain": (_R, [_P]),
+    "sockserv_conn_release": (None, [_P]),
     "sockserv_conn_free": (None, [_P]),
     # Datagrams
     "sockserv_dgram_open": (_R, [c_char_p, _P, POINTER(_P)]),

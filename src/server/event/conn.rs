@@ -89,17 +89,20 @@ impl EventConn {
     /// queue limit: `WouldBlock`, or the connection is closed (settable).
     /// A frame larger than the limit is taken when nothing else is queued.
     pub fn send(&self, payload: &[u8]) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) || self.close_requested.load(Ordering::Acquire) {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                format!("the connection with {} is closed", self.peer_addr()),
-            ));
+        if self.close_requested.load(Ordering::Acquire) {
+            return Err(self.closed_error());
         }
         let header = encode_header(payload.len() as u64);
         let frame_len = header.as_bytes().len() + payload.len();
         // One lock and no other atomic read-modify-write: this runs once per
         // frame, in on_frame and from any other thread.
         let mut out = lock(&self.out);
+        // Read under the lock `mark_closed` takes: a send that returns Ok
+        // queued before the close, and none after it leaves bytes behind
+        // (a handle may outlive the connection by a long time).
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(self.closed_error());
+        }
         let queued = out.len() + self.in_flight.load(Ordering::Acquire);
         if queued > 0 && queued + frame_len > self.max_queued {
             drop(out);
@@ -127,6 +130,13 @@ impl EventConn {
             self.inbox.flush(self.token, self.id);
         }
         Ok(())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::new(
+            ErrorKind::Closed,
+            format!("the connection with {} is closed", self.peer_addr()),
+        )
     }
 
     /// One non-blocking sendmsg of the frame; how much the kernel took. An
@@ -218,7 +228,13 @@ impl EventConn {
     /// The I/O thread let go of the connection: the stream is shut down in
     /// both directions (the descriptor closes with the last handle).
     pub(crate) fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Release);
+        {
+            let mut out = lock(&self.out);
+            self.closed.store(true, Ordering::Release);
+            // Nobody writes it any more; a retained handle keeps no queue.
+            *out = Vec::new();
+            self.out_len.store(0, Ordering::Release);
+        }
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
