@@ -56,14 +56,4 @@ const KEY: &str = "c-api-test-key";
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 const VALGRIND_LIMIT: Duration = Duration::from_secs(300);
 
-/// Runs a command to completion within `limit`, capturing its output.
-fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
-    common::proc::run(without_cargo_library_path(cmd), limit, what)
-}
-
-/// `cargo test` puts target/<profile>/ first in LD_LIBRARY_PATH, where an
-/// older `cargo build` may have left an older libsockserv.so; the programs'
-/// RUNPATH names the library under test, so let it decide.
-fn without_cargo_library_path(cmd: &mut Command) -> &mut Command {
-    cmd.env_remove("LD_LIBRARY_PATH")
-}
+use common::proc::{run, without_cargo_library_path};

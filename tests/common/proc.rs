@@ -75,7 +75,7 @@ impl ChildGuard {
 
     /// Starts `cmd` with stdin closed and its stdout lines on `lines`.
     pub fn spawn(cmd: &mut Command) -> ChildGuard {
-        let mut child = cmd
+        let mut child = without_cargo_library_path(cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -190,10 +190,21 @@ impl Drain {
     }
 }
 
+/// `cargo test` puts target/<profile>/ first in LD_LIBRARY_PATH, where an
+/// older `cargo build` may have left an older libsockserv.so; the programs'
+/// RUNPATH names the library under test, so let it decide, unless the test
+/// set LD_LIBRARY_PATH itself.
+pub fn without_cargo_library_path(cmd: &mut Command) -> &mut Command {
+    if !cmd.get_envs().any(|(key, _)| key == "LD_LIBRARY_PATH") {
+        cmd.env_remove("LD_LIBRARY_PATH");
+    }
+    cmd
+}
+
 /// Runs `cmd` to completion within `limit`, capturing its output; panics
 /// (after killing it) if it runs longer.
 pub fn run(cmd: &mut Command, limit: Duration, what: &str) -> Output {
-    let child = cmd
+    let child = without_cargo_library_path(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
