@@ -19,8 +19,9 @@ const ORDER: &[&str] = &[
     "config",
     "stream",
     "server::driver",
-    "server::threaded",
+    // Threaded mode runs its preambles on event mode's engine.
     "server::event",
+    "server::threaded",
     "server",
     "datagram",
     "ffi",

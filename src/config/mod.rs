@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_FRAME_SIZE: u64 = 64 << 20;
 /// Event mode's default limit on bytes queued for sending per connection.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
 
+/// Threaded servers' default bound on connections still in their preamble
+/// (see `Config::set_max_pending_handshakes`).
+const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 16 * 1024;
+
 /// What a server does with a connection that arrives when it already serves
 /// `max_connections`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +67,10 @@ pub struct Config {
     pub(crate) io_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_connections: usize,
+    /// Threaded servers: connections still in their preamble (PROXY
+    /// header, verify, handshake), held by the event-driven preamble stage
+    /// without a thread; past it the newest is refused.
+    pub(crate) max_pending_handshakes: usize,
     pub(crate) when_full: WhenFull,
     pub(crate) backlog: i32,
     pub(crate) reuse_address: bool,
@@ -104,6 +112,7 @@ impl Default for Config {
             io_timeout: None,
             connect_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
             when_full: WhenFull::Wait,
             backlog: 1024,
             reuse_address: true,
@@ -171,7 +180,10 @@ impl Config {
         Ok(())
     }
 
-    /// The most connections a server serves at once (at least 1).
+    /// The most connections a server serves at once (at least 1). Threaded
+    /// servers count handler threads, i.e. connections past their preamble
+    /// (see [`Config::set_max_pending_handshakes`]); event mode counts
+    /// every connection.
     pub fn set_max_connections(&mut self, max: usize) -> Result<()> {
         if max == 0 {
             return Err(Error::new(
@@ -180,6 +192,25 @@ impl Config {
             ));
         }
         self.max_connections = max;
+        Ok(())
+    }
+
+    /// Threaded servers: the most connections still in their preamble
+    /// (PROXY header, verify, handshake) at once, at least 1; default
+    /// 16,384. They wait on the event-driven preamble stage, costing no
+    /// thread, and do not count against `max_connections`, which bounds
+    /// the handler threads of authenticated connections. Past this bound
+    /// the newest connection is accepted and closed at once (counted in
+    /// `refused_when_full`). Event mode ignores it: there every connection
+    /// counts against `max_connections`.
+    pub fn set_max_pending_handshakes(&mut self, max: usize) -> Result<()> {
+        if max == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "max pending handshakes must be at least 1",
+            ));
+        }
+        self.max_pending_handshakes = max;
         Ok(())
     }
 
@@ -306,6 +337,11 @@ impl Config {
     /// The most connections a server serves at once.
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    /// Threaded servers: the most connections in their preamble at once.
+    pub fn max_pending_handshakes(&self) -> usize {
+        self.max_pending_handshakes
     }
 
     /// What a server does with a connection past the maximum.

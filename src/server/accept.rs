@@ -6,9 +6,11 @@
 //!   threads that hold every connection ([`crate::server::event::engine`]).
 //!
 //! The accept loop verifies each peer, applies the connection cap and hands
-//! the socket to the driver. `serve` runs it on the caller's thread, `start`
-//! on a thread of its own; `shutdown` (any thread) stops it at once by
-//! writing to a wake-up socket the loop polls beside the listener. Past
+//! the socket to the driver (threaded: to its event-driven preamble stage
+//! first, with its own bound on pending preambles). `serve` runs it on the
+//! caller's thread, `start` on a thread of its own; `shutdown` (any thread)
+//! stops it at once by writing to a wake-up socket the loop polls beside
+//! the listener. Past
 //! `max_connections`, new connections wait in the kernel's accept queue
 //! (`WhenFull::Wait`) or are accepted and closed (`WhenFull::Refuse`).
 //! Dropping the server stops the loop, closes every live connection, joins
@@ -69,7 +71,6 @@ struct Shared {
     stopping: AtomicBool,
     wake_rx: UnixStream,
     accepted: AtomicU64,
-    refused_when_full: AtomicU64,
 }
 
 impl Server {
@@ -94,7 +95,6 @@ impl Server {
                 stopping: AtomicBool::new(false),
                 wake_rx,
                 accepted: AtomicU64::new(0),
-                refused_when_full: AtomicU64::new(0),
             }),
             accept_thread: Mutex::new(None),
         })
@@ -176,9 +176,9 @@ impl Server {
         let s = &self.shared;
         Stats {
             accepted: s.accepted.load(Ordering::Relaxed),
-            active: s.driver.get().map_or(0, |d| d.running()) as u64,
+            active: s.driver.get().map_or(0, |d| d.active()) as u64,
             refused_by_verify: s.context.refused_by_verify.load(Ordering::Relaxed),
-            refused_when_full: s.refused_when_full.load(Ordering::Relaxed),
+            refused_when_full: s.context.refused_when_full.load(Ordering::Relaxed),
             handshake_failures: s.context.handshake_failures.load(Ordering::Relaxed),
             proxy_failures: s.context.proxy_failures.load(Ordering::Relaxed),
             handled: s.context.handled.load(Ordering::Relaxed),
@@ -229,7 +229,7 @@ impl Shared {
         }
         let driver: Box<dyn Driver> = match &*lock(&self.mode) {
             Mode::Threaded(handler) => {
-                Box::new(Threaded::new(self.context.clone(), handler.clone()))
+                Box::new(Threaded::new(self.context.clone(), handler.clone())?)
             }
             Mode::Event(handler) => {
                 Box::new(EventEngine::start(self.context.clone(), handler.clone())?)
@@ -325,16 +325,26 @@ impl Shared {
         if !self.context.verify_after_proxy_header() && !self.context.verify(&peer) {
             return;
         }
-        if full {
-            self.refused_when_full.fetch_add(1, Ordering::Relaxed);
-            log_refusal(
-                &peer,
-                ErrorKind::ConnectionRefused,
-                &format!(
+        // Past the cap, or (threaded) past the bound on pending preambles:
+        // the newest is refused.
+        let pending_full = !full && self.driver().pending_full();
+        if full || pending_full {
+            self.context
+                .refused_when_full
+                .fetch_add(1, Ordering::Relaxed);
+            let config = &self.context.config;
+            let why = if full {
+                format!(
                     "refused: the server already serves its maximum of {} connections",
-                    self.context.config.max_connections
-                ),
-            );
+                    config.max_connections
+                )
+            } else {
+                format!(
+                    "refused: {} handshakes are already pending",
+                    config.max_pending_handshakes
+                )
+            };
+            log_refusal(&peer, ErrorKind::ConnectionRefused, &why);
             return;
         }
         self.driver().adopt(socket, peer);

@@ -12,6 +12,8 @@ use socket2::Socket;
 use crate::config::Config;
 use crate::error::{log_refusal, ErrorKind};
 use crate::proto::proxy::ProxyMode;
+use crate::proto::recv_buffer::RecvBuffer;
+use crate::proto::session::Session;
 use crate::stream::connection::Connection;
 use crate::util::sync::lock;
 
@@ -25,7 +27,8 @@ pub type Verify = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub struct Stats {
     /// Connections accepted from the listener.
     pub accepted: u64,
-    /// Connections being served now.
+    /// Connections being served now (threaded mode: with those still in
+    /// their preamble, which hold no thread).
     pub active: u64,
     /// Connections the verify callback refused.
     pub refused_by_verify: u64,
@@ -44,11 +47,41 @@ pub struct Stats {
 pub(crate) trait Driver: Send + Sync {
     /// Takes an accepted connection that passed verify and the cap.
     fn adopt(&self, socket: Socket, peer: String);
-    /// Connections adopted that have not ended yet.
+    /// Connections adopted that have not ended yet (threaded: handler
+    /// threads of connections past their preamble).
     fn running(&self) -> usize;
+    /// Connections adopted that have not ended yet, in any stage (the
+    /// `active` counter).
+    fn active(&self) -> usize {
+        self.running()
+    }
+    /// Whether a new connection would exceed the bound on connections
+    /// still in their preamble (threaded mode's preamble stage).
+    fn pending_full(&self) -> bool {
+        false
+    }
     /// Closes every live connection and joins every thread the driver has.
     fn close_all(&self);
 }
+
+/// A connection whose preamble (PROXY header, verify, handshake) passed
+/// on a threaded server's event-driven preamble stage, on its way to a
+/// handler thread.
+pub(crate) struct Preambled {
+    /// Still non-blocking.
+    pub socket: Socket,
+    /// Open: its frames come next.
+    pub session: Session,
+    /// What arrived past the preamble (the first frames, perhaps).
+    pub received: RecvBuffer,
+    /// The peer (the client a PROXY header named, if one did).
+    pub peer: String,
+    /// Handshake bytes the stage could not write yet.
+    pub unsent: Vec<u8>,
+}
+
+/// How a preamble stage hands a [`Preambled`] connection on.
+pub(crate) type HandOver = Box<dyn Fn(Preambled) + Send + Sync>;
 
 /// What drivers share with the server: settings, counters, and the way to
 /// tell the accept loop that a slot freed.
@@ -58,6 +91,7 @@ pub(crate) struct Context {
     pub handshake_failures: AtomicU64,
     pub proxy_failures: AtomicU64,
     pub refused_by_verify: AtomicU64,
+    pub refused_when_full: AtomicU64,
     pub handled: AtomicU64,
     wake_tx: UnixStream,
 }
@@ -84,6 +118,12 @@ impl Context {
         self.config.proxy_protocol == ProxyMode::Required
     }
 
+    /// Whether connections have a preamble to run (a PROXY header or a
+    /// handshake) before they open.
+    pub fn has_preamble(&self) -> bool {
+        !self.config.keys.is_empty() || self.config.proxy_protocol != ProxyMode::Off
+    }
+
     /// Wakes the accept loop (a connection ended, or shutdown).
     pub fn wake(&self) {
         // A full socket buffer already holds a wake-up: WouldBlock is fine.
@@ -99,6 +139,7 @@ impl Context {
             handshake_failures: AtomicU64::new(0),
             proxy_failures: AtomicU64::new(0),
             refused_by_verify: AtomicU64::new(0),
+            refused_when_full: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             wake_tx,
         }

@@ -2,8 +2,9 @@
 //! connection to a driver ([`driver::Driver`]): [`threaded`] (a thread per
 //! connection) or [`event`] (a few I/O threads with callbacks).
 //!
-//! Inside, the order is `driver` -> `threaded`, `event` -> `accept`: a
-//! driver never reaches back into the accept loop.
+//! Inside, the order is `driver` -> `event` -> `threaded` -> `accept`: a
+//! driver never reaches back into the accept loop, and `threaded` runs its
+//! connections' preambles on `event`'s engine (its preamble stage).
 //!
 //! May use: `error`, `addr`, `sys`, `util`, `proto`, `config`, `stream`.
 

@@ -168,16 +168,66 @@ impl Connection {
             Instant::now(),
             nonce,
         );
+        let receiver = Receiver {
+            buf: RecvBuffer::with_capacity(RECV_BUFFER_SIZE),
+            session,
+        };
+        let conn = Connection::from_parts(socket, config, receiver, socket_peer, &local);
+        if let Err(e) = sockopt::apply_stream(&conn.socket, config.nodelay, config.keepalive) {
+            return Err((e, conn.socket));
+        }
+        Ok(conn)
+    }
+
+    /// A threaded server's connection whose preamble ran on the
+    /// event-driven preamble stage: the socket (made blocking again), its
+    /// open session, the bytes already received past the preamble (the
+    /// next frames start there) and the handshake bytes still to write
+    /// (they leave before anything else). The socket options are set.
+    pub(crate) fn resume(
+        socket: Socket,
+        config: &Config,
+        session: Session,
+        received: &[u8],
+        peer: String,
+        unsent: Vec<u8>,
+    ) -> Result<Connection> {
+        socket
+            .set_nonblocking(false)
+            .map_err(|e| Error::io("configuring the socket", &e))?;
+        let socket_peer = socket
+            .peer_addr()
+            .map_err(|e| Error::io("the socket is not connected", &e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the socket's local address", &e))?;
+        let mut buf = RecvBuffer::with_capacity(RECV_BUFFER_SIZE.max(received.len()));
+        buf.extend(received);
+        let receiver = Receiver { buf, session };
+        let socket_peer = format_sockaddr(&socket_peer);
+        let proxied = (peer != socket_peer).then_some(peer);
+        let conn = Connection::from_parts(socket, config, receiver, socket_peer, &local);
+        if let Some(peer) = proxied {
+            let _ = conn.proxied_peer.set(peer);
+        }
+        *lock(&conn.send_lock) = unsent;
+        Ok(conn)
+    }
+
+    fn from_parts(
+        socket: Socket,
+        config: &Config,
+        receiver: Receiver,
+        socket_peer: String,
+        local: &socket2::SockAddr,
+    ) -> Connection {
         let conn = Connection {
             socket_peer,
             proxied_peer: OnceLock::new(),
-            local: format_sockaddr(&local),
+            local: format_sockaddr(local),
             socket,
             max_frame_size: config.max_frame_size,
-            recv: Mutex::new(Receiver {
-                buf: RecvBuffer::with_capacity(RECV_BUFFER_SIZE),
-                session,
-            }),
+            recv: Mutex::new(receiver),
             send_lock: Mutex::new(Vec::new()),
             nonblocking: AtomicBool::new(false),
             coalesce: config.coalesce_sends,
@@ -186,10 +236,7 @@ impl Connection {
             closing: AtomicBool::new(false),
         };
         conn.set_timeout(config.io_timeout);
-        if let Err(e) = sockopt::apply_stream(&conn.socket, config.nodelay, config.keepalive) {
-            return Err((e, conn.socket));
-        }
-        Ok(conn)
+        conn
     }
 
     /// Runs the session up to its first frame: the PROXY header (then

@@ -304,6 +304,10 @@ pub struct Seen {
     pub evil: std::sync::Mutex<Vec<Vec<u8>>>,
     pub opened: std::sync::atomic::AtomicU64,
     pub errors: std::sync::Mutex<Vec<sockserv::Error>>,
+    /// Connections the handler holds now (threaded: handler running;
+    /// event: between `on_open` and `on_close`), and the most at once.
+    pub live: std::sync::atomic::AtomicU64,
+    pub peak: std::sync::atomic::AtomicU64,
 }
 
 /// The prefix of every frame a hostile peer tries to get to a handler.
@@ -316,6 +320,21 @@ impl Seen {
         if frame.starts_with(EVIL) {
             self.evil.lock().unwrap().push(frame.to_vec());
         }
+    }
+
+    fn enter(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.live.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+    }
+
+    fn leave(&self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The most connections the handler held at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn frames(&self) -> u64 {
@@ -343,12 +362,14 @@ impl sockserv::EventHandler for CountingEvents {
         self.0
             .opened
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.enter();
     }
     fn on_frame(&self, conn: &Arc<sockserv::EventConn>, frame: &[u8]) {
         self.0.frame(frame);
         let _ = conn.send(frame);
     }
     fn on_close(&self, _: &Arc<sockserv::EventConn>, reason: Option<&sockserv::Error>) {
+        self.0.leave();
         if let Some(e) = reason {
             self.0.errors.lock().unwrap().push(e.clone());
         }
@@ -365,6 +386,14 @@ pub fn counting_echo_server(config: &Config, mode: Mode) -> (Server, Arc<Seen>) 
         Mode::Threaded => server
             .set_handler(Arc::new(move |conn: &Arc<Connection>| {
                 s.opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                s.enter();
+                struct Leave<'a>(&'a Seen);
+                impl Drop for Leave<'_> {
+                    fn drop(&mut self) {
+                        self.0.leave();
+                    }
+                }
+                let _leave = Leave(&s);
                 loop {
                     match conn.recv_with(|f| {
                         s.frame(f);

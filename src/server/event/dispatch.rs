@@ -60,6 +60,12 @@ pub(super) fn dispatch(
                 }
                 continue;
             }
+            Ok(Step::Open) if shared.hand_over.is_some() => {
+                // A preamble stage: nothing more is read or delivered
+                // here; the I/O thread hands the connection over.
+                conn.read_paused = true;
+                return Ok(());
+            }
             Ok(Step::Open) => {
                 let handler = &shared.handler;
                 let handle = &conn.handle;

@@ -9,7 +9,8 @@ use std::thread::{self, JoinHandle};
 use socket2::Socket;
 
 use crate::error::{Error, Result};
-use crate::server::driver::{Context, Driver};
+use crate::server::driver::{Context, Driver, HandOver};
+use crate::server::event::conn::EventConn;
 use crate::server::event::handler::EventHandler;
 use crate::server::event::inbox::{Command, Inbox};
 use crate::server::event::state::{EngineShared, IoThread};
@@ -25,6 +26,22 @@ pub(crate) struct EventEngine {
 impl EventEngine {
     /// Starts the I/O threads.
     pub fn start(context: Arc<Context>, handler: Arc<dyn EventHandler>) -> Result<EventEngine> {
+        EventEngine::start_with(context, handler, None)
+    }
+
+    /// Starts the I/O threads of a threaded server's preamble stage: they
+    /// run each connection's preamble (PROXY header, verify, handshake)
+    /// with the same session and timers as event mode, and give every
+    /// connection that passes to `hand_over` instead of opening it.
+    pub fn start_preamble_stage(context: Arc<Context>, hand_over: HandOver) -> Result<EventEngine> {
+        EventEngine::start_with(context, Arc::new(NoCallbacks), Some(hand_over))
+    }
+
+    fn start_with(
+        context: Arc<Context>,
+        handler: Arc<dyn EventHandler>,
+        hand_over: Option<HandOver>,
+    ) -> Result<EventEngine> {
         let count = match context.config.io_threads {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -34,6 +51,7 @@ impl EventEngine {
             handler,
             active: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            hand_over,
         });
         // On an error below, dropping `engine` stops the threads started.
         let mut engine = EventEngine {
@@ -78,6 +96,15 @@ impl Driver for EventEngine {
             }
         }
     }
+}
+
+/// A preamble stage's handler: its connections never open there.
+struct NoCallbacks;
+
+impl EventHandler for NoCallbacks {
+    fn on_open(&self, _: &Arc<EventConn>) {}
+    fn on_frame(&self, _: &Arc<EventConn>, _: &[u8]) {}
+    fn on_close(&self, _: &Arc<EventConn>, _: Option<&Error>) {}
 }
 
 impl Drop for EventEngine {

@@ -24,7 +24,7 @@ use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::{Session, SessionParams, Stage};
-use crate::server::driver::Context;
+use crate::server::driver::{Context, Preambled};
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
 use crate::server::event::dispatch::{dispatch, Budget};
@@ -214,6 +214,11 @@ impl IoThread {
         let mut buf = std::mem::take(&mut conn.recv);
         let outcome = dispatch(&self.shared, conn, &mut buf, &mut Budget::per_turn());
         conn.recv = buf;
+        if outcome.is_ok() && self.is_handed_over(token) {
+            self.hand_over(token);
+            return Ok(());
+        }
+        let conn = &mut self.conns[token];
         if conn.session.was_opened() {
             self.arm_idle(token);
         }
@@ -314,6 +319,13 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
+        let handed_over = self.shared.hand_over.is_some()
+            && outcome.is_ok()
+            && conn.session.was_opened()
+            && conn.closing_since.is_none();
+        if handed_over {
+            return self.hand_over(token);
+        }
         // Spent before reading (frames left over from the last turn).
         let spent_early = !budget.left() && outcome.is_ok() && !conn.read_paused;
         if !was_open && conn.session.was_opened() {
@@ -351,6 +363,48 @@ impl IoThread {
                 self.close(token, reason);
             }
         }
+    }
+
+    /// On a threaded server's preamble stage: the connection's preamble is
+    /// done and it leaves for a handler thread.
+    fn is_handed_over(&self, token: usize) -> bool {
+        self.shared.hand_over.is_some()
+            && self
+                .conns
+                .get(token)
+                .is_some_and(|c| c.session.was_opened() && c.closing_since.is_none())
+    }
+
+    /// Hands a connection whose preamble succeeded to the threaded driver:
+    /// the socket, the open session, the bytes received past the preamble
+    /// and what is still to be written of the handshake. Nothing is
+    /// counted here: the connection goes on, on its handler thread.
+    pub(super) fn hand_over(&mut self, token: usize) {
+        let Some(mut conn) = self.conns.try_remove(token) else {
+            return;
+        };
+        let fd = conn.handle.fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let mut unsent = conn.writing.split_off(conn.written);
+        let mut queued = Vec::new();
+        conn.handle.take_queued(&mut queued);
+        unsent.extend_from_slice(&queued);
+        // A descriptor of its own: the handle (and its socket) goes with the
+        // I/O thread's record, without a shutdown.
+        let socket = conn.handle.socket().try_clone();
+        let peer = conn.handle.peer_addr().to_string();
+        drop(conn.handle);
+        if let (Ok(socket), Some(hand_over)) = (socket, &self.shared.hand_over) {
+            hand_over(Preambled {
+                socket,
+                session: conn.session,
+                received: conn.recv,
+                peer,
+                unsent,
+            });
+        }
+        // After: the connection is counted on its thread (or parked) by now.
+        self.release_slot();
     }
 
     /// Removes the connection, closes its socket and reports it.

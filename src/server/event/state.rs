@@ -13,7 +13,7 @@ use slab::Slab;
 use crate::error::Error;
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::Session;
-use crate::server::driver::Context;
+use crate::server::driver::{Context, HandOver};
 use crate::server::event::conn::EventConn;
 use crate::server::event::deadlines::Deadlines;
 use crate::server::event::handler::EventHandler;
@@ -84,4 +84,8 @@ pub(crate) struct EngineShared {
     /// Connections adopted and not yet closed, across threads.
     pub active: AtomicUsize,
     pub next_id: AtomicU64,
+    /// Set for a threaded server's preamble stage: a connection whose
+    /// preamble succeeded leaves the I/O thread through it (to a handler
+    /// thread) instead of opening here.
+    pub hand_over: Option<HandOver>,
 }
