@@ -374,7 +374,10 @@ enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_conf
 
 /**
  * The most connections a server serves at once (default 1024, at least 1);
- * see `sockserv_config_set_when_full` for what happens past it.
+ * see `sockserv_config_set_when_full` for what happens past it. A threaded
+ * server counts handler threads, i.e. connections past their preamble
+ * (see `sockserv_config_set_max_pending_handshakes`); event mode counts
+ * every connection.
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
@@ -383,6 +386,23 @@ enum sockserv_result sockserv_config_set_connect_timeout_ms(struct sockserv_conf
  */
 enum sockserv_result sockserv_config_set_max_connections(struct sockserv_config *config,
                                                          size_t max);
+
+/**
+ * Threaded servers: the most connections still in their preamble (PROXY
+ * header, verify, handshake) at once (default 16384, at least 1). They wait
+ * on an event-driven stage without a thread each and do not count against
+ * `sockserv_config_set_max_connections`, so strangers who never answer the
+ * challenge cannot hold the handler threads. Past this bound the newest
+ * connection is accepted and closed at once (counted as
+ * `SOCKSERV_STAT_REFUSED_WHEN_FULL`). Event mode ignores it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_max_pending_handshakes(struct sockserv_config *config,
+                                                                size_t max);
 
 /**
  * `sockserv_config_set_when_full`: what a server does with a connection

@@ -236,6 +236,10 @@ public:
     config &set_max_connections(std::size_t n) {
         return set(sockserv_config_set_max_connections(get(), n), "sockserv_config_set_max_connections");
     }
+    config &set_max_pending_handshakes(std::size_t n) {
+        return set(sockserv_config_set_max_pending_handshakes(get(), n),
+                   "sockserv_config_set_max_pending_handshakes");
+    }
     config &set_when_full(int when) {
         return set(sockserv_config_set_when_full(get(), when), "sockserv_config_set_when_full");
     }

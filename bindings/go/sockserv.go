@@ -139,6 +139,9 @@ type Config struct {
 	IOTimeout time.Duration
 	// MaxConnections a server serves at once (0: default 1024).
 	MaxConnections int
+	// MaxPendingHandshakes a threaded server holds in their preamble at
+	// once, without a thread each (0: default 16384).
+	MaxPendingHandshakes int
 	// IOThreads for event mode (0: one per core).
 	IOThreads int
 	// IdleTimeout closes event-mode connections that receive nothing for
@@ -253,6 +256,12 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 				return C.SOCKSERV_ERR_INVALID_ARGUMENT
 			}
 			return C.sockserv_config_set_max_connections(raw, C.size_t(cfg.MaxConnections))
+		}},
+		step{"sockserv_config_set_max_pending_handshakes", cfg.MaxPendingHandshakes != 0, func() C.enum_sockserv_result {
+			if cfg.MaxPendingHandshakes < 0 {
+				return C.SOCKSERV_ERR_INVALID_ARGUMENT
+			}
+			return C.sockserv_config_set_max_pending_handshakes(raw, C.size_t(cfg.MaxPendingHandshakes))
 		}},
 		step{"sockserv_config_set_io_threads", cfg.IOThreads != 0, func() C.enum_sockserv_result {
 			if cfg.IOThreads < 0 {

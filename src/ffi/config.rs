@@ -196,7 +196,10 @@ pub unsafe extern "C" fn sockserv_config_set_connect_timeout_ms(
 }
 
 /// The most connections a server serves at once (default 1024, at least 1);
-/// see `sockserv_config_set_when_full` for what happens past it.
+/// see `sockserv_config_set_when_full` for what happens past it. A threaded
+/// server counts handler threads, i.e. connections past their preamble
+/// (see `sockserv_config_set_max_pending_handshakes`); event mode counts
+/// every connection.
 ///
 /// @retval SOCKSERV_OK done.
 /// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
@@ -208,6 +211,26 @@ pub unsafe extern "C" fn sockserv_config_set_max_connections(
     max: usize,
 ) -> sockserv_result {
     with_config(config, |c| c.set_max_connections(max))
+}
+
+/// Threaded servers: the most connections still in their preamble (PROXY
+/// header, verify, handshake) at once (default 16384, at least 1). They wait
+/// on an event-driven stage without a thread each and do not count against
+/// `sockserv_config_set_max_connections`, so strangers who never answer the
+/// challenge cannot hold the handler threads. Past this bound the newest
+/// connection is accepted and closed at once (counted as
+/// `SOCKSERV_STAT_REFUSED_WHEN_FULL`). Event mode ignores it.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT 0.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_max_pending_handshakes(
+    config: *mut sockserv_config,
+    max: usize,
+) -> sockserv_result {
+    with_config(config, |c| c.set_max_pending_handshakes(max))
 }
 
 /// `SOCKSERV_WHEN_FULL_WAIT` (default): a connection past the maximum waits

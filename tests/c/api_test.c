@@ -304,6 +304,7 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_config_set_io_timeout_ms(NULL, 100), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_connect_timeout_ms(NULL, 100), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_max_connections(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_max_pending_handshakes(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_when_full(NULL, SOCKSERV_WHEN_FULL_WAIT),
               SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_backlog(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
@@ -434,6 +435,9 @@ static void test_config_setters(void)
 
     EXPECT_RC(sockserv_config_set_max_connections(c, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
     EXPECT_RC(sockserv_config_set_max_connections(c, 1), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_max_pending_handshakes(c, 0), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_DETAIL("pending handshakes");
+    EXPECT_RC(sockserv_config_set_max_pending_handshakes(c, 4096), SOCKSERV_OK);
 
     EXPECT_RC(sockserv_config_set_when_full(c, 2), SOCKSERV_ERR_INVALID_ARGUMENT);
     EXPECT_DETAIL("when_full 2");

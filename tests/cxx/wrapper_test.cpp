@@ -138,6 +138,8 @@ static void test_errors() {
 
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_auth_key(""));
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_max_connections(0));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_max_pending_handshakes(0));
+    cfg.set_max_pending_handshakes(4096);
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ADDRESS, sockserv::server s("nonsense://x"));
 
     // The address in use: nothrow bind says so and leaves `out` empty.

@@ -53,6 +53,7 @@ class Options(TypedDict, total=False):
     connect_timeout: float
     io_timeout: Optional[float]  # None: no timeout
     max_connections: int
+    max_pending_handshakes: int
     when_full: WhenFull
     backlog: int
     reuse_address: bool
@@ -143,6 +144,7 @@ _SETTERS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "connect_timeout": ("sockserv_config_set_connect_timeout_ms", ms),
     "io_timeout": ("sockserv_config_set_io_timeout_ms", ms_or_none),
     "max_connections": ("sockserv_config_set_max_connections", int),
+    "max_pending_handshakes": ("sockserv_config_set_max_pending_handshakes", int),
     "when_full": ("sockserv_config_set_when_full", int),
     "backlog": ("sockserv_config_set_backlog", int),
     "reuse_address": ("sockserv_config_set_reuse_address", bool),

@@ -76,6 +76,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_config_set_io_timeout_ms": (_R, [_P, c_uint32]),
     "sockserv_config_set_connect_timeout_ms": (_R, [_P, c_uint32]),
     "sockserv_config_set_max_connections": (_R, [_P, c_size_t]),
+    "sockserv_config_set_max_pending_handshakes": (_R, [_P, c_size_t]),
     "sockserv_config_set_when_full": (_R, [_P, c_int]),
     "sockserv_config_set_backlog": (_R, [_P, c_int]),
     "sockserv_config_set_reuse_address": (_R, [_P, c_bool]),

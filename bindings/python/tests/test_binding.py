@@ -134,6 +134,11 @@ def test_errors_map_to_families():
     with pytest.raises(sockserv.UsageError) as e:
         sockserv.connect(addr, key=b"")
     assert e.value.code == Code.INVALID_ARGUMENT and e.value.call == "sockserv_config_set_auth_key"
+    with pytest.raises(sockserv.UsageError) as e:
+        sockserv.Server("tcp://127.0.0.1:0", max_pending_handshakes=0)
+    assert e.value.call == "sockserv_config_set_max_pending_handshakes"
+    with sockserv.Server("tcp://127.0.0.1:0", key=b"k", max_pending_handshakes=4096):
+        pass
     with pytest.raises(TypeError):
         sockserv.connect(addr, no_such_option=1)
 
