@@ -11,10 +11,13 @@ import math
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, TypedDict, Union
 
 from ._lib import lib
 from .errors import Code, UsageError, error_for
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ADDRSTRLEN = 128  # SOCKSERV_ADDRSTRLEN
 
@@ -208,7 +211,9 @@ class Handle:
     threads may use at once, invalidated only once no call is in flight.
     A subclass names itself for the UsageError a call on a closed one
     raises: `_NAME` (the class), `_WHAT` ("the connection") and
-    `_LENT_GONE` (why a lent one is gone)."""
+    `_LENT_GONE` (why a lent one is gone). Each subclass has its own
+    close(), which `with` and the finalizer call (a lent one is closed by
+    its owner, not at collection)."""
 
     _NAME: str
     _WHAT: str
@@ -245,3 +250,16 @@ class Handle:
         with self._cond:
             self._handle = None
             self._cond.wait_for(lambda: self._busy == 0)
+
+    def close(self) -> None:
+        raise NotImplementedError  # each subclass closes its own kind
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None and not self._lent:
+            self.close()

@@ -154,16 +154,6 @@ class DatagramSocket(_core.Handle):
             self._cond.wait_for(lambda: self._busy == 0)
         lib.sockserv_dgram_free(handle)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and not self._lent:
-            self.close()
-
 
 def _max_size(options: Options) -> int:
     return int(options.get("max_datagram_size", DEFAULT_DATAGRAM_SIZE))

@@ -15,7 +15,7 @@ from ._lib import lib
 from .errors import Code, UsageError, error_for
 
 if TYPE_CHECKING:
-    from typing_extensions import Self, Unpack
+    from typing_extensions import Unpack
 
 
 class Option(enum.IntEnum):
@@ -203,16 +203,6 @@ class Connection(_core.Handle):
             self._cond.wait_for(lambda: self._busy == 0)
         if not self._lent:
             lib.sockserv_conn_free(handle)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and not self._lent:
-            self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else ("lent" if self._lent else "open")
