@@ -12,7 +12,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
+use common::proc::{
+    assert_success, have, lib_dir, make_examples, root, run, show, stdout, TempDir,
+};
 use common::skip;
 
 const KEY: &str = "correct horse battery staple";
@@ -36,12 +38,7 @@ fn built() -> &'static Built {
         std::fs::create_dir_all(&out).expect("create the build dir");
         let examples = out.join("examples");
         let make = run(
-            Command::new("make")
-                .arg("-C")
-                .arg(root().join("c_examples"))
-                .arg(format!("LIBDIR={}", lib.display()))
-                .arg(format!("BUILD={}", examples.display()))
-                .arg("all"),
+            make_examples(&lib, &examples).arg("all"),
             BUILD_LIMIT,
             "make -C c_examples all",
         );

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -165,8 +164,7 @@ func TestUnixDatagramServe(t *testing.T) {
 		}
 		sock.SendTo(from, data)
 	})
-	done := make(chan error, 1)
-	go func() {
+	serveUnixUntilShutdown(t, srv, path, func() error {
 		c, err := sockserv.ListenDatagram("", nil)
 		if err == nil {
 			c.SetTimeout(wait)
@@ -178,18 +176,8 @@ func TestUnixDatagramServe(t *testing.T) {
 			c.SendTo("unixgram://"+path, []byte("stop"))
 			c.Close()
 		}
-		done <- err
-	}()
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	srv.Close()
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Fatalf("socket file left: %v", err)
-	}
+		return err
+	})
 }
 
 // Plain UDP with Python's socket module (no key: plain datagrams).

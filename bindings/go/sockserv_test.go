@@ -348,16 +348,28 @@ func TestServeAndShutdownFromHandler(t *testing.T) {
 		echo(c)
 		srv.Shutdown()
 	})
-	done := make(chan error, 1)
-	go func() {
+	serveUnixUntilShutdown(t, srv, filepath.Join(dir, "s.sock"), func() error {
 		c, err := sockserv.Dial(addr, nil)
 		if err == nil {
 			c.Send([]byte("bye"))
 			_, err = c.Recv()
 			c.Close()
 		}
-		done <- err
-	}()
+		return err
+	})
+}
+
+// serveUnixUntilShutdown serves srv on this goroutine while client runs on
+// another (the exchange ends with srv shut down), fails the test if either
+// fails, then closes srv and checks that its Unix socket file at path is
+// gone.
+func serveUnixUntilShutdown(t *testing.T, srv interface {
+	Serve() error
+	Close() error
+}, path string, client func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- client() }()
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +377,7 @@ func TestServeAndShutdownFromHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Close()
-	if _, err := os.Stat(filepath.Join(dir, "s.sock")); !os.IsNotExist(err) {
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("socket file left: %v", err)
 	}
 }

@@ -24,24 +24,18 @@ use std::ptr;
 use libfuzzer_sys::fuzz_target;
 use sockserv::ffi::*;
 
+#[path = "hmac_key.rs"]
+mod hmac_key;
+#[path = "input.rs"]
+mod input;
+use hmac_key::same_hmac_key;
+use input::Input;
+
 const SENTINEL: usize = 0x5eb7_1ce1;
 
-struct Input<'a>(&'a [u8]);
-
 impl<'a> Input<'a> {
-    fn byte(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
     fn u32(&mut self) -> u32 {
         u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let n = n.min(self.0.len());
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        head
     }
     fn blob(&mut self) -> &'a [u8] {
         let n = usize::from(self.byte());
@@ -78,25 +72,6 @@ fn known(rc: sockserv_result) -> sockserv_result {
 
 fn ok(rc: sockserv_result) -> bool {
     known(rc) == sockserv_result::SOCKSERV_OK
-}
-
-/// Whether two keys are the same HMAC-SHA256 key: HMAC pads a key with
-/// zeros to its 64-byte block, so "k" and "k\0" are one key (keys here are
-/// at most 255 bytes; a longer-than-block key is hashed first).
-fn same_hmac_key(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    fn norm(k: &[u8]) -> Vec<u8> {
-        let mut k = if k.len() > 64 {
-            Sha256::digest(k).to_vec()
-        } else {
-            k.to_vec()
-        };
-        while k.last() == Some(&0) {
-            k.pop();
-        }
-        k
-    }
-    norm(a) == norm(b)
 }
 
 fn open_fds() -> usize {

@@ -24,24 +24,17 @@ use libfuzzer_sys::fuzz_target;
 use sha2::{Sha256, Sha384};
 use sockserv::proto::handshake::{Handshake, Keys, Role, CHALLENGE, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 
+#[path = "hmac_key.rs"]
+mod hmac_key;
+#[path = "input.rs"]
+mod input;
+use hmac_key::same_hmac_key;
+use input::Input;
+
 /// A key no input contains: the stranger of mode 0 cannot answer for it.
 const SECRET: &[u8] = b"\x9c\x1e\x7f sockserv fuzz secret, not in any input \x03\xd4";
 
-/// Reads the input front to back; running out yields zeros.
-struct Input<'a>(&'a [u8]);
-
 impl<'a> Input<'a> {
-    fn byte(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let n = n.min(self.0.len());
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        head
-    }
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -87,25 +80,6 @@ fn valid_response(key: &[u8], challenge_msg: &[u8], response: &[u8]) -> bool {
         return m.verify_slice(tag).is_ok();
     }
     false
-}
-
-/// Whether two keys are the same HMAC-SHA256 key. HMAC pads a key to the
-/// 64-byte block with zeros (and hashes a longer one first), so "k" and
-/// "k\0\0" are one key: a property of HMAC (Python's too), not of sockserv.
-fn same_hmac_key(a: &[u8], b: &[u8]) -> bool {
-    use sha2::Digest;
-    fn norm(k: &[u8]) -> Vec<u8> {
-        let mut k = if k.len() > 64 {
-            Sha256::digest(k).to_vec()
-        } else {
-            k.to_vec()
-        };
-        while k.last() == Some(&0) {
-            k.pop();
-        }
-        k
-    }
-    norm(a) == norm(b)
 }
 
 fn stranger(mut input: Input) {

@@ -25,24 +25,12 @@ use sockserv::proto::recv_buffer::RecvBuffer;
 use sockserv::proto::session::{Session, SessionParams, Stage, Step};
 use sockserv::ProxyMode;
 
+#[path = "input.rs"]
+mod input;
+use input::Input;
+
 const SECRET: &[u8] = b"\x9c\x1e\x7f sockserv session fuzz secret \x03\xd4";
 const MAX_FRAME: u64 = 4096;
-
-struct Input<'a>(&'a [u8]);
-
-impl<'a> Input<'a> {
-    fn byte(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-    fn bytes(&mut self, n: usize) -> &'a [u8] {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a
-    }
-}
 
 fn params(role: Role, key: Option<&[u8]>, proxy: ProxyMode) -> SessionParams {
     SessionParams {

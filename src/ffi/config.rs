@@ -5,7 +5,7 @@
 use std::ffi::c_int;
 use std::time::Duration;
 
-use super::{arg_mut, bytes, from_ms, guard, guard_value, out, sockserv_result};
+use super::{arg_mut, bytes, free_box, from_ms, guard, out, sockserv_result};
 use crate::config::{Config, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::proxy::ProxyMode;
@@ -52,13 +52,9 @@ pub unsafe extern "C" fn sockserv_config_new(
 /// Frees a config. NULL does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_config_free(config: *mut sockserv_config) {
-    guard_value((), || {
-        if !config.is_null() {
-            // SAFETY: a non-NULL config came from sockserv_config_new and is
-            // freed once, as the caller contract says.
-            drop(unsafe { Box::from_raw(config) });
-        }
-    })
+    // SAFETY: a non-NULL config came from sockserv_config_new
+    // (Box::into_raw) and is freed once, as the caller contract says.
+    unsafe { free_box(config) }
 }
 
 /// Runs `set` on the config behind `config`.

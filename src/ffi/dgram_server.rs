@@ -13,8 +13,8 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use super::{
-    arg, c_str, config_or_default, copy_str, guard, guard_value, out, sockserv_config,
-    sockserv_dgram, sockserv_result, UserData,
+    arg, c_str, config_or_default, copy_str, free_box, guard, out, sockserv_config, sockserv_dgram,
+    sockserv_result, UserData,
 };
 use crate::datagram::server::DgramServer;
 use crate::datagram::DgramSocket;
@@ -245,11 +245,7 @@ pub unsafe extern "C" fn sockserv_dgram_server_shutdown(
 /// does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_dgram_server_free(server: *mut sockserv_dgram_server) {
-    guard_value((), || {
-        if !server.is_null() {
-            // SAFETY: a non-NULL server came from sockserv_dgram_server_new
-            // and is freed once, as the caller contract says.
-            drop(unsafe { Box::from_raw(server) });
-        }
-    })
+    // SAFETY: a non-NULL server came from sockserv_dgram_server_new
+    // (Box::into_raw) and is freed once, as the caller contract says.
+    unsafe { free_box(server) }
 }

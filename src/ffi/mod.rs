@@ -115,6 +115,22 @@ fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
     catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
 }
 
+/// The body of a `_free` for a handle boxed by its `_new`: NULL does
+/// nothing, else the box is dropped, a panic in its drop swallowed.
+///
+/// # Safety
+/// `ptr` is NULL or came from `Box::into_raw` of a `Box<T>` and is freed
+/// only this once.
+unsafe fn free_box<T>(ptr: *mut T) {
+    guard_value((), || {
+        if !ptr.is_null() {
+            // SAFETY: this function's contract: a non-NULL `ptr` is a live
+            // `Box<T>`, freed once.
+            drop(unsafe { Box::from_raw(ptr) });
+        }
+    })
+}
+
 /// A C `userdata` pointer, carried to the threads that run callbacks.
 #[derive(Clone, Copy)]
 struct UserData(*mut c_void);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::conn::ConnKind;
 use super::{
-    arg, c_str, config_or_default, copy_str, guard, guard_value, out, sockserv_config,
-    sockserv_conn, sockserv_result, UserData,
+    arg, c_str, config_or_default, copy_str, free_box, guard, out, sockserv_config, sockserv_conn,
+    sockserv_result, UserData,
 };
 use crate::error::{Error, ErrorKind};
 use crate::server::accept::Server;
@@ -284,11 +284,7 @@ pub unsafe extern "C" fn sockserv_server_stat(
 /// or event callback (it would wait for itself). NULL does nothing.
 #[no_mangle]
 pub unsafe extern "C" fn sockserv_server_free(server: *mut sockserv_server) {
-    guard_value((), || {
-        if !server.is_null() {
-            // SAFETY: a non-NULL server came from sockserv_server_new and is
-            // freed once, as the caller contract says.
-            drop(unsafe { Box::from_raw(server) });
-        }
-    })
+    // SAFETY: a non-NULL server came from sockserv_server_new
+    // (Box::into_raw) and is freed once, as the caller contract says.
+    unsafe { free_box(server) }
 }

@@ -428,6 +428,16 @@ mod tests {
         }
     }
 
+    /// A server session for peer "p" made now, with an all-zero nonce.
+    fn session(keys: &[&[u8]], proxy: ProxyMode) -> Session {
+        Session::new(
+            params(keys, proxy),
+            "p".into(),
+            Instant::now(),
+            [0; NONCE_LEN],
+        )
+    }
+
     fn feed(buf: &mut RecvBuffer, bytes: &[u8]) {
         buf.extend(bytes);
     }
@@ -440,8 +450,7 @@ mod tests {
 
     #[test]
     fn without_preamble_it_opens_at_once_and_hands_out_frames() {
-        let now = Instant::now();
-        let mut s = Session::new(params(&[], ProxyMode::Off), "p".into(), now, [0; NONCE_LEN]);
+        let mut s = session(&[], ProxyMode::Off);
         assert_eq!(s.deadline(), None);
         let mut buf = RecvBuffer::default();
         assert_eq!(s.poll(&mut buf).unwrap(), Step::Open);
@@ -509,12 +518,7 @@ mod tests {
 
     #[test]
     fn verify_refusal_fails_quietly() {
-        let mut s = Session::new(
-            params(&[], ProxyMode::Required),
-            "p".into(),
-            Instant::now(),
-            [0; NONCE_LEN],
-        );
+        let mut s = session(&[], ProxyMode::Required);
         let mut buf = RecvBuffer::default();
         feed(&mut buf, b"PROXY UNKNOWN\r\n");
         assert_eq!(
@@ -530,12 +534,7 @@ mod tests {
 
     #[test]
     fn required_header_absent_is_refused() {
-        let mut s = Session::new(
-            params(&[], ProxyMode::Required),
-            "p".into(),
-            Instant::now(),
-            [0; NONCE_LEN],
-        );
+        let mut s = session(&[], ProxyMode::Required);
         let mut buf = RecvBuffer::default();
         feed(&mut buf, &framed(b"hello"));
         let e = s.poll(&mut buf).unwrap_err();

@@ -17,6 +17,9 @@
 
 #include "sockserv.h"
 
+#define CHECK_NAME "concurrency"
+#include "check_threads.h"
+
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,33 +35,6 @@
 #define TIMEOUT_MS 20000
 
 static const uint8_t KEY[] = "concurrency test key";
-
-static pthread_mutex_t check_lock = PTHREAD_MUTEX_INITIALIZER;
-static int checks, failures;
-
-static void check_at(int ok, const char *what, int line)
-{
-    pthread_mutex_lock(&check_lock);
-    checks++;
-    if (!ok) {
-        char detail[256] = "";
-        sockserv_last_error(detail, sizeof detail);
-        failures++;
-        fprintf(stderr, "concurrency.c:%d: FAILED %s (last error: %s)\n", line, what, detail);
-    }
-    pthread_mutex_unlock(&check_lock);
-}
-#define CHECK(e) check_at((e) != 0, #e, __LINE__)
-
-static void must(sockserv_result rc, const char *what)
-{
-    if (rc != SOCKSERV_OK) {
-        char detail[256] = "";
-        sockserv_last_error(detail, sizeof detail);
-        fprintf(stderr, "concurrency: %s: %s (%s)\n", what, sockserv_strerror(rc), detail);
-        exit(1);
-    }
-}
 
 /* ------------------------------------------------------------------ */
 /* Servers                                                             */

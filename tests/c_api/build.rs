@@ -97,12 +97,3 @@ pub(crate) fn compile_with(
     assert_success(&output, &format!("compiling {}", source.display()));
     exe
 }
-
-pub(crate) fn make_examples(lib_dir: &Path, build: &Path) -> Command {
-    let mut cmd = Command::new("make");
-    cmd.arg("-C")
-        .arg(root().join("c_examples"))
-        .arg(format!("LIBDIR={}", lib_dir.display()))
-        .arg(format!("BUILD={}", build.display()));
-    cmd
-}

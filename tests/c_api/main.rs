@@ -42,11 +42,11 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use build::{built, compile, compile_with, make_examples, Lang};
+use build::{built, compile, compile_with, Lang};
 use children::{client, client_in, EchoServer};
 use common::proc::{
-    assert_success, drain, lib_dir, read_lines, root, show, stderr, stdout, ChildGuard, Drain,
-    TempDir, PIPE_LIMIT,
+    assert_success, drain, lib_dir, make_examples, read_lines, root, show, stderr, stdout,
+    ChildGuard, Drain, TempDir, PIPE_LIMIT,
 };
 use common::skip;
 use datagram::{assert_datagram_summary, datagram_test};

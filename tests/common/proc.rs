@@ -20,6 +20,17 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `make -C c_examples LIBDIR=<lib_dir> BUILD=<build>`, the targets still
+/// to add: the C examples built against the library in `lib_dir`.
+pub fn make_examples(lib_dir: &Path, build: &Path) -> Command {
+    let mut cmd = Command::new("make");
+    cmd.arg("-C")
+        .arg(root().join("c_examples"))
+        .arg(format!("LIBDIR={}", lib_dir.display()))
+        .arg(format!("BUILD={}", build.display()));
+    cmd
+}
+
 /// The directory holding the libsockserv.so and libsockserv.a that this
 /// `cargo test` built: `cargo test` builds every crate type of the lib in
 /// one rustc run into target/<profile>/deps/, beside the rlib it links.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{assert_success, have, lib_dir, root, run, show, stdout, TempDir};
+use crate::proc::{assert_success, have, lib_dir, make_examples, root, run, show, stdout, TempDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const FLAGS: [&str; 5] = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror"];
@@ -202,12 +202,7 @@ fn cxx_example_builds_with_its_makefile_and_runs() {
     let dir = TempDir::new("cxx-example");
     let exe: PathBuf = dir.path().join("cxx_echo");
     let make = run(
-        Command::new("make")
-            .arg("-C")
-            .arg(root().join("c_examples"))
-            .arg(format!("LIBDIR={}", lib_dir().display()))
-            .arg(format!("BUILD={}", dir.path().display()))
-            .arg(&exe),
+        make_examples(&lib_dir(), dir.path()).arg(&exe),
         LIMIT,
         "make cxx_echo",
     );

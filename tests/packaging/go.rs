@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::proc::{assert_success, lib_dir, root, run, show, stdout, TempDir};
+use crate::proc::{assert_success, lib_dir, make_examples, root, run, show, stdout, TempDir};
 
 /// A cold build cache compiles the standard library's cgo parts first.
 const LIMIT: Duration = Duration::from_secs(600);
@@ -136,12 +136,7 @@ fn go_binding_tests() {
     let dir = TempDir::new("go");
     let echo_server = dir.path().join("echo_server");
     let make = run(
-        Command::new("make")
-            .arg("-C")
-            .arg(root().join("c_examples"))
-            .arg(format!("LIBDIR={}", lib_dir().display()))
-            .arg(format!("BUILD={}", dir.path().display()))
-            .arg(&echo_server),
+        make_examples(&lib_dir(), dir.path()).arg(&echo_server),
         LIMIT,
         "make echo_server",
     );

@@ -11,10 +11,13 @@ import math
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, TypedDict, Union
 
 from ._lib import lib
-from .errors import Code, error_for
+from .errors import Code, UsageError, error_for
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ADDRSTRLEN = 128  # SOCKSERV_ADDRSTRLEN
 
@@ -203,3 +206,62 @@ def report(on_error: Optional[ErrorHandler], exc: BaseException, where: str) -> 
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     except BaseException:  # noqa: BLE001 (stderr closed at exit, say)
         pass
+
+
+class Handle:
+    """What Connection and DatagramSocket share: a C handle that several
+    threads may use at once, invalidated only once no call is in flight.
+    A subclass names itself for the UsageError a call on a closed one
+    raises: `_NAME` (the class), `_WHAT` ("the connection") and
+    `_LENT_GONE` (why a lent one is gone). Each subclass has its own
+    close(), which `with` and the finalizer call (a lent one is closed by
+    its owner, not at collection)."""
+
+    _NAME: str
+    _WHAT: str
+    _LENT_GONE: str
+
+    def __init__(self, handle: int, lent: bool) -> None:
+        self._handle: Optional[int] = handle
+        self._lent = lent
+        self._busy = 0  # calls in flight
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[int]:
+        with self._cond:
+            if self._handle is None:
+                what = self._LENT_GONE if self._lent else "is closed"
+                raise UsageError(Code.INVALID_STATE, f"{self._WHAT} {what}", self._NAME)
+            self._busy += 1
+            handle = self._handle
+        try:
+            yield handle
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _invalidate(self) -> None:
+        """The owner is about to free a lent handle: later calls raise
+        UsageError, and calls in flight finish first."""
+        with self._cond:
+            self._handle = None
+            self._cond.wait_for(lambda: self._busy == 0)
+
+    def close(self) -> None:
+        raise NotImplementedError  # each subclass closes its own kind
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None and not self._lent:
+            self.close()

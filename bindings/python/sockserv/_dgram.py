@@ -5,11 +5,10 @@ HMAC-SHA256-tagged, timestamped, and checked against replays."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _core, _lib
 from ._core import Buffer, ErrorHandler, Options, as_bytes, call, report
@@ -37,34 +36,20 @@ DGRAM_STATS = (
 )
 
 
-class DatagramSocket:
+class DatagramSocket(_core.Handle):
     """A datagram socket. open_datagram() and connect_datagram() make one
     (yours: close it, or use `with`); a DatagramServer lends its own
     (.socket, and the handler's first argument), valid until the server is
     closed. Sends may come from several threads at once; receive from one
     thread at a time."""
 
-    def __init__(self, handle: int, lent: bool, max_size: int) -> None:
-        self._handle: Optional[int] = handle
-        self._lent = lent
-        self._max_size = max_size
-        self._busy = 0
-        self._cond = threading.Condition()
+    _NAME = "DatagramSocket"
+    _WHAT = "the datagram socket"
+    _LENT_GONE = "belongs to a closed server"
 
-    @contextlib.contextmanager
-    def _use(self) -> Iterator[int]:
-        with self._cond:
-            if self._handle is None:
-                what = "belongs to a closed server" if self._lent else "is closed"
-                raise UsageError(Code.INVALID_STATE, f"the datagram socket {what}", "DatagramSocket")
-            self._busy += 1
-            handle = self._handle
-        try:
-            yield handle
-        finally:
-            with self._cond:
-                self._busy -= 1
-                self._cond.notify_all()
+    def __init__(self, handle: int, lent: bool, max_size: int) -> None:
+        super().__init__(handle, lent)
+        self._max_size = max_size
 
     def send_to(self, to: str, data: Buffer) -> None:
         """Sends `data` as one datagram to `to` ("udp://HOST:PORT",
@@ -156,10 +141,6 @@ class DatagramSocket:
                 out[name] = value.value
         return out
 
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
     def close(self) -> None:
         """Closes and frees the socket (a Unix socket file it bound is
         removed); waits for calls in flight. A server's socket is closed
@@ -172,21 +153,6 @@ class DatagramSocket:
                 return
             self._cond.wait_for(lambda: self._busy == 0)
         lib.sockserv_dgram_free(handle)
-
-    def _invalidate(self) -> None:
-        with self._cond:
-            self._handle = None
-            self._cond.wait_for(lambda: self._busy == 0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and not self._lent:
-            self.close()
 
 
 def _max_size(options: Options) -> int:

@@ -3,13 +3,11 @@ server lends to its handler or event callbacks."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import enum
 import math
 import socket
-import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
 
 from . import _core
 from ._core import Address, Buffer, Options, as_bytes, call
@@ -17,7 +15,7 @@ from ._lib import lib
 from .errors import Code, UsageError, error_for
 
 if TYPE_CHECKING:
-    from typing_extensions import Self, Unpack
+    from typing_extensions import Unpack
 
 
 class Option(enum.IntEnum):
@@ -41,7 +39,7 @@ class Role(enum.IntEnum):
     CLIENT = 1  # SOCKSERV_ROLE_CLIENT: it was connected (answers first)
 
 
-class Connection:
+class Connection(_core.Handle):
     """A framed connection: connect() and from_fd() make one (yours: close
     it, or use `with`); a Server's handler and an EventServer's callbacks
     are lent one (valid until the handler returns or on_close has run;
@@ -53,29 +51,15 @@ class Connection:
     sockserv_conn_set_userdata).
     """
 
+    _NAME = "Connection"
+    _WHAT = "the connection"
+    _LENT_GONE = "was lent to a callback that has returned"
+
     userdata: Any
 
     def __init__(self, handle: int, lent: bool = False) -> None:
-        self._handle: Optional[int] = handle
-        self._lent = lent
-        self._busy = 0  # calls in flight
-        self._cond = threading.Condition()
+        super().__init__(handle, lent)
         self.userdata = None
-
-    @contextlib.contextmanager
-    def _use(self) -> Iterator[int]:
-        with self._cond:
-            if self._handle is None:
-                what = "was lent to a callback that has returned" if self._lent else "is closed"
-                raise UsageError(Code.INVALID_STATE, f"the connection {what}", "Connection")
-            self._busy += 1
-            handle = self._handle
-        try:
-            yield handle
-        finally:
-            with self._cond:
-                self._busy -= 1
-                self._cond.notify_all()
 
     def send(self, data: Buffer) -> None:
         """Sends bytes-like `data` as one frame. Event mode: queues it and
@@ -207,10 +191,6 @@ class Connection:
             call("sockserv_conn_fd", h, ctypes.byref(fd))
         return fd.value
 
-    @property
-    def closed(self) -> bool:
-        return self._handle is None
-
     def close(self) -> None:
         """Closes the connection (a lent one too: in event mode what is
         queued is written first, then on_close runs). Idempotent."""
@@ -223,23 +203,6 @@ class Connection:
             self._cond.wait_for(lambda: self._busy == 0)
         if not self._lent:
             lib.sockserv_conn_free(handle)
-
-    def _invalidate(self) -> None:
-        """The server is about to free a lent connection: later calls raise
-        UsageError, and calls in flight finish first."""
-        with self._cond:
-            self._handle = None
-            self._cond.wait_for(lambda: self._busy == 0)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None and not self._lent:
-            self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else ("lent" if self._lent else "open")
