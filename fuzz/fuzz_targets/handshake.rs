@@ -22,7 +22,9 @@
 use hmac::{Hmac, KeyInit, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Sha256, Sha384};
-use sockserv::proto::handshake::{Handshake, Keys, Role, CHALLENGE, MAX_HANDSHAKE_FRAME, NONCE_LEN};
+use sockserv::proto::handshake::{
+    Handshake, Keys, Role, CHALLENGE, MAX_HANDSHAKE_FRAME, NONCE_LEN,
+};
 
 #[path = "hmac_key.rs"]
 mod hmac_key;
