@@ -43,16 +43,7 @@ fn built() -> &'static Built {
             "make -C c_examples all",
         );
         assert_success(&make, "building c_examples");
-        let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-        let program = readme
-            .split("```c\n")
-            .nth(1)
-            .and_then(|rest| rest.split("```").next())
-            .expect("a ```c block in README.md");
-        assert!(
-            program.contains("int main("),
-            "the first C block is the program"
-        );
+        let program = common::proc::readme_c_program();
         let source = out.join("readme_program.c");
         std::fs::write(&source, program).expect("write the README program");
         let exe = out.join("readme_program");

@@ -134,16 +134,7 @@ fn header_functions() -> Vec<String> {
 /// header and does what the README says.
 #[test]
 fn readme_c_program_compiles_and_runs() {
-    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let program = readme
-        .split("```c\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a ```c block in README.md");
-    assert!(
-        program.contains("int main("),
-        "the first C block is the complete program"
-    );
+    let program = common::proc::readme_c_program();
     let dir = TempDir::new("readme");
     let source = dir.0.join("readme_program.c");
     std::fs::write(&source, program).expect("write the README program");

@@ -201,6 +201,21 @@ impl Drain {
     }
 }
 
+/// The README's complete C program: its first ```c block.
+pub fn readme_c_program() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let program = readme
+        .split("```c\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```c block in README.md");
+    assert!(
+        program.contains("int main("),
+        "the first C block is the complete program"
+    );
+    program.to_string()
+}
+
 /// `cargo test` puts target/<profile>/ first in LD_LIBRARY_PATH, where an
 /// older `cargo build` may have left an older libsockserv.so; the programs'
 /// RUNPATH names the library under test, so let it decide, unless the test
