@@ -95,6 +95,22 @@ pub(crate) struct EngineShared {
     pub hand_over: Option<HandOver>,
 }
 
+impl EngineShared {
+    pub(crate) fn new(
+        context: Arc<Context>,
+        handler: Arc<dyn EventHandler>,
+        hand_over: Option<HandOver>,
+    ) -> EngineShared {
+        EngineShared {
+            context,
+            handler,
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            hand_over,
+        }
+    }
+}
+
 /// Sources in an I/O thread's poll that are not connections, and work done
 /// once per turn beside them (an embedded server's listener and accepts).
 pub(crate) trait Outside {
