@@ -132,6 +132,14 @@ impl Server {
     /// is resolved here, on the calling thread, once. Only on a started
     /// event-mode server.
     pub fn dial(&self, addr: &str, config: Option<&Config>) -> Result<Arc<Dialer>> {
+        let dialer = self.new_dialer(addr, config)?;
+        dialer.start();
+        Ok(dialer)
+    }
+
+    /// A dialer for [`Server::dial`], not started yet (`Dialer::start`):
+    /// the C API ties its handle to it first.
+    pub(crate) fn new_dialer(&self, addr: &str, config: Option<&Config>) -> Result<Arc<Dialer>> {
         let Some(inboxes) = self.shared.dial_inboxes.get() else {
             return Err(Error::new(
                 ErrorKind::InvalidState,
@@ -155,7 +163,6 @@ impl Server {
             inboxes[i].clone(),
             self.shared.dial_error.clone(),
         ));
-        dialer.start();
         Ok(dialer)
     }
 

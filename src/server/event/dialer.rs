@@ -73,7 +73,6 @@ pub struct Dialer {
     gate: Mutex<Gate>,
     gate_cv: Condvar,
     /// The C handle of this dialer (the C API's), 0 when none.
-    #[allow(dead_code)] // The C API's (next commit).
     pub(crate) slot: AtomicUsize,
 }
 
@@ -155,7 +154,6 @@ impl Dialer {
 
     /// Closes the dialer and waits for an error report running on another
     /// thread: none runs after this returns (the C handle is freed next).
-    #[allow(dead_code)] // The C API's (next commit).
     pub(crate) fn detach(self: &Arc<Self>) {
         self.close();
         let me = thread::current().id();
