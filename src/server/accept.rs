@@ -35,6 +35,7 @@ use socket2::Socket;
 use crate::addr::stream::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
 use crate::error::{log_refusal, Error, ErrorKind, Result};
+use crate::proto::handshake::Role;
 use crate::server::driver::{Context, Driver};
 pub use crate::server::driver::{Handler, Stats, Verify};
 use crate::server::event::embedded::EmbeddedEngine;
@@ -119,8 +120,15 @@ impl Server {
     /// [`Server::local_addr`] tells.
     pub fn bind(addr: &str, config: &Config) -> Result<Server> {
         let addr = Address::parse(addr)?;
-        let listener = Listener::bind(&addr, config)?;
-        Server::with_listener(Some(listener), config)
+        // TLS settings are checked (a certificate is needed) and built
+        // once, for every connection of this server.
+        let mut config = config.clone();
+        if addr.is_tls() {
+            config.set_tls(true);
+        }
+        config.prepare_tls(Role::Server, None)?;
+        let listener = Listener::bind(&addr, &config)?;
+        Server::with_listener(Some(listener), &config)
     }
 
     /// An event engine with no listener, for outgoing connections only
@@ -190,7 +198,16 @@ impl Server {
         }
         let parsed = Address::parse(addr)?;
         let targets = parsed.resolve()?;
-        let config = config.unwrap_or(&self.shared.context.config).clone();
+        // The server's own config serves a dialer only for what it shares
+        // (keys, limits): TLS follows the address dialed.
+        let config = match config {
+            Some(config) => config.for_dialing(&parsed)?,
+            None => {
+                let mut own = self.shared.context.config.clone();
+                own.set_tls(false);
+                own.for_dialing(&parsed)?
+            }
+        };
         let i = self.shared.next_dial.fetch_add(1, Ordering::Relaxed) % inboxes.len();
         let dialer = Arc::new(Dialer::new(
             parsed.to_string(),

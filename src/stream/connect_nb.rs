@@ -86,7 +86,7 @@ impl Connecting {
         let mut connecting = Connecting {
             addr: parsed.to_string(),
             targets,
-            config: config.clone(),
+            config: config.for_dialing(&parsed)?,
             stage: Stage::Over,
         };
         connecting.connect_from(0, None)?;
@@ -228,6 +228,7 @@ impl Connecting {
                 proxy: config.proxy_protocol,
                 max_frame_size: config.max_frame_size,
                 preamble_timeout: config.handshake_timeout,
+                tls: config.session_tls(Role::Client, None)?,
             },
             peer.clone(),
             Instant::now(),
