@@ -351,6 +351,41 @@ fn dialing_needs_a_started_event_engine() {
         kind(engine.dial("tcp://no such host name.invalid:1", None)),
         ErrorKind::InvalidAddress
     );
+    // A listening event server dials too, and counts no refusal for a
+    // dial that fails its handshake (the dial error handler hears of it).
+    let keyed = event_server(
+        "tcp://127.0.0.1:0",
+        &config_with_key(KEY),
+        Arc::new(EventEcho::default()),
+    );
+    let client = Arc::new(Client::default());
+    let listening = event_server("tcp://127.0.0.1:0", &Config::default(), client.clone());
+    let reports: Reports = Arc::default();
+    let sink = reports.clone();
+    listening.set_dial_error_handler(Some(Arc::new(move |_: &Arc<Dialer>, e: &Error| {
+        sink.lock()
+            .unwrap()
+            .push((Instant::now(), e.kind(), e.detail().to_string()));
+    })));
+    let good = listening
+        .dial(keyed.local_addr(), Some(&config_with_key(KEY)))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .frames
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    let bad = listening
+        .dial(keyed.local_addr(), Some(&config_with_key(b"wrong")))
+        .unwrap();
+    bad.set_reconnect(Duration::ZERO, Duration::ZERO).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !reports
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(listening.stats().handshake_failures, 0);
+    good.close();
 }
 
 /// Drives a [`Connecting`] with poll(2) on its fd, as a loop would.
