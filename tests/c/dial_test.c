@@ -7,7 +7,9 @@
  *    (on_close once, SOCKSERV_OK); a refused dial is reported with
  *    SOCKSERV_ERR_CONNECTION_REFUSED and, with 0, 0, only once; a key
  *    mismatch with SOCKSERV_ERR_AUTH_FAILED, and sockserv_dialer_free from
- *    inside that report stops every later one.
+ *    inside that report stops every later one; a dialer reconnects to a
+ *    server that restarts on the same port; closed while connecting, it
+ *    reports nothing.
  * 2. The standalone client from a loop: sockserv_connect_start returns at
  *    once (< 50 ms) even against a peer that never answers, and
  *    sockserv_conn_continue drives the connect and handshake from a
@@ -144,6 +146,9 @@ static sockserv_config *keyed(const char *key)
     return config;
 }
 
+static int silent_listener(char *addr, size_t len, bool fill, int fillers[2]);
+static void close_listener(int fd, int fillers[2]);
+
 static void test_dialing(void)
 {
     sockserv_config *config = keyed(KEY), *wrong = keyed("another key");
@@ -213,6 +218,40 @@ static void test_dialing(void)
     CHECK(read_count(&seen.errors) == 2);
     CHECK(seen.last_error == SOCKSERV_ERR_AUTH_FAILED);
     CHECK(read_count(&seen.opened) == 0);
+
+    /* Reconnect: the server goes away and comes back on the same port. */
+    reset_seen();
+    REQUIRE_OK(sockserv_server_dial(engine, addr, NULL, &dialer));
+    REQUIRE_OK(sockserv_dialer_set_reconnect(dialer, 20, 100));
+    CHECK(wait_count(&seen.echoed, 1));
+    sockserv_server_free(server);
+    CHECK(wait_count(&seen.closed, 1));
+    CHECK(wait_count(&seen.errors, 1)); /* refused while it is down */
+    CHECK(seen.last_error == SOCKSERV_ERR_CONNECTION_REFUSED);
+    REQUIRE_OK(sockserv_server_new(addr, config, &server));
+    REQUIRE_OK(sockserv_server_set_event_handlers(server, NULL, echo_frame, NULL, NULL));
+    REQUIRE_OK(sockserv_server_start(server));
+    CHECK(wait_count(&seen.echoed, 2));
+    CHECK(read_count(&seen.opened) == 2);
+    /* Bounded: one attempt per 100 ms at most while it was down. */
+    CHECK(read_count(&seen.errors) < 100);
+    sockserv_dialer_free(dialer);
+
+    /* Closed while its connect gets no answer: nothing is reported. */
+    {
+        int fillers[2];
+        char silent[SOCKSERV_ADDRSTRLEN];
+        int lfd = silent_listener(silent, sizeof silent, true, fillers);
+        reset_seen();
+        REQUIRE_OK(sockserv_server_dial(engine, silent, NULL, &dialer));
+        sleep_ms(100);
+        EXPECT_RC(sockserv_dialer_close(dialer), SOCKSERV_OK);
+        sockserv_dialer_free(dialer);
+        sleep_ms(200);
+        CHECK(read_count(&seen.errors) == 0);
+        CHECK(read_count(&seen.opened) == 0);
+        close_listener(lfd, fillers);
+    }
 
     sockserv_server_free(engine);
     sockserv_server_free(server);
