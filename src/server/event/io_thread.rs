@@ -189,7 +189,7 @@ impl IoThread {
 
     /// Makes `socket` (connected) a connection of this thread, as `role`,
     /// with `config`'s settings, known as `id`: accepted ones and dialed
-    /// ones (`dial`) alike.
+    /// ones (`dialing`) alike.
     pub(super) fn open_stream(
         &mut self,
         socket: Socket,
@@ -263,7 +263,9 @@ impl IoThread {
             closing_since: None,
             close_reason: None,
             read_again: false,
-            refusal_counted: false,
+            // A dialed connection that fails is the dialer's to report,
+            // not a refusal of a client.
+            refusal_counted: role == Role::Client,
         });
         let conn = &mut self.conns[token];
         if let Some(deadline) = conn.session.deadline() {
