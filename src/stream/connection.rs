@@ -408,15 +408,7 @@ impl Connection {
     /// Whether the receive buffer holds a whole frame (or a bad header that
     /// a receive would report) now. A receive running elsewhere counts as no.
     fn frame_waiting(&self) -> bool {
-        let Ok(rx) = self.recv.try_lock() else {
-            return false;
-        };
-        let buf = rx.session.frame_buffer(&rx.buf);
-        match frame::decode_header(buf.pending(), self.max_frame_size) {
-            Ok(Some(h)) => buf.pending().len() as u64 >= h.frame_len(),
-            Ok(None) => false,
-            Err(_) => true,
-        }
+        self.pending_frames() > 0
     }
 
     /// Whole frames received and buffered here, not yet taken: each
@@ -429,7 +421,9 @@ impl Connection {
         let Ok(rx) = self.recv.try_lock() else {
             return 0;
         };
-        let mut rest = rx.buf.pending();
+        // With TLS, frames are decoded from the session's plaintext (every
+        // received byte has been decrypted into it by the receive that read it).
+        let mut rest = rx.session.frame_buffer(&rx.buf).pending();
         let mut frames = 0;
         loop {
             match frame::decode_header(rest, self.max_frame_size) {
