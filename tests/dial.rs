@@ -388,8 +388,16 @@ fn dialing_needs_a_started_event_engine() {
     good.close();
 }
 
-/// Drives a [`Connecting`] with poll(2) on its fd, as a loop would.
-fn drive(mut connecting: Connecting, limit: Duration) -> sockserv::Result<sockserv::Connection> {
+/// A loop's short wait, so the handshake deadline is noticed in time.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Drives a [`Connecting`] with poll(2) on its fd, as a loop would, each
+/// wait at most `wait` (a loop that watches only the fd waits for ever).
+fn drive(
+    mut connecting: Connecting,
+    limit: Duration,
+    wait: Duration,
+) -> sockserv::Result<sockserv::Connection> {
     let end = Instant::now() + limit;
     loop {
         match connecting.advance()? {
@@ -406,8 +414,9 @@ fn drive(mut connecting: Connecting, limit: Duration) -> sockserv::Result<sockse
                     events,
                     revents: 0,
                 };
-                // SAFETY: one pollfd we own, for at most 20 ms.
-                unsafe { libc::poll(&mut pfd, 1, 20) };
+                let ms = wait.min(end.saturating_duration_since(Instant::now()));
+                // SAFETY: one pollfd we own, for at most `wait`.
+                unsafe { libc::poll(&mut pfd, 1, ms.as_millis() as i32) };
             }
         }
     }
@@ -421,7 +430,15 @@ fn a_loop_connects_and_authenticates_without_blocking_then_has_a_connection() {
     let connecting = Connecting::start(server.local_addr(), &config).unwrap();
     assert!(started.elapsed() < Duration::from_millis(50) * time_scale());
     assert_eq!(connecting.addr(), server.local_addr());
-    let conn = drive(connecting, Duration::from_secs(10)).unwrap();
+    // Waits as long as the limit: a step that held back what it had to
+    // send (the handshake's answer) would stall until then.
+    let limit = Duration::from_secs(10);
+    let conn = drive(connecting, limit, limit).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2) * time_scale(),
+        "the handshake stalled: {:?}",
+        started.elapsed()
+    );
     // Non-blocking, as a loop wants; frames that come together are counted.
     assert!(conn.is_nonblocking());
     assert_eq!(conn.pending_frames(), 0);
@@ -451,7 +468,7 @@ fn a_loop_connect_reports_the_failures_connect_would() {
     );
     let connecting = Connecting::start(server.local_addr(), &config_with_key(b"wrong")).unwrap();
     assert_eq!(
-        kind(drive(connecting, Duration::from_secs(10))),
+        kind(drive(connecting, Duration::from_secs(10), TICK)),
         ErrorKind::AuthFailed
     );
     // A Unix path with nobody there: refused at once.
@@ -469,7 +486,7 @@ fn a_loop_connect_reports_the_failures_connect_would() {
         .unwrap();
     let started = Instant::now();
     let connecting = Connecting::start(&addr, &config).unwrap();
-    let Err(e) = drive(connecting, Duration::from_secs(10)) else {
+    let Err(e) = drive(connecting, Duration::from_secs(10), TICK) else {
         panic!("a silent peer let the handshake pass");
     };
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");

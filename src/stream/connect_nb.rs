@@ -287,7 +287,12 @@ impl Connecting {
                         Ok(0) => return Err(session.end_of_stream(buf)),
                         Ok(n) => buf.commit(n),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // What this poll queued (a handshake answer) goes
+                        // out before the wait: the peer waits for it.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if session.wants_transmit() {
+                                continue;
+                            }
                             check_deadline(session)?;
                             return Ok(Progress::Pending { want_write: false });
                         }
