@@ -769,11 +769,98 @@ enum sockserv_result sockserv_server_serve(const struct sockserv_server *server)
 enum sockserv_result sockserv_server_start(const struct sockserv_server *server);
 
 /**
+ * Embedded mode: serves from the caller's own event loop (libuv,
+ * libevent, asyncio, a poll() loop), with no thread of sockserv's at all.
+ * Needs event handlers (`sockserv_server_set_event_handlers`); instead of
+ * `sockserv_server_serve` or `_start`. Every callback (`on_open`,
+ * `on_frame`, `on_close`, verify) then runs on the thread that calls
+ * `sockserv_server_process`, inside that call.
+ *
+ * The rule for the caller, for level- and edge-triggered loops alike:
+ * watch the descriptor from `sockserv_server_loop_fd` for readability;
+ * after each wake-up or timeout call `sockserv_server_process`, then ask
+ * `sockserv_server_loop_timeout_ms` and wait at most that long (-1: no
+ * deadline). 0 means "more work is ready: call process again before
+ * sleeping" (work a turn left for fairness, or events the descriptor will
+ * not signal again): a loop that waits anyway may stall. Drive one server
+ * from one thread at a time; `sockserv_conn_send`, `sockserv_conn_close`
+ * and `sockserv_server_shutdown` may still come from any thread (they
+ * wake the descriptor).
+ *
+ * @retval SOCKSERV_OK done: the listener is in the loop's descriptor.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE no event handlers are set, or the server is
+ * already serving.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down.
+ * @retval SOCKSERV_ERR_IO the poller could not be created.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_start_embedded(const struct sockserv_server *server);
+
+/**
+ * Embedded mode: writes to `*fd` the descriptor to watch for readability
+ * (an epoll instance; register it level- or edge-triggered, e.g. with
+ * `uv_poll_init`, `event_new(..., EV_READ | EV_PERSIST, ...)` or
+ * `loop.add_reader`). It stays the same until the server is freed, which
+ * closes it: never read, write or close it yourself.
+ *
+ * @retval SOCKSERV_OK `*fd` was written.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `fd` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server was not started with
+ * `sockserv_server_start_embedded`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_loop_fd(const struct sockserv_server *server, int *fd);
+
+/**
+ * Embedded mode: writes to `*ms` how long the loop may wait before the
+ * next `sockserv_server_process` if the descriptor stays quiet: -1 when
+ * no deadline is set, 0 when work is ready now (call process again before
+ * sleeping), else the milliseconds until the next timer (the handshake
+ * and idle timeouts, a close's linger), rounded up. Asked from inside a
+ * callback, 0.
+ *
+ * @retval SOCKSERV_OK `*ms` was written.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` or `ms` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server was not started with
+ * `sockserv_server_start_embedded`.
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down and process has closed
+ * every connection: leave the loop.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_loop_timeout_ms(const struct sockserv_server *server, int *ms);
+
+/**
+ * Embedded mode: does all the work that is ready, without ever waiting:
+ * accepts (a bounded number per call), reads and delivers frames (each
+ * connection its fair share), writes, runs sends and closes posted from
+ * other threads, and fires the timers due. Every callback runs inside
+ * this call, on this thread; a callback may send, close any connection
+ * and call `sockserv_server_shutdown`, but not call process itself
+ * (`SOCKSERV_ERR_INVALID_STATE`) nor free the server. After a shutdown,
+ * the next call closes every connection (`on_close` for each, reason
+ * `SOCKSERV_ERR_SHUTDOWN`) and returns `SOCKSERV_ERR_SHUTDOWN`, as every
+ * later call does: then leave the loop and free the server.
+ *
+ * @retval SOCKSERV_OK the ready work was done; ask `sockserv_server_loop_timeout_ms`.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server was not started with
+ * `sockserv_server_start_embedded`, or process was called from inside one of its
+ * callbacks (or from two threads at once).
+ * @retval SOCKSERV_ERR_SHUTDOWN the server was shut down; every connection is closed.
+ * @retval SOCKSERV_ERR_IO polling failed.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_process(const struct sockserv_server *server);
+
+/**
  * Stops accepting, from any thread (a handler too), and returns at once:
  * `sockserv_server_serve` returns promptly, and the listener refuses new
  * clients. Live connections go on until their handlers return or the
- * server is freed. Not async-signal-safe: from a signal, wake a thread of
- * yours (sigwait, a self-pipe) and call it there.
+ * server is freed; embedded, `sockserv_server_process` closes them (this
+ * may be called from one of its event callbacks). Not async-signal-safe:
+ * from a signal, wake a thread of yours (sigwait, a self-pipe) and call it
+ * there.
  *
  * @retval SOCKSERV_OK done.
  * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.

@@ -758,6 +758,31 @@ public:
     /// Stops accepting, from any thread (a handler too); returns at once.
     void shutdown() noexcept { sockserv_server_shutdown(get()); }
 
+    /// Embedded mode: served from your own loop, no sockserv thread (event
+    /// handlers first). Watch loop_fd() for readability; after each wake-up
+    /// or timeout call process(), then wait at most loop_timeout_ms()
+    /// (-1: no deadline; 0: call process() again before sleeping).
+    ///@{
+    void start_embedded() {
+        check(sockserv_server_start_embedded(get()), "sockserv_server_start_embedded");
+    }
+    int loop_fd() const {
+        int fd = -1;
+        check(sockserv_server_loop_fd(get(), &fd), "sockserv_server_loop_fd");
+        return fd;
+    }
+    int loop_timeout_ms() const {
+        int ms = -1;
+        check(sockserv_server_loop_timeout_ms(get(), &ms), "sockserv_server_loop_timeout_ms");
+        return ms;
+    }
+    /// All ready work; callbacks run inside. SOCKSERV_ERR_SHUTDOWN once
+    /// shut down (every connection closed): leave the loop.
+    [[nodiscard]] sockserv_result process(std::nothrow_t) noexcept {
+        return sockserv_server_process(get());
+    }
+    ///@}
+
     /// The bound address, e.g. "tcp://127.0.0.1:40123".
     std::string local_addr() const {
         char buf[SOCKSERV_ADDRSTRLEN];

@@ -15,6 +15,12 @@
 //! (`WhenFull::Wait`) or are accepted and closed (`WhenFull::Refuse`).
 //! Dropping the server stops the loop, closes every live connection, joins
 //! every thread and closes the listener.
+//!
+//! Embedded (`start_embedded`): no thread at all. The listener and the
+//! wake-up socket join the poller of an [`EmbeddedEngine`], which the
+//! caller's loop watches (`loop_fd`, `loop_timeout`) and drives
+//! (`process`): accepting happens there, a bounded number per turn, with
+//! the same verify, cap and refusals as the accept loop.
 
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -31,8 +37,9 @@ use crate::config::{Config, WhenFull};
 use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::server::driver::{Context, Driver};
 pub use crate::server::driver::{Handler, Stats, Verify};
+use crate::server::event::embedded::EmbeddedEngine;
 use crate::server::event::engine::EventEngine;
-use crate::server::event::EventHandler;
+use crate::server::event::{EventHandler, Outside, OUTSIDE_TOKENS};
 use crate::server::threaded::Threaded;
 use crate::stream::listener::Listener;
 use crate::sys;
@@ -41,6 +48,13 @@ use crate::util::sync::lock;
 /// How long the accept loop rests after an accept error such as EMFILE
 /// (out of file descriptors), instead of spinning on a readable listener.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// Embedded mode: connections accepted per `process` at most, so a burst
+/// of clients cannot hold the caller's loop (the rest wait for the next
+/// turn, which `loop_timeout` makes immediate).
+const ACCEPTS_PER_TURN: usize = 64;
+/// The embedded poller's tokens for the listener and the wake-up socket.
+const LISTENER: mio::Token = mio::Token(OUTSIDE_TOKENS);
+const WAKE_UP: mio::Token = mio::Token(OUTSIDE_TOKENS + 1);
 
 /// How connections will be served, chosen before the server starts.
 enum Mode {
@@ -71,6 +85,27 @@ struct Shared {
     stopping: AtomicBool,
     wake_rx: UnixStream,
     accepted: AtomicU64,
+    embedded: OnceLock<Embedded>,
+}
+
+/// An embedded server's engine and its listener's state between turns.
+struct Embedded {
+    engine: Arc<EmbeddedEngine>,
+    /// The listener had an edge and has not said WouldBlock since.
+    listener_ready: AtomicBool,
+    /// After an accept error (EMFILE...): no accepting until then.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+/// How a run of accepts ended.
+enum AcceptEnd {
+    /// The kernel's queue is empty.
+    Drained,
+    /// The bound was reached, the server is full (and waits) or stopping:
+    /// connections may be left in the queue.
+    Stopped,
+    /// An accept error such as EMFILE: pause before the next try.
+    Error,
 }
 
 impl Server {
@@ -95,6 +130,7 @@ impl Server {
                 stopping: AtomicBool::new(false),
                 wake_rx,
                 accepted: AtomicU64::new(0),
+                embedded: OnceLock::new(),
             }),
             accept_thread: Mutex::new(None),
         })
@@ -130,14 +166,14 @@ impl Server {
 
     /// Runs the accept loop on this thread until [`Server::shutdown`].
     pub fn serve(&self) -> Result<()> {
-        self.shared.begin()?;
+        self.shared.begin(false)?;
         self.shared.accept_loop();
         Ok(())
     }
 
     /// Runs the accept loop on a background thread and returns.
     pub fn start(&self) -> Result<()> {
-        self.shared.begin()?;
+        self.shared.begin(false)?;
         let shared = self.shared.clone();
         let thread = thread::Builder::new()
             .name("sockserv-accept".into())
@@ -147,6 +183,76 @@ impl Server {
                 Error::io("starting the accept thread", &e)
             })?;
         *lock(&self.accept_thread) = Some(thread);
+        Ok(())
+    }
+
+    /// Serves from the caller's own event loop, with no thread of
+    /// sockserv's: needs an event handler ([`Server::set_event_handler`]),
+    /// instead of [`Server::serve`] or [`Server::start`]. Then watch
+    /// [`Server::loop_fd`] for readability, and after each wake-up or
+    /// timeout call [`Server::process`], then wait at most
+    /// [`Server::loop_timeout`]: zero means more work is ready (call
+    /// `process` again before sleeping). This rule holds for level- and
+    /// edge-triggered loops alike.
+    pub fn start_embedded(&self) -> Result<()> {
+        self.shared.begin(true)
+    }
+
+    /// The descriptor an embedded server's caller watches for readability
+    /// (an epoll instance; level- or edge-triggered). Never read it.
+    pub fn loop_fd(&self) -> Result<std::os::fd::RawFd> {
+        Ok(self.shared.embedded()?.engine.fd())
+    }
+
+    /// How long an embedded server's caller may wait for [`Server::loop_fd`]
+    /// before calling [`Server::process`] anyway: `Some(ZERO)` when work is
+    /// ready now (work left from the last turn, connections left in the
+    /// accept queue, a shutdown to carry out), `None` when no deadline is
+    /// set. `Shutdown` once `process` has closed everything.
+    pub fn loop_timeout(&self) -> Result<Option<Duration>> {
+        let embedded = self.shared.embedded()?;
+        if embedded.engine.is_stopped() {
+            return Err(shut_down());
+        }
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Ok(Some(Duration::ZERO));
+        }
+        let now = Instant::now();
+        let engine = embedded.engine.timeout(now);
+        if !embedded.listener_ready.load(Ordering::Acquire) || self.shared.waits_for_slot() {
+            return Ok(engine);
+        }
+        let accept = match *lock(&embedded.paused_until) {
+            Some(until) if until > now => until - now,
+            _ => Duration::ZERO,
+        };
+        Ok(Some(engine.map_or(accept, |t| t.min(accept))))
+    }
+
+    /// Does all the work an embedded server has ready, without waiting:
+    /// accepts (a bounded number), reads and delivers (each connection its
+    /// fair share), writes, runs posted sends and closes, and the deadlines
+    /// due. Every callback runs here, on this thread. After
+    /// [`Server::shutdown`] (a callback may call it), it closes every
+    /// connection (`on_close` for each) and returns `Shutdown`, as every
+    /// later call does. `InvalidState` before `start_embedded`, or when
+    /// called from inside one of its own callbacks.
+    pub fn process(&self) -> Result<()> {
+        let embedded = self.shared.embedded()?;
+        if self.shared.stopping.load(Ordering::SeqCst) && !embedded.engine.is_stopped() {
+            embedded.engine.close_all();
+            *lock(&self.shared.state) = State::Stopped;
+            return Err(shut_down());
+        }
+        embedded.engine.process(&mut EmbeddedAccept {
+            shared: &self.shared,
+            embedded,
+        })?;
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            embedded.engine.close_all();
+            *lock(&self.shared.state) = State::Stopped;
+            return Err(shut_down());
+        }
         Ok(())
     }
 
@@ -209,8 +315,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Moves from idle to serving and creates the driver for the mode.
-    fn begin(&self) -> Result<()> {
+    /// Moves from idle to serving and creates the driver for the mode
+    /// (`embedded`: on the caller's loop).
+    fn begin(&self, embedded: bool) -> Result<()> {
         let mut state = lock(&self.state);
         match *state {
             State::Idle => {}
@@ -228,6 +335,25 @@ impl Shared {
             }
         }
         let driver: Box<dyn Driver> = match &*lock(&self.mode) {
+            Mode::Threaded(_) if embedded => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "an embedded server needs event handlers: set them first \
+                     (sockserv_server_set_event_handlers)",
+                ))
+            }
+            Mode::Event(handler) if embedded => {
+                let engine = Arc::new(EmbeddedEngine::new(self.context.clone(), handler.clone())?);
+                engine.register(self.listener.socket().as_raw_fd(), LISTENER)?;
+                engine.register(self.wake_rx.as_raw_fd(), WAKE_UP)?;
+                let _ = self.embedded.set(Embedded {
+                    engine: engine.clone(),
+                    // Clients may have queued before the registration.
+                    listener_ready: AtomicBool::new(true),
+                    paused_until: Mutex::new(None),
+                });
+                Box::new(engine)
+            }
             Mode::Threaded(handler) => {
                 Box::new(Threaded::new(self.context.clone(), handler.clone())?)
             }
@@ -256,6 +382,20 @@ impl Shared {
         self.driver().running() >= self.context.config.max_connections
     }
 
+    /// Full, and new connections wait in the kernel's queue for a slot.
+    fn waits_for_slot(&self) -> bool {
+        self.is_full() && self.context.config.when_full == WhenFull::Wait
+    }
+
+    fn embedded(&self) -> Result<&Embedded> {
+        self.embedded.get().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                "the server is not embedded: call start_embedded first",
+            )
+        })
+    }
+
     fn accept_loop(&self) {
         let listen_fd = self.listener.socket().as_raw_fd();
         let wake_fd = self.wake_rx.as_raw_fd();
@@ -279,44 +419,46 @@ impl Shared {
                 self.drain_wakeups();
             }
             if listening && ready[1] {
-                self.accept_ready();
+                if let AcceptEnd::Error = self.accept_ready(usize::MAX) {
+                    // EMFILE, ENFILE, ENOBUFS...: pause (waking for
+                    // shutdown) rather than spin on a listener that stays
+                    // readable.
+                    let _ = sys::wait_readable(
+                        &[self.wake_rx.as_raw_fd()],
+                        Some(Instant::now() + ACCEPT_ERROR_PAUSE),
+                    );
+                }
             }
         }
         *lock(&self.state) = State::Stopped;
     }
 
-    /// Accepts until the queue is empty, the server is full or stopping.
-    fn accept_ready(&self) {
-        loop {
+    /// Accepts until the queue is empty, the server is full or stopping,
+    /// or `max` were accepted.
+    fn accept_ready(&self, max: usize) -> AcceptEnd {
+        for _ in 0..max {
             if self.stopping.load(Ordering::SeqCst) {
-                return;
+                return AcceptEnd::Stopped;
             }
             let full = self.is_full();
             if full && self.context.config.when_full == WhenFull::Wait {
-                return;
+                return AcceptEnd::Stopped;
             }
             match self.listener.socket().accept() {
                 Ok((socket, peer)) => {
                     self.accepted.fetch_add(1, Ordering::Relaxed);
                     self.admit(socket, format_sockaddr(&peer), full);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AcceptEnd::Drained,
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
-                Err(_) => {
-                    // EMFILE, ENFILE, ENOBUFS...: pause (waking for shutdown)
-                    // rather than spin on a listener that stays readable.
-                    let _ = sys::wait_readable(
-                        &[self.wake_rx.as_raw_fd()],
-                        Some(Instant::now() + ACCEPT_ERROR_PAUSE),
-                    );
-                    return;
-                }
+                Err(_) => return AcceptEnd::Error,
             }
         }
+        AcceptEnd::Stopped
     }
 
     /// Verify, the cap, then the driver. A refused socket is dropped, which
@@ -348,5 +490,51 @@ impl Shared {
             return;
         }
         self.driver().adopt(socket, peer);
+    }
+}
+
+fn shut_down() -> Error {
+    Error::new(
+        ErrorKind::Shutdown,
+        "the server was shut down; create a new one to serve again",
+    )
+}
+
+/// An embedded server's listener and wake-up socket, seen from the
+/// engine's turn: edges are remembered, accepts run in `work`.
+struct EmbeddedAccept<'a> {
+    shared: &'a Shared,
+    embedded: &'a Embedded,
+}
+
+impl Outside for EmbeddedAccept<'_> {
+    fn ready(&mut self, token: mio::Token) {
+        if token == LISTENER {
+            self.embedded.listener_ready.store(true, Ordering::Release);
+        } else if token == WAKE_UP {
+            // A slot freed or a shutdown: both are looked at each turn.
+            self.shared.drain_wakeups();
+        }
+    }
+
+    fn work(&mut self) {
+        let embedded = self.embedded;
+        if !embedded.listener_ready.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut paused = lock(&embedded.paused_until);
+            match *paused {
+                Some(until) if until > now => return,
+                Some(_) => *paused = None,
+                None => {}
+            }
+        }
+        match self.shared.accept_ready(ACCEPTS_PER_TURN) {
+            AcceptEnd::Drained => embedded.listener_ready.store(false, Ordering::Release),
+            AcceptEnd::Stopped => {}
+            AcceptEnd::Error => *lock(&embedded.paused_until) = Some(now + ACCEPT_ERROR_PAUSE),
+        }
     }
 }

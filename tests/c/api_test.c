@@ -378,6 +378,12 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_server_serve(NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_server_start(NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_server_shutdown(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    int loop_value = 7;
+    EXPECT_RC(sockserv_server_start_embedded(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_loop_fd(NULL, &loop_value), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_loop_timeout_ms(NULL, &loop_value), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_process(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    CHECK(loop_value == 7);
     EXPECT_RC(sockserv_server_stat(NULL, SOCKSERV_STAT_ACCEPTED, &value),
               SOCKSERV_ERR_NULL_PARAMETER);
 
@@ -645,6 +651,17 @@ static void test_exchange(const char *listen_addr)
               SOCKSERV_ERR_INVALID_STATE);
     EXPECT_RC(sockserv_server_start(server), SOCKSERV_ERR_INVALID_STATE);
     EXPECT_RC(sockserv_server_serve(server), SOCKSERV_ERR_INVALID_STATE);
+    /* Embedded mode is a way of starting: not on a started server, and
+       its loop calls need it. */
+    EXPECT_RC(sockserv_server_start_embedded(server), SOCKSERV_ERR_INVALID_STATE);
+    int loop_value = 7;
+    EXPECT_RC(sockserv_server_loop_fd(server, &loop_value), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(sockserv_server_loop_timeout_ms(server, &loop_value), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(sockserv_server_process(server), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_DETAIL("start_embedded");
+    CHECK(loop_value == 7);
+    EXPECT_RC(sockserv_server_loop_fd(server, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_loop_timeout_ms(server, NULL), SOCKSERV_ERR_NULL_PARAMETER);
 
     sockserv_conn *conn;
     REQUIRE_OK(sockserv_connect(bound, config, &conn));
@@ -1009,6 +1026,29 @@ static void test_serve_and_shutdown(void)
     REQUIRE_OK(sockserv_server_new("tcp://127.0.0.1:0", NULL, &server));
     EXPECT_RC(sockserv_server_shutdown(server), SOCKSERV_OK);
     EXPECT_RC(sockserv_server_serve(server), SOCKSERV_ERR_SHUTDOWN);
+    EXPECT_RC(sockserv_server_start_embedded(server), SOCKSERV_ERR_SHUTDOWN);
+    sockserv_server_free(server);
+
+    /* Embedded mode needs event handlers, and starts once. */
+    REQUIRE_OK(sockserv_server_new("tcp://127.0.0.1:0", NULL, &server));
+    EXPECT_RC(sockserv_server_start_embedded(server), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_DETAIL("event handlers");
+    REQUIRE_OK(sockserv_server_set_event_handlers(server, NULL, NULL, NULL, NULL));
+    REQUIRE_OK(sockserv_server_start_embedded(server));
+    EXPECT_RC(sockserv_server_start_embedded(server), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(sockserv_server_start(server), SOCKSERV_ERR_INVALID_STATE);
+    int loop_fd = -1, loop_ms = -2;
+    REQUIRE_OK(sockserv_server_loop_fd(server, &loop_fd));
+    CHECK(loop_fd >= 0);
+    REQUIRE_OK(sockserv_server_process(server));
+    REQUIRE_OK(sockserv_server_loop_timeout_ms(server, &loop_ms));
+    CHECK(loop_ms == -1); /* nothing to wait for */
+    EXPECT_RC(sockserv_server_shutdown(server), SOCKSERV_OK);
+    REQUIRE_OK(sockserv_server_loop_timeout_ms(server, &loop_ms));
+    CHECK(loop_ms == 0); /* the shutdown is work to do */
+    EXPECT_RC(sockserv_server_process(server), SOCKSERV_ERR_SHUTDOWN);
+    EXPECT_RC(sockserv_server_process(server), SOCKSERV_ERR_SHUTDOWN);
+    EXPECT_RC(sockserv_server_loop_timeout_ms(server, &loop_ms), SOCKSERV_ERR_SHUTDOWN);
     sockserv_server_free(server);
     pthread_mutex_destroy(&st.lock);
 }

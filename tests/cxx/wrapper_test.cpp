@@ -409,6 +409,49 @@ static void test_destruction_order() {
     CHECK(shutdowns == 1);
 }
 
+// Embedded mode through the wrapper: a poll() loop on loop_fd() serves an
+// echo with the callbacks on this thread; shutdown from on_frame closes
+// everything in process(), which then says SOCKSERV_ERR_SHUTDOWN.
+static void test_embedded_server() {
+    std::atomic<int> closed{0};
+    sockserv::server srv("tcp://127.0.0.1:0");
+    srv.on_events(nullptr,
+                  [&](sockserv::conn_ref c, sockserv::bytes f) {
+                      if (f.as_string_view() == "stop")
+                          srv.shutdown();
+                      else
+                          c.send(f);
+                  },
+                  [&](sockserv::conn_ref, sockserv_result r) {
+                      if (r == SOCKSERV_ERR_SHUTDOWN)
+                          closed++;
+                  });
+    srv.start_embedded();
+    int fd = srv.loop_fd();
+    CHECK(fd >= 0);
+    sockserv::connection c(srv.local_addr());
+    c.set_nonblocking(true);
+    c.send("ping");
+    std::string got;
+    sockserv_result rc = SOCKSERV_OK;
+    auto deadline = std::chrono::steady_clock::now() + WAIT;
+    while (rc == SOCKSERV_OK && std::chrono::steady_clock::now() < deadline) {
+        struct pollfd p = {fd, POLLIN, 0};
+        int ms = srv.loop_timeout_ms();
+        (void)::poll(&p, 1, ms < 0 || ms > 50 ? 50 : ms);
+        rc = srv.process(std::nothrow);
+        sockserv::bytes frame;
+        if (got.empty() && c.recv(frame, std::nothrow) == SOCKSERV_OK) {
+            got = std::string(frame.as_string_view());
+            c.send("stop");
+        }
+    }
+    CHECK(got == "ping");
+    CHECK(rc == SOCKSERV_ERR_SHUTDOWN);
+    CHECK(closed == 1);
+    CHECK(srv.process(std::nothrow) == SOCKSERV_ERR_SHUTDOWN);
+}
+
 
 // The port of "tcp://127.0.0.1:PORT" / "udp://...:PORT".
 static int port_of(const std::string &addr) { return std::stoi(addr.substr(addr.rfind(':') + 1)); }
@@ -917,6 +960,7 @@ int main() {
     test_event_server();
     test_retained_event_handle();
     test_destruction_order();
+    test_embedded_server();
     test_config_setters_and_errors();
     test_every_config_setter();
     test_options_and_serve();

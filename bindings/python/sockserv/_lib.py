@@ -147,6 +147,10 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_server_serve": (_R, [_P]),
     "sockserv_server_start": (_R, [_P]),
     "sockserv_server_shutdown": (_R, [_P]),
+    "sockserv_server_start_embedded": (_R, [_P]),
+    "sockserv_server_loop_fd": (_R, [_P, POINTER(c_int)]),
+    "sockserv_server_loop_timeout_ms": (_R, [_P, POINTER(c_int)]),
+    "sockserv_server_process": (_R, [_P]),
     "sockserv_server_stat": (_R, [_P, c_int, POINTER(c_uint64)]),
     "sockserv_server_free": (None, [_P]),
 }

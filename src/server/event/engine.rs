@@ -2,7 +2,7 @@
 //! each an [`IoThread`] holding its share of the connections. The accept
 //! loop hands them sockets in turn.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -46,13 +46,7 @@ impl EventEngine {
             0 => thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let shared = Arc::new(EngineShared {
-            context,
-            handler,
-            active: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            hand_over,
-        });
+        let shared = Arc::new(EngineShared::new(context, handler, hand_over));
         // On an error below, dropping `engine` stops the threads started.
         let mut engine = EventEngine {
             shared: shared.clone(),

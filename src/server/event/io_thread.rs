@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -31,8 +31,8 @@ use crate::server::event::dispatch::{dispatch, Budget};
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
 use crate::server::event::state::{
-    Conn, EngineShared, IoThread, KEEP_IDLE_BUFFER, PREAMBLE_READ, READS_PER_TURN, SCRATCH_SIZE,
-    SMALL_PARTIAL, WAKER,
+    Conn, EngineShared, IoThread, NoOutside, Outside, EVENTS_PER_TURN, KEEP_IDLE_BUFFER,
+    OUTSIDE_TOKENS, PREAMBLE_READ, READS_PER_TURN, SCRATCH_SIZE, SMALL_PARTIAL, WAKER,
 };
 use crate::sys::{self, random, sockopt};
 
@@ -58,46 +58,81 @@ impl IoThread {
     /// Runs until a `Stop` command, then closes every connection.
     pub fn run(mut self) {
         OWN_INBOX.with(|c| c.set(Arc::as_ptr(&self.inbox) as usize));
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(EVENTS_PER_TURN);
         loop {
-            let timeout = if self.read_again.is_empty() && self.inbox.is_empty() {
-                self.deadlines
-                    .next()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(std::time::Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+            let timeout = self.next_timeout(Instant::now());
+            if let Some(stop) = self.turn(&mut events, timeout, &mut NoOutside) {
+                if stop {
+                    break;
                 }
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        self.close_all();
+    }
+
+    /// How long the next poll may wait: zero while work is left over from
+    /// the last turn (a connection's spent share, posted commands), else
+    /// until the next deadline (`None`: none).
+    pub(super) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.read_again.is_empty() && self.inbox.is_empty() {
+            self.deadlines
+                .next()
+                .map(|d| d.saturating_duration_since(now))
+        } else {
+            Some(Duration::ZERO)
+        }
+    }
+
+    /// One turn of the loop, shared by the I/O threads and the embedded
+    /// engine: poll (at most `timeout`), the ready connections, the
+    /// `outside` sources' events and work, the connections whose share ran
+    /// out last turn, posted commands, then the deadlines. `Some(true)` on
+    /// `Stop`; `None` when the poll failed (other than EINTR).
+    pub(super) fn turn(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+        outside: &mut dyn Outside,
+    ) -> Option<bool> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            return (e.kind() == io::ErrorKind::Interrupted).then_some(false);
+        }
+        for event in events.iter() {
+            let token = event.token();
+            if token == WAKER {
                 continue;
             }
-            for event in events.iter() {
-                let token = event.token().0;
-                if event.token() == WAKER {
-                    continue;
-                }
-                if event.is_read_closed() || event.is_error() {
-                    self.on_readable(token, true);
-                } else if event.is_readable() {
-                    self.on_readable(token, false);
-                }
-                if event.is_writable() {
-                    self.flush(token);
-                }
+            if token.0 >= OUTSIDE_TOKENS {
+                outside.ready(token);
+                continue;
             }
-            for token in std::mem::take(&mut self.read_again) {
-                if let Some(conn) = self.conns.get_mut(token) {
-                    conn.read_again = false;
-                }
-                self.on_readable(token, true);
+            if event.is_read_closed() || event.is_error() {
+                self.on_readable(token.0, true);
+            } else if event.is_readable() {
+                self.on_readable(token.0, false);
             }
-            if self.run_commands() {
-                break;
+            if event.is_writable() {
+                self.flush(token.0);
             }
-            self.expire(Instant::now());
         }
+        outside.work();
+        for token in std::mem::take(&mut self.read_again) {
+            if let Some(conn) = self.conns.get_mut(token) {
+                conn.read_again = false;
+            }
+            self.on_readable(token, true);
+        }
+        if self.run_commands() {
+            return Some(true);
+        }
+        self.expire(Instant::now());
+        Some(false)
+    }
+
+    /// Closes every connection: the server is shutting down.
+    pub(super) fn close_all(&mut self) {
         let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
         for token in tokens {
             let shutdown = Error::new(ErrorKind::Shutdown, "the server is shutting down");

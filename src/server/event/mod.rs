@@ -2,6 +2,8 @@
 //! share of the connections and calling an [`EventHandler`] back.
 //!
 //! - [`engine`]: starts the I/O threads and deals connections to them.
+//! - [`embedded`]: the same engine with no thread: one I/O thread's turn
+//!   run from the caller's loop (embedded mode).
 //! - `inbox`: the mailbox other threads post commands to.
 //! - `state`: what the I/O threads keep (shared, per thread, per connection).
 //! - `io_thread`: one I/O thread's loop: adopting, reading, closing.
@@ -18,6 +20,7 @@
 pub mod conn;
 mod deadlines;
 mod dispatch;
+pub(crate) mod embedded;
 pub(crate) mod engine;
 mod handler;
 mod inbox;
@@ -25,6 +28,8 @@ mod io_thread;
 mod state;
 mod timers;
 mod writer;
+
+pub(crate) use state::{Outside, OUTSIDE_TOKENS};
 
 pub use conn::EventConn;
 pub use handler::EventHandler;

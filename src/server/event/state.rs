@@ -20,6 +20,11 @@ use crate::server::event::handler::EventHandler;
 use crate::server::event::inbox::Inbox;
 
 pub(super) const WAKER: Token = Token(usize::MAX);
+/// Tokens from here up (below [`WAKER`]) are sources of the poll that are
+/// not connections (an embedded server's listener): [`Outside`]'s.
+pub(crate) const OUTSIDE_TOKENS: usize = usize::MAX - 16;
+/// Readiness events taken per poll.
+pub(super) const EVENTS_PER_TURN: usize = 1024;
 /// The scratch buffer each read lands in first.
 pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
@@ -88,4 +93,38 @@ pub(crate) struct EngineShared {
     /// preamble succeeded leaves the I/O thread through it (to a handler
     /// thread) instead of opening here.
     pub hand_over: Option<HandOver>,
+}
+
+impl EngineShared {
+    pub(crate) fn new(
+        context: Arc<Context>,
+        handler: Arc<dyn EventHandler>,
+        hand_over: Option<HandOver>,
+    ) -> EngineShared {
+        EngineShared {
+            context,
+            handler,
+            active: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            hand_over,
+        }
+    }
+}
+
+/// Sources in an I/O thread's poll that are not connections, and work done
+/// once per turn beside them (an embedded server's listener and accepts).
+pub(crate) trait Outside {
+    /// A source registered with a token from [`OUTSIDE_TOKENS`] up is ready.
+    fn ready(&mut self, token: Token);
+    /// Runs once per turn, after the ready connections and before the
+    /// posted commands (so connections adopted here start this turn).
+    fn work(&mut self);
+}
+
+/// An I/O thread's own loop has no outside sources.
+pub(super) struct NoOutside;
+
+impl Outside for NoOutside {
+    fn ready(&mut self, _: Token) {}
+    fn work(&mut self) {}
 }

@@ -1,0 +1,161 @@
+//! Embedded mode from Rust: a server driven by the test's own loop (a mio
+//! poll watching `loop_fd`, edge-triggered), with no sockserv thread;
+//! callbacks on the loop's thread; shutdown from a callback; the
+//! reentrancy and state errors. The C loops (poll, epoll level- and
+//! edge-triggered) are tests/c/embed_*.c.
+
+mod common;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use sockserv::{connect, Config, Error, ErrorKind, EventConn, EventHandler, Server};
+
+/// Runs the caller's side of the rule: wait on the fd (edge-triggered, at
+/// most the timeout), process, until `done` or `limit`. Returns the last
+/// result of process.
+fn drive(server: &Server, limit: Duration, mut done: impl FnMut() -> bool) -> sockserv::Result<()> {
+    let mut poll = Poll::new().unwrap();
+    let fd: RawFd = server.loop_fd().unwrap();
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+        .unwrap();
+    let mut events = Events::with_capacity(4);
+    let end = Instant::now() + limit;
+    while Instant::now() < end && !done() {
+        let timeout = server.loop_timeout()?;
+        let cap = Duration::from_millis(100);
+        poll.poll(&mut events, Some(timeout.map_or(cap, |t| t.min(cap))))
+            .unwrap();
+        server.process()?;
+    }
+    Ok(())
+}
+
+/// The tests count this process's threads: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[derive(Default)]
+struct Recorder {
+    opened: AtomicUsize,
+    frames: AtomicUsize,
+    closed: Mutex<Vec<Option<ErrorKind>>>,
+    threads: Mutex<Vec<ThreadId>>,
+    /// Set: the first frame "stop" shuts this server down from on_frame.
+    server: OnceLock<Arc<Server>>,
+    reentered: Mutex<Option<ErrorKind>>,
+}
+
+impl EventHandler for Recorder {
+    fn on_open(&self, _: &Arc<EventConn>) {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+    }
+    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]) {
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        if frame == b"stop" {
+            let server = self.server.get().unwrap();
+            *self.reentered.lock().unwrap() = server.process().err().map(|e| e.kind());
+            server.shutdown();
+        }
+        let _ = conn.send(frame);
+    }
+    fn on_close(&self, _: &Arc<EventConn>, reason: Option<&Error>) {
+        self.closed.lock().unwrap().push(reason.map(Error::kind));
+    }
+}
+
+#[test]
+fn echo_from_the_callers_loop_with_no_thread_and_shutdown_from_a_callback() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let handler = Arc::new(Recorder::default());
+    let server = Arc::new(Server::bind("tcp://127.0.0.1:0", &Config::default()).unwrap());
+    assert_eq!(kind(server.process()), ErrorKind::InvalidState);
+    assert_eq!(kind(server.loop_fd()), ErrorKind::InvalidState);
+    server.set_event_handler(handler.clone()).unwrap();
+    let _ = handler.server.set(server.clone());
+    let before = threads();
+    server.start_embedded().unwrap();
+    assert_eq!(threads(), before, "start_embedded started a thread");
+    assert_eq!(kind(server.start()), ErrorKind::InvalidState);
+    assert_eq!(kind(server.start_embedded()), ErrorKind::InvalidState);
+
+    let addr = server.local_addr().to_string();
+    let client = std::thread::spawn(move || {
+        let conns: Vec<_> = (0..3)
+            .map(|_| connect(&addr, &Config::default()).unwrap())
+            .collect();
+        for (i, c) in conns.iter().enumerate() {
+            for n in 0..50 {
+                let msg = format!("{i}:{n}");
+                c.send(msg.as_bytes()).unwrap();
+                assert_eq!(c.recv_with(|f| f.to_vec()).unwrap(), msg.as_bytes());
+            }
+        }
+        conns[0].send(b"stop").unwrap();
+        // The others are closed by the shutdown: each sees the end.
+        for c in &conns[1..] {
+            assert!(c.recv_with(|f| f.to_vec()).is_err());
+        }
+    });
+    let result = drive(&server, Duration::from_secs(20), || false);
+    assert_eq!(result.map_err(|e| e.kind()), Err(ErrorKind::Shutdown));
+    client.join().unwrap();
+    assert_eq!(handler.opened.load(Ordering::SeqCst), 3);
+    assert_eq!(handler.frames.load(Ordering::SeqCst), 151);
+    let closed = handler.closed.lock().unwrap().clone();
+    assert_eq!(closed, vec![Some(ErrorKind::Shutdown); 3]);
+    assert_eq!(
+        *handler.reentered.lock().unwrap(),
+        Some(ErrorKind::InvalidState),
+        "process from inside a callback must refuse"
+    );
+    let me = std::thread::current().id();
+    assert!(handler.threads.lock().unwrap().iter().all(|t| *t == me));
+    // Shut down for good: every later call says so.
+    assert_eq!(kind(server.process()), ErrorKind::Shutdown);
+    assert_eq!(kind(server.loop_timeout()), ErrorKind::Shutdown);
+    assert_eq!(threads(), before);
+}
+
+#[test]
+fn start_embedded_needs_event_handlers_and_timeouts_fire_with_no_traffic() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let server = Server::bind("tcp://127.0.0.1:0", &Config::default()).unwrap();
+    assert_eq!(kind(server.start_embedded()), ErrorKind::InvalidState);
+
+    let mut config = Config::default();
+    config.set_idle_timeout(Some(Duration::from_millis(300)));
+    let handler = Arc::new(Recorder::default());
+    let server = Server::bind("tcp://127.0.0.1:0", &config).unwrap();
+    server.set_event_handler(handler.clone()).unwrap();
+    server.start_embedded().unwrap();
+    assert_eq!(server.loop_timeout().unwrap(), Some(Duration::ZERO));
+    server.process().unwrap();
+    assert_eq!(server.loop_timeout().unwrap(), None, "nothing to wait for");
+    let _client = connect(server.local_addr(), &Config::default()).unwrap();
+    let started = Instant::now();
+    drive(&server, Duration::from_secs(10), || {
+        !handler.closed.lock().unwrap().is_empty()
+    })
+    .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        *handler.closed.lock().unwrap(),
+        vec![Some(ErrorKind::TimedOut)]
+    );
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+}
