@@ -240,7 +240,8 @@ impl Server {
     pub fn process(&self) -> Result<()> {
         let embedded = self.shared.embedded()?;
         if self.shared.stopping.load(Ordering::SeqCst) && !embedded.engine.is_stopped() {
-            embedded.engine.close_all();
+            // InvalidState from inside a callback: that turn closes them.
+            embedded.engine.stop()?;
             *lock(&self.shared.state) = State::Stopped;
             return Err(shut_down());
         }
@@ -249,7 +250,7 @@ impl Server {
             embedded,
         })?;
         if self.shared.stopping.load(Ordering::SeqCst) {
-            embedded.engine.close_all();
+            embedded.engine.stop()?;
             *lock(&self.shared.state) = State::Stopped;
             return Err(shut_down());
         }

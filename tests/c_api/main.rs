@@ -22,7 +22,8 @@
 //! header, the exported symbols, the README's program), `examples` (the
 //! example programs talking to each other), `memcheck` (valgrind),
 //! `deployment` (inherited sockets, SO_REUSEPORT, HAProxy), `datagram`
-//! (datagram_test.c), `sanitizers` (ASan + UBSan and TSan).
+//! (datagram_test.c), `sanitizers` (ASan + UBSan and TSan), `embedded`
+//! (embedded mode from poll and epoll loops: tests/c/embed_*.c).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -32,6 +33,7 @@ mod build;
 mod children;
 mod datagram;
 mod deployment;
+mod embedded;
 mod examples;
 mod memcheck;
 mod sanitizers;

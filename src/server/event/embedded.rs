@@ -107,7 +107,7 @@ impl EmbeddedEngine {
         match stop {
             Some(true) => {
                 drop(guard);
-                self.close_all();
+                self.stop()?;
                 Err(shut_down())
             }
             Some(false) => Ok(()),
@@ -131,12 +131,10 @@ impl EmbeddedEngine {
     }
 
     /// Closes every connection (`on_close` with a shutdown), on this
-    /// thread, and stops for good. From inside a turn (a callback) it
-    /// cannot: the turn's caller closes them after the turn.
-    pub fn close_all(&self) {
-        let Ok(mut core) = self.core.try_lock() else {
-            return;
-        };
+    /// thread, and stops for good. Not from inside a turn (a callback):
+    /// `InvalidState`, and the turn's caller closes them after the turn.
+    pub fn stop(&self) -> Result<()> {
+        let mut core = self.lock()?;
         let own = Arc::as_ptr(&self.inbox) as usize;
         let before = OWN_INBOX.with(|c| c.replace(own));
         // A callback of a closing connection may post again: bounded, as
@@ -157,6 +155,7 @@ impl EmbeddedEngine {
         }
         OWN_INBOX.with(|c| c.set(before));
         self.stopped.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Core>> {
@@ -190,6 +189,8 @@ impl Driver for Arc<EmbeddedEngine> {
     }
 
     fn close_all(&self) {
-        EmbeddedEngine::close_all(self);
+        // From inside a callback (freeing the server there is not
+        // allowed) nothing can be closed here; the turn goes on.
+        let _ = self.stop();
     }
 }
