@@ -758,26 +758,45 @@ public:
     /// Stops accepting, from any thread (a handler too); returns at once.
     void shutdown() noexcept { sockserv_server_shutdown(get()); }
 
-    /// Embedded mode: served from your own loop, no sockserv thread (event
-    /// handlers first). Watch loop_fd() for readability; after each wake-up
-    /// or timeout call process(), then wait at most loop_timeout_ms()
-    /// (-1: no deadline; 0: call process() again before sleeping).
+    /// Embedded mode: served from your own loop, no sockserv thread (set
+    /// on_events() first; instead of start() or serve()). Watch loop_fd()
+    /// for readability (level- or edge-triggered); after each wake-up or
+    /// timeout call process(), then wait at most loop_timeout_ms() (-1: no
+    /// deadline; 0: more is ready, call process() again before sleeping).
+    /// The callbacks run inside process(), on your thread.
     ///@{
     void start_embedded() {
-        check(sockserv_server_start_embedded(get()), "sockserv_server_start_embedded");
+        check(start_embedded(std::nothrow), "sockserv_server_start_embedded");
     }
+    [[nodiscard]] sockserv_result start_embedded(std::nothrow_t) noexcept {
+        return sockserv_server_start_embedded(get());
+    }
+    ///@}
+    /// The descriptor to watch (sockserv's: do not read or close it).
     int loop_fd() const {
         int fd = -1;
         check(sockserv_server_loop_fd(get(), &fd), "sockserv_server_loop_fd");
         return fd;
     }
+    /// How long the loop may wait before the next process(): -1 none, 0 now.
     int loop_timeout_ms() const {
         int ms = -1;
         check(sockserv_server_loop_timeout_ms(get(), &ms), "sockserv_server_loop_timeout_ms");
         return ms;
     }
-    /// All ready work; callbacks run inside. SOCKSERV_ERR_SHUTDOWN once
-    /// shut down (every connection closed): leave the loop.
+    /// Does all ready work without blocking; the callbacks run inside.
+    /// True while serving, false once the server has shut down (shutdown(),
+    /// from a callback too: every connection is closed then, so leave the
+    /// loop); throws on any other failure. The nothrow twin returns the
+    /// code (SOCKSERV_ERR_SHUTDOWN once shut down).
+    ///@{
+    bool process() {
+        sockserv_result rc = process(std::nothrow);
+        if (rc == SOCKSERV_ERR_SHUTDOWN)
+            return false;
+        check(rc, "sockserv_server_process");
+        return true;
+    }
     [[nodiscard]] sockserv_result process(std::nothrow_t) noexcept {
         return sockserv_server_process(get());
     }

@@ -453,6 +453,55 @@ static void test_embedded_server() {
 }
 
 
+// Embedded mode with the throwing process(): a poll() loop that runs while
+// process() says true and ends when a callback shut the server down; the
+// callbacks ran on this thread, three echoes that arrive together are all
+// received (the client drains what sockserv buffered), and a second start
+// is refused through the nothrow twin.
+static void test_embedded_process_loop() {
+    sockserv::server srv("tcp://127.0.0.1:0");
+    std::thread::id callback_thread;
+    int echoed = 0;
+    srv.on_events(nullptr,
+                  [&](sockserv::conn_ref c, sockserv::bytes f) {
+                      callback_thread = std::this_thread::get_id();
+                      if (f.as_string_view() == "stop") {
+                          srv.shutdown();
+                      } else {
+                          echoed++;
+                          c.send(f);
+                      }
+                  },
+                  nullptr);
+    srv.start_embedded();
+    CHECK(srv.start_embedded(std::nothrow) == SOCKSERV_ERR_INVALID_STATE);
+    sockserv::connection c(srv.local_addr());
+    c.set_nonblocking(true);
+    for (int i = 0; i < 3; i++)
+        c.send("frame");
+    int got = 0;
+    bool serving = true, stop_sent = false;
+    auto deadline = std::chrono::steady_clock::now() + WAIT;
+    while (serving && std::chrono::steady_clock::now() < deadline) {
+        struct pollfd p = {srv.loop_fd(), POLLIN, 0};
+        int ms = srv.loop_timeout_ms();
+        (void)::poll(&p, 1, ms < 0 || ms > 20 ? 20 : ms);
+        serving = srv.process();
+        sockserv::bytes frame;
+        while (c.recv(frame, std::nothrow) == SOCKSERV_OK)
+            got++;
+        if (got == 3 && !stop_sent) {
+            c.send("stop");
+            stop_sent = true;
+        }
+    }
+    CHECK(!serving);
+    CHECK(got == 3);
+    CHECK(echoed == 3);
+    CHECK(callback_thread == std::this_thread::get_id());
+    CHECK(!srv.process());
+}
+
 // The port of "tcp://127.0.0.1:PORT" / "udp://...:PORT".
 static int port_of(const std::string &addr) { return std::stoi(addr.substr(addr.rfind(':') + 1)); }
 
@@ -961,6 +1010,7 @@ int main() {
     test_retained_event_handle();
     test_destruction_order();
     test_embedded_server();
+    test_embedded_process_loop();
     test_config_setters_and_errors();
     test_every_config_setter();
     test_options_and_serve();
