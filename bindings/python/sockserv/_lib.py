@@ -47,6 +47,7 @@ FRAME = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t)
 CLOSE = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_int)
 DGRAM_HANDLER = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_size_t, c_char_p)
 REFUSAL = ctypes.CFUNCTYPE(None, c_void_p, c_char_p, c_int, c_char_p)
+DIAL_ERROR = ctypes.CFUNCTYPE(None, c_void_p, c_void_p, c_int, c_char_p)
 
 _R = c_int  # enum sockserv_result
 _P = c_void_p  # every opaque handle
