@@ -27,7 +27,12 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::server::driver::{Context, Driver};
 use crate::server::event::handler::EventHandler;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
-use crate::server::event::state::{EngineShared, IoThread, Outside, EVENTS_PER_TURN};
+use crate::server::event::state::{EngineShared, IoThread, Outside};
+
+/// Readiness events one `process` takes: fewer than an I/O thread's, so a
+/// turn returns to the caller's loop sooner (its other work waits less);
+/// what is left shows as a timeout of zero.
+const EVENTS_PER_PROCESS: usize = 256;
 
 /// The event engine on the caller's thread.
 pub(crate) struct EmbeddedEngine {
@@ -57,7 +62,7 @@ impl EmbeddedEngine {
             fd: io.poll.as_raw_fd(),
             core: Mutex::new(Core {
                 io,
-                events: Events::with_capacity(EVENTS_PER_TURN),
+                events: Events::with_capacity(EVENTS_PER_PROCESS),
                 filled: false,
             }),
             stopped: AtomicBool::new(false),
@@ -102,7 +107,7 @@ impl EmbeddedEngine {
         let stop = core
             .io
             .turn(&mut core.events, Some(Duration::ZERO), outside);
-        core.filled = core.events.iter().count() >= EVENTS_PER_TURN;
+        core.filled = core.events.iter().count() >= EVENTS_PER_PROCESS;
         OWN_INBOX.with(|c| c.set(before));
         match stop {
             Some(true) => {
