@@ -193,6 +193,14 @@ typedef struct sockserv_dgram sockserv_dgram;
 typedef struct sockserv_dgram_server sockserv_dgram_server;
 
 /**
+ * An outgoing connection that an event-mode server keeps dialing
+ * (opaque), made by `sockserv_server_dial`. Its functions may be called
+ * from any thread (an event callback too), except `sockserv_dialer_free`,
+ * which must be the last call.
+ */
+typedef struct sockserv_dialer sockserv_dialer;
+
+/**
  * A listening server (opaque). Its functions may be called from any
  * thread, except `sockserv_server_free`, which must be the last call.
  */
@@ -671,6 +679,22 @@ enum sockserv_result sockserv_server_new(const char *addr,
                                          struct sockserv_server **server_out);
 
 /**
+ * Creates an event engine with no listener, for outgoing connections
+ * only (`sockserv_server_dial`): set the event handlers
+ * (`sockserv_server_set_event_handlers`), start it
+ * (`sockserv_server_start` starts its I/O threads, and no accept thread),
+ * then dial. `sockserv_server_local_addr` gives "". `config` is copied;
+ * NULL means the defaults. Free it with `sockserv_server_free`.
+ *
+ * @retval SOCKSERV_OK `*server_out` holds the new server.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server_out` is NULL.
+ * @retval SOCKSERV_ERR_IO the OS refused a resource (a socket pair).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_new_unbound(const struct sockserv_config *config,
+                                                 struct sockserv_server **server_out);
+
+/**
  * Handles one connection, on a thread of its own, after the handshake
  * succeeded. `conn` is lent: the server's reference keeps it valid until
  * the handler returns, when the server closes it (do not free it). A
@@ -989,6 +1013,107 @@ enum sockserv_result sockserv_server_set_event_handlers(const struct sockserv_se
                                                         sockserv_frame_fn on_frame,
                                                         sockserv_close_fn on_close,
                                                         void *userdata);
+
+/* ---- Dialer: sockserv_dialer ---- */
+
+/**
+ * A dial failed: the connect (`SOCKSERV_ERR_CONNECTION_REFUSED`,
+ * `SOCKSERV_ERR_TIMED_OUT` past the config's connect timeout,
+ * `SOCKSERV_ERR_IO`...) or the preamble after it (`SOCKSERV_ERR_AUTH_FAILED`
+ * when the keys do not match, `SOCKSERV_ERR_AUTH_PROTOCOL`,
+ * `SOCKSERV_ERR_CLOSED`...). `detail` (valid during the call) says what
+ * happened, naming the address. Runs on the dialer's I/O thread, like the
+ * event callbacks (do not block); once per failed attempt; never after
+ * `sockserv_dialer_close` returned (nor after `sockserv_dialer_free`).
+ */
+typedef void (*sockserv_dial_error_fn)(void *userdata,
+                                       struct sockserv_dialer *dialer,
+                                       int code,
+                                       const char *detail);
+
+/**
+ * Sets the function told of each failed dial of this server's dialers
+ * (NULL: none). Any time, from any thread; applies to every dialer of the
+ * server from its next report. `userdata` must stay valid until
+ * `sockserv_server_free` returns.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_set_dial_error_handler(const struct sockserv_server *server,
+                                                            sockserv_dial_error_fn handler,
+                                                            void *userdata);
+
+/**
+ * Dials `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT", "unix://PATH")
+ * from the server's event engine and returns at once: the connect, its
+ * timeout (`sockserv_config_set_connect_timeout`) and the handshake (with
+ * the config's keys, as the client) run on an I/O thread without
+ * blocking it. Once the handshake passes, the connection gets the
+ * server's `on_open`, `on_frame` and `on_close` like an accepted one.
+ * When the connect or handshake fails (reported to the dial error
+ * handler) or the connection ends, the dialer dials again after a
+ * backoff (100 ms doubling to 30 s; see `sockserv_dialer_set_reconnect`).
+ *
+ * The name is resolved here, on the calling thread (it may block on DNS;
+ * "tcp://127.0.0.1:PORT" does not), once: the I/O threads never resolve.
+ * `config` is copied; NULL means the server's. The server must be
+ * event-driven and started (`sockserv_server_start`, or an unbound one
+ * from `sockserv_server_new_unbound`). Stop the dialer with
+ * `sockserv_dialer_close`, free it with `sockserv_dialer_free`.
+ *
+ * @retval SOCKSERV_OK `*dialer_out` holds the dialer, connecting.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `server`, `addr` or `dialer_out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT `addr` is not UTF-8.
+ * @retval SOCKSERV_ERR_INVALID_ADDRESS `addr` cannot be parsed or resolved.
+ * @retval SOCKSERV_ERR_INVALID_STATE the server is not running in event mode.
+ * @retval SOCKSERV_ERR_SHUTDOWN the (unbound) server was shut down.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_server_dial(const struct sockserv_server *server,
+                                          const char *addr,
+                                          const struct sockserv_config *config,
+                                          struct sockserv_dialer **dialer_out);
+
+/**
+ * Sets the backoff between attempts: the first wait `min_ms`, doubling
+ * up to `max_ms` (a connection that opened starts again from `min_ms`);
+ * `0, 0` dials once (no reconnect). Call it right after
+ * `sockserv_server_dial`: it takes effect at once (a wait under way is cut
+ * to `min_ms`; with `0, 0` no further attempt starts), so it is as if the
+ * dialer had started with it.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `dialer` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT negative, `min_ms` 0 alone, or `max_ms` < `min_ms`.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dialer_set_reconnect(struct sockserv_dialer *dialer,
+                                                   int min_ms,
+                                                   int max_ms);
+
+/**
+ * Stops the dialer: no more attempts, and its connection, if one is open,
+ * closes as with `sockserv_conn_close` (what it queued is written first;
+ * `on_close` runs once, with `SOCKSERV_OK`). A connect or handshake under
+ * way is dropped without a callback. No dial error is reported after it
+ * returns (except one already running on the I/O thread; see
+ * `sockserv_dialer_free`). Closing twice does nothing.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `dialer` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_dialer_close(const struct sockserv_dialer *dialer);
+
+/**
+ * Closes the dialer (as `sockserv_dialer_close`) and frees it; a dial
+ * error report running on another thread finishes first, and none runs
+ * after this returns. Allowed from a callback, the dial error handler of
+ * this dialer too, and after `sockserv_server_free`. NULL does nothing.
+ */
+void sockserv_dialer_free(struct sockserv_dialer *dialer);
 
 /* ---- Connection: sockserv_conn ---- */
 

@@ -610,6 +610,7 @@ struct callbacks : reporter {
     std::function<void(conn_ref)> on_open;
     std::function<void(conn_ref, bytes)> on_frame;
     std::function<void(conn_ref, sockserv_result)> on_close;
+    std::function<void(sockserv_result, std::string_view)> on_dial_error;
 };
 
 // The trampolines: C linkage, as the C function pointer types want. Each
@@ -655,6 +656,15 @@ inline void sockserv_cxx_frame(void *userdata, sockserv_conn *conn, const std::u
     }
 }
 
+inline void sockserv_cxx_dial_error(void *userdata, sockserv_dialer *, int code, const char *detail) {
+    auto *cb = static_cast<callbacks *>(userdata);
+    try {
+        cb->on_dial_error(static_cast<sockserv_result>(code), detail);
+    } catch (...) {
+        cb->report(std::current_exception(), "dial error callback");
+    }
+}
+
 inline void sockserv_cxx_close(void *userdata, sockserv_conn *conn, sockserv_result reason) {
     auto *cb = static_cast<callbacks *>(userdata);
     try {
@@ -666,6 +676,35 @@ inline void sockserv_cxx_close(void *userdata, sockserv_conn *conn, sockserv_res
 } // extern "C"
 
 } // namespace detail
+
+/// An outgoing connection a server's event engine keeps dialing
+/// (sockserv_dialer_*), made by server::dial; the destructor closes and
+/// frees it. Move-only.
+class dialer {
+public:
+    /// No dialer.
+    dialer() noexcept = default;
+    /// Takes a C handle from sockserv_server_dial.
+    explicit dialer(sockserv_dialer *raw) noexcept : d_(raw) {}
+    /// The backoff: first wait min_ms, doubling to max_ms; 0, 0 dials once.
+    dialer &set_reconnect(int min_ms, int max_ms) {
+        detail::check(sockserv_dialer_set_reconnect(get(), min_ms, max_ms),
+                      "sockserv_dialer_set_reconnect");
+        return *this;
+    }
+    /// Stops redialing and closes its connection (on_close runs once).
+    void close() noexcept { sockserv_dialer_close(get()); }
+    /// The C handle; still owned here.
+    sockserv_dialer *get() const noexcept { return d_.get(); }
+    /// Whether there is a dialer.
+    explicit operator bool() const noexcept { return d_ != nullptr; }
+
+private:
+    struct deleter {
+        void operator()(sockserv_dialer *d) const noexcept { sockserv_dialer_free(d); }
+    };
+    std::unique_ptr<sockserv_dialer, deleter> d_;
+};
 
 /// A listening server (sockserv_server_*), freed by the destructor, which
 /// stops it, closes its connections and joins its threads. Set the
@@ -732,6 +771,34 @@ public:
         cb_->on_frame = std::move(on_frame);
         cb_->on_close = std::move(on_close);
         return *this;
+    }
+
+    /// An event engine with no listener, for dial() only
+    /// (sockserv_server_new_unbound); set on_events, start, dial.
+    static server unbound(const config &cfg) {
+        server made;
+        sockserv_server *raw = nullptr;
+        check(sockserv_server_new_unbound(cfg.get(), &raw), "sockserv_server_new_unbound");
+        made.srv_.reset(raw);
+        return made;
+    }
+
+    /// `on_dial_error(sockserv_result code, std::string_view detail)` runs
+    /// on the dialer's I/O thread for each failed dial.
+    template <class F> server &on_dial_error(F handler) {
+        callbacks().on_dial_error = std::move(handler);
+        check(sockserv_server_set_dial_error_handler(get(), detail::sockserv_cxx_dial_error,
+                                                     &callbacks()),
+              "sockserv_server_set_dial_error_handler");
+        return *this;
+    }
+
+    /// Dials `addr` from the (started, event-mode) engine: the connection
+    /// gets on_events' callbacks; redialed with backoff.
+    dialer dial(const std::string &addr) {
+        sockserv_dialer *raw = nullptr;
+        check(sockserv_server_dial(get(), addr.c_str(), nullptr, &raw), "sockserv_server_dial");
+        return dialer(raw);
     }
 
     /// Receives every exception a callback threw (on the thread that ran

@@ -63,7 +63,7 @@ pub use datagram::{DgramSocket, DgramStats, RecvFrom, Take};
 pub use error::{set_refusal_log, Error, ErrorKind, Refusal, RefusalLog, Result};
 pub use proto::handshake::{Keys, Role};
 pub use proto::proxy::ProxyMode;
-pub use server::event::{EventConn, EventHandler};
+pub use server::event::{DialErrorHandler, Dialer, EventConn, EventHandler};
 pub use server::{Handler, Server, Stats, Verify};
 pub use stream::client::connect;
 pub use stream::connection::{Connection, RecvInto};

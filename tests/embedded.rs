@@ -13,6 +13,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use common::*;
+
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use sockserv::{connect, Config, Error, ErrorKind, EventConn, EventHandler, Server};
@@ -29,16 +30,29 @@ fn drive(server: &Server, limit: Duration, mut done: impl FnMut() -> bool) -> so
     let mut events = Events::with_capacity(4);
     let end = Instant::now() + limit;
     while Instant::now() < end && !done() {
+        // Capped by the limit only: a wake-up the library failed to give
+        // (or a timeout it failed to set) stalls the test.
         let timeout = server.loop_timeout()?;
-        let cap = Duration::from_millis(100);
-        poll.poll(&mut events, Some(timeout.map_or(cap, |t| t.min(cap))))
+        let left = end.saturating_duration_since(Instant::now());
+        poll.poll(&mut events, Some(timeout.map_or(left, |t| t.min(left))))
             .unwrap();
         server.process()?;
     }
     Ok(())
 }
 
-/// The tests count this process's threads: one at a time.
+/// Threads of this process that sockserv started (they are all named
+/// "sockserv-..."); the harness's own come and go beside them. The C
+/// tests count every thread of their single-threaded processes.
+fn sockserv_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("sockserv"))
+        .count()
+}
+
+/// The tests count sockserv's threads: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[derive(Default)]
@@ -87,9 +101,13 @@ fn echo_from_the_callers_loop_with_no_thread_and_shutdown_from_a_callback() {
     assert_eq!(kind(server.loop_fd()), ErrorKind::InvalidState);
     server.set_event_handler(handler.clone()).unwrap();
     let _ = handler.server.set(server.clone());
-    let before = threads();
+    let before = sockserv_threads();
     server.start_embedded().unwrap();
-    assert_eq!(threads(), before, "start_embedded started a thread");
+    assert_eq!(
+        sockserv_threads(),
+        before,
+        "start_embedded started a thread"
+    );
     assert_eq!(kind(server.start()), ErrorKind::InvalidState);
     assert_eq!(kind(server.start_embedded()), ErrorKind::InvalidState);
 
@@ -128,7 +146,7 @@ fn echo_from_the_callers_loop_with_no_thread_and_shutdown_from_a_callback() {
     // Shut down for good: every later call says so.
     assert_eq!(kind(server.process()), ErrorKind::Shutdown);
     assert_eq!(kind(server.loop_timeout()), ErrorKind::Shutdown);
-    assert_eq!(threads(), before);
+    assert_eq!(sockserv_threads(), before);
 }
 
 #[test]
@@ -158,4 +176,148 @@ fn start_embedded_needs_event_handlers_and_timeouts_fire_with_no_traffic() {
         vec![Some(ErrorKind::TimedOut)]
     );
     assert!(took >= Duration::from_millis(250), "{took:?}");
+}
+
+/// The dialing side of an unbound embedded engine: says hello on open.
+#[derive(Default)]
+struct Dialing {
+    frames: Mutex<Vec<Vec<u8>>>,
+    threads: Mutex<Vec<ThreadId>>,
+}
+
+impl EventHandler for Dialing {
+    fn on_open(&self, conn: &Arc<EventConn>) {
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        conn.send(b"hello").unwrap();
+    }
+    fn on_frame(&self, _: &Arc<EventConn>, frame: &[u8]) {
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        self.frames.lock().unwrap().push(frame.to_vec());
+    }
+    fn on_close(&self, _: &Arc<EventConn>, _: Option<&Error>) {}
+}
+
+#[test]
+fn an_unbound_embedded_engine_dials_and_redials_from_the_callers_loop() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // A port with nobody on it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("tcp://127.0.0.1:{port}");
+    let handler = Arc::new(Dialing::default());
+    let engine = Server::unbound(&Config::default()).unwrap();
+    engine.set_event_handler(handler.clone()).unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    engine.set_dial_error_handler(Some(Arc::new(
+        move |_: &Arc<sockserv::Dialer>, e: &Error| {
+            sink.lock()
+                .unwrap()
+                .push((std::thread::current().id(), e.kind()));
+        },
+    )));
+    let before = sockserv_threads();
+    engine.start_embedded().unwrap();
+    assert_eq!(sockserv_threads(), before);
+    let dialer = engine.dial(&target, None).unwrap();
+    dialer
+        .set_reconnect(Duration::from_millis(50), Duration::from_millis(200))
+        .unwrap();
+    drive(&engine, Duration::from_secs(10), || {
+        reports.lock().unwrap().len() >= 2
+    })
+    .unwrap();
+    // Refused, and waiting for the backoff: a deadline, not "now", not "never".
+    let timeout = engine.loop_timeout().unwrap();
+    assert!(
+        matches!(timeout, Some(t) if t <= Duration::from_millis(200)),
+        "{timeout:?}"
+    );
+    assert_eq!(sockserv_threads(), before);
+    // The peer comes up: the dialer's next try connects.
+    let echo = event_server(&target, &Config::default(), Arc::new(EventEcho::default()));
+    drive(&engine, Duration::from_secs(10), || {
+        !handler.frames.lock().unwrap().is_empty()
+    })
+    .unwrap();
+    assert_eq!(*handler.frames.lock().unwrap(), vec![b"hello".to_vec()]);
+    let me = std::thread::current().id();
+    assert!(handler.threads.lock().unwrap().iter().all(|t| *t == me));
+    let reports = reports.lock().unwrap().clone();
+    assert!(reports.iter().all(|(t, _)| *t == me), "{reports:?}");
+    assert!(reports
+        .iter()
+        .all(|(_, k)| *k == ErrorKind::ConnectionRefused));
+    dialer.close();
+    drop(echo);
+}
+
+/// Keeps each connection's handle for a thread of the test's.
+#[derive(Default)]
+struct Keeper {
+    conns: Mutex<Vec<Arc<EventConn>>>,
+    closed: AtomicUsize,
+}
+
+impl EventHandler for Keeper {
+    fn on_open(&self, conn: &Arc<EventConn>) {
+        self.conns.lock().unwrap().push(conn.clone());
+    }
+    fn on_frame(&self, _: &Arc<EventConn>, _: &[u8]) {}
+    fn on_close(&self, _: &Arc<EventConn>, _: Option<&Error>) {
+        self.closed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn sends_and_closes_from_another_thread_wake_the_loop() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let handler = Arc::new(Keeper::default());
+    let server = Server::bind("tcp://127.0.0.1:0", &Config::default()).unwrap();
+    server.set_event_handler(handler.clone()).unwrap();
+    server.start_embedded().unwrap();
+    let client = connect(server.local_addr(), &Config::default()).unwrap();
+    drive(&server, Duration::from_secs(10), || {
+        !handler.conns.lock().unwrap().is_empty()
+    })
+    .unwrap();
+    assert_eq!(server.loop_timeout().unwrap(), None, "idle: no deadline");
+    let conn = handler.conns.lock().unwrap()[0].clone();
+    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The loop sleeps with no deadline; only the other thread's send can
+    // wake it (to write the frame).
+    let pusher = {
+        let (conn, sent) = (conn.clone(), sent.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            conn.send(b"pushed").unwrap();
+            sent.store(true, Ordering::SeqCst);
+            conn
+        })
+    };
+    let started = Instant::now();
+    drive(&server, Duration::from_secs(10), || {
+        sent.load(Ordering::SeqCst) && conn.queued_bytes() == 0
+    })
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the send did not wake the loop"
+    );
+    assert_eq!(client.recv_with(|f| f.to_vec()).unwrap(), b"pushed");
+    let conn = pusher.join().unwrap();
+    conn.close();
+    drive(&server, Duration::from_secs(10), || {
+        handler.closed.load(Ordering::SeqCst) == 1
+    })
+    .unwrap();
 }

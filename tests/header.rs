@@ -233,7 +233,7 @@ fn arrange(header: &str) -> String {
 
 /// The header's groups, one per C object, in src/ffi's module order, and
 /// the function names that belong to each (the first match wins).
-const GROUPS: [(&str, &[&str]); 8] = [
+const GROUPS: [(&str, &[&str]); 9] = [
     (
         "Results and errors",
         &[
@@ -246,6 +246,14 @@ const GROUPS: [(&str, &[&str]); 8] = [
     ),
     ("Config: sockserv_config", &["sockserv_config_"]),
     ("Event callbacks", &["sockserv_server_set_event_handlers"]),
+    (
+        "Dialer: sockserv_dialer",
+        &[
+            "sockserv_server_set_dial_error_handler",
+            "sockserv_server_dial",
+            "sockserv_dialer_",
+        ],
+    ),
     ("Server: sockserv_server", &["sockserv_server_"]),
     (
         "Connection: sockserv_conn",

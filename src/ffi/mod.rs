@@ -15,7 +15,7 @@
 
 // The header follows this order, one group per C object (cbindgen keeps
 // source order; blank lines keep rustfmt from sorting them): results and
-// errors, config, server, event callbacks, connection, datagram socket,
+// errors, config, server, event callbacks, dialer, connection, datagram socket,
 // datagram server, HMAC.
 mod result;
 
@@ -24,6 +24,8 @@ mod config;
 mod server;
 
 mod events;
+
+mod dialer;
 
 mod conn;
 
@@ -46,6 +48,7 @@ pub use config::*;
 pub use conn::*;
 pub use dgram::*;
 pub use dgram_server::*;
+pub use dialer::*;
 pub use events::*;
 pub use hmac::*;
 pub use result::*;

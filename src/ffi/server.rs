@@ -86,6 +86,31 @@ pub unsafe extern "C" fn sockserv_server_new(
     })
 }
 
+/// Creates an event engine with no listener, for outgoing connections
+/// only (`sockserv_server_dial`): set the event handlers
+/// (`sockserv_server_set_event_handlers`), start it
+/// (`sockserv_server_start` starts its I/O threads, and no accept thread),
+/// then dial. `sockserv_server_local_addr` gives "". `config` is copied;
+/// NULL means the defaults. Free it with `sockserv_server_free`.
+///
+/// @retval SOCKSERV_OK `*server_out` holds the new server.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `server_out` is NULL.
+/// @retval SOCKSERV_ERR_IO the OS refused a resource (a socket pair).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_server_new_unbound(
+    config: *const sockserv_config,
+    server_out: *mut *mut sockserv_server,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let server_out = unsafe { out(server_out, "server_out") }?;
+        let server = Server::unbound(&config_or_default(config))?;
+        server_out.put(Box::into_raw(Box::new(sockserv_server { inner: server })));
+        Ok(())
+    })
+}
+
 /// Sets the function run for each authenticated connection (NULL: none;
 /// the connection is closed after the handshake). Only before the server
 /// starts, else `SOCKSERV_ERR_INVALID_STATE`. `userdata` must stay valid

@@ -25,7 +25,7 @@
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -39,7 +39,8 @@ use crate::server::driver::{Context, Driver};
 pub use crate::server::driver::{Handler, Stats, Verify};
 use crate::server::event::embedded::EmbeddedEngine;
 use crate::server::event::engine::EventEngine;
-use crate::server::event::{EventHandler, Outside, OUTSIDE_TOKENS};
+use crate::server::event::inbox::Inbox;
+use crate::server::event::{DialErrorHandler, Dialer, EventHandler, Outside, OUTSIDE_TOKENS};
 use crate::server::threaded::Threaded;
 use crate::stream::listener::Listener;
 use crate::sys;
@@ -78,7 +79,8 @@ enum State {
 
 struct Shared {
     context: Arc<Context>,
-    listener: Listener,
+    /// None: an unbound server (outgoing connections only).
+    listener: Option<Listener>,
     mode: Mutex<Mode>,
     driver: OnceLock<Box<dyn Driver>>,
     state: Mutex<State>,
@@ -86,6 +88,10 @@ struct Shared {
     wake_rx: UnixStream,
     accepted: AtomicU64,
     embedded: OnceLock<Embedded>,
+    /// The event engine's inboxes once it runs: where dials go.
+    dial_inboxes: OnceLock<Vec<Arc<Inbox>>>,
+    next_dial: AtomicUsize,
+    dial_error: Arc<Mutex<Option<DialErrorHandler>>>,
 }
 
 /// An embedded server's engine and its listener's state between turns.
@@ -114,6 +120,17 @@ impl Server {
     pub fn bind(addr: &str, config: &Config) -> Result<Server> {
         let addr = Address::parse(addr)?;
         let listener = Listener::bind(&addr, config)?;
+        Server::with_listener(Some(listener), config)
+    }
+
+    /// An event engine with no listener, for outgoing connections only
+    /// ([`Server::dial`]): set an event handler, start it, dial.
+    /// [`Server::local_addr`] is empty.
+    pub fn unbound(config: &Config) -> Result<Server> {
+        Server::with_listener(None, config)
+    }
+
+    fn with_listener(listener: Option<Listener>, config: &Config) -> Result<Server> {
         let (wake_tx, wake_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the wake-up socket pair", &e))?;
         for end in [&wake_tx, &wake_rx] {
@@ -131,6 +148,9 @@ impl Server {
                 wake_rx,
                 accepted: AtomicU64::new(0),
                 embedded: OnceLock::new(),
+                dial_inboxes: OnceLock::new(),
+                next_dial: AtomicUsize::new(0),
+                dial_error: Arc::new(Mutex::new(None)),
             }),
             accept_thread: Mutex::new(None),
         })
@@ -138,7 +158,54 @@ impl Server {
 
     /// The bound address, e.g. "tcp://127.0.0.1:40123".
     pub fn local_addr(&self) -> &str {
-        self.shared.listener.local_addr()
+        self.shared.listener.as_ref().map_or("", |l| l.local_addr())
+    }
+
+    /// Dials `addr` (`tcp://HOST:PORT`, `unix://PATH`) from the event
+    /// engine's I/O threads, with `config` (`None`: the server's): the
+    /// connection gets the event handler's callbacks like an accepted one,
+    /// and is dialed again when it fails or ends (see [`Dialer`]). The name
+    /// is resolved here, on the calling thread, once. Only on a started
+    /// event-mode server.
+    pub fn dial(&self, addr: &str, config: Option<&Config>) -> Result<Arc<Dialer>> {
+        let dialer = self.new_dialer(addr, config)?;
+        dialer.start();
+        Ok(dialer)
+    }
+
+    /// A dialer for [`Server::dial`], not started yet (`Dialer::start`):
+    /// the C API ties its handle to it first.
+    pub(crate) fn new_dialer(&self, addr: &str, config: Option<&Config>) -> Result<Arc<Dialer>> {
+        let Some(inboxes) = self.shared.dial_inboxes.get() else {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "cannot dial: the server is not running in event mode (set event handlers and start it first)",
+            ));
+        };
+        if self.shared.stopping.load(Ordering::SeqCst) && self.shared.listener.is_none() {
+            return Err(Error::new(
+                ErrorKind::Shutdown,
+                "cannot dial: the server was shut down",
+            ));
+        }
+        let parsed = Address::parse(addr)?;
+        let targets = parsed.resolve()?;
+        let config = config.unwrap_or(&self.shared.context.config).clone();
+        let i = self.shared.next_dial.fetch_add(1, Ordering::Relaxed) % inboxes.len();
+        let dialer = Arc::new(Dialer::new(
+            parsed.to_string(),
+            targets,
+            config,
+            inboxes[i].clone(),
+            self.shared.dial_error.clone(),
+        ));
+        Ok(dialer)
+    }
+
+    /// Sets the function told of each failed dial (connect or preamble), on
+    /// the dialer's I/O thread; any time, for every dialer of the server.
+    pub fn set_dial_error_handler(&self, handler: Option<DialErrorHandler>) {
+        *lock(&self.shared.dial_error) = handler;
     }
 
     /// Serves each connection on a thread of its own with `handler`. Only
@@ -174,6 +241,10 @@ impl Server {
     /// Runs the accept loop on a background thread and returns.
     pub fn start(&self) -> Result<()> {
         self.shared.begin(false)?;
+        if self.shared.listener.is_none() {
+            // Nothing to accept: the engine's threads are all it needs.
+            return Ok(());
+        }
         let shared = self.shared.clone();
         let thread = thread::Builder::new()
             .name("sockserv-accept".into())
@@ -264,14 +335,12 @@ impl Server {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // On Linux, shutting down a listening socket's read side makes the
         // kernel refuse new connections, for TCP and Unix alike.
-        let _ = self
-            .shared
-            .listener
-            .socket()
-            .shutdown(std::net::Shutdown::Read);
+        if let Some(listener) = &self.shared.listener {
+            let _ = listener.socket().shutdown(std::net::Shutdown::Read);
+        }
         {
             let mut state = lock(&self.shared.state);
-            if *state == State::Idle {
+            if *state == State::Idle || self.shared.listener.is_none() {
                 *state = State::Stopped;
             }
         }
@@ -343,14 +412,23 @@ impl Shared {
                      (sockserv_server_set_event_handlers)",
                 ))
             }
+            Mode::Threaded(_) if self.listener.is_none() => {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "an unbound server needs event handlers (it serves dialed connections only)",
+                ))
+            }
             Mode::Event(handler) if embedded => {
                 let engine = Arc::new(EmbeddedEngine::new(self.context.clone(), handler.clone())?);
-                engine.register(self.listener.socket().as_raw_fd(), LISTENER)?;
+                if let Some(listener) = &self.listener {
+                    engine.register(listener.socket().as_raw_fd(), LISTENER)?;
+                }
                 engine.register(self.wake_rx.as_raw_fd(), WAKE_UP)?;
+                let _ = self.dial_inboxes.set(vec![engine.inbox()]);
                 let _ = self.embedded.set(Embedded {
                     engine: engine.clone(),
                     // Clients may have queued before the registration.
-                    listener_ready: AtomicBool::new(true),
+                    listener_ready: AtomicBool::new(self.listener.is_some()),
                     paused_until: Mutex::new(None),
                 });
                 Box::new(engine)
@@ -359,7 +437,9 @@ impl Shared {
                 Box::new(Threaded::new(self.context.clone(), handler.clone())?)
             }
             Mode::Event(handler) => {
-                Box::new(EventEngine::start(self.context.clone(), handler.clone())?)
+                let engine = EventEngine::start(self.context.clone(), handler.clone())?;
+                let _ = self.dial_inboxes.set(engine.inboxes());
+                Box::new(engine)
             }
         };
         let _ = self.driver.set(driver);
@@ -398,7 +478,18 @@ impl Shared {
     }
 
     fn accept_loop(&self) {
-        let listen_fd = self.listener.socket().as_raw_fd();
+        let Some(listener) = &self.listener else {
+            // Unbound (serve): wait for shutdown.
+            while !self.stopping.load(Ordering::SeqCst) {
+                if sys::wait_readable(&[self.wake_rx.as_raw_fd()], None).is_err() {
+                    thread::sleep(ACCEPT_ERROR_PAUSE);
+                }
+                self.drain_wakeups();
+            }
+            *lock(&self.state) = State::Stopped;
+            return;
+        };
+        let listen_fd = listener.socket().as_raw_fd();
         let wake_fd = self.wake_rx.as_raw_fd();
         while !self.stopping.load(Ordering::SeqCst) {
             // When full and waiting, leave new connections in the kernel's
@@ -420,7 +511,7 @@ impl Shared {
                 self.drain_wakeups();
             }
             if listening && ready[1] {
-                if let AcceptEnd::Error = self.accept_ready(usize::MAX) {
+                if let AcceptEnd::Error = self.accept_ready(listener, usize::MAX) {
                     // EMFILE, ENFILE, ENOBUFS...: pause (waking for
                     // shutdown) rather than spin on a listener that stays
                     // readable.
@@ -436,7 +527,7 @@ impl Shared {
 
     /// Accepts until the queue is empty, the server is full or stopping,
     /// or `max` were accepted.
-    fn accept_ready(&self, max: usize) -> AcceptEnd {
+    fn accept_ready(&self, listener: &Listener, max: usize) -> AcceptEnd {
         for _ in 0..max {
             if self.stopping.load(Ordering::SeqCst) {
                 return AcceptEnd::Stopped;
@@ -445,7 +536,7 @@ impl Shared {
             if full && self.context.config.when_full == WhenFull::Wait {
                 return AcceptEnd::Stopped;
             }
-            match self.listener.socket().accept() {
+            match listener.socket().accept() {
                 Ok((socket, peer)) => {
                     self.accepted.fetch_add(1, Ordering::Relaxed);
                     self.admit(socket, format_sockaddr(&peer), full);
@@ -532,7 +623,10 @@ impl Outside for EmbeddedAccept<'_> {
                 None => {}
             }
         }
-        match self.shared.accept_ready(ACCEPTS_PER_TURN) {
+        let Some(listener) = &self.shared.listener else {
+            return;
+        };
+        match self.shared.accept_ready(listener, ACCEPTS_PER_TURN) {
             AcceptEnd::Drained => embedded.listener_ready.store(false, Ordering::Release),
             AcceptEnd::Stopped => {}
             AcceptEnd::Error => *lock(&embedded.paused_until) = Some(now + ACCEPT_ERROR_PAUSE),

@@ -386,6 +386,33 @@ static void test_null_parameters(void)
     CHECK(loop_value == 7);
     EXPECT_RC(sockserv_server_stat(NULL, SOCKSERV_STAT_ACCEPTED, &value),
               SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_server_new_unbound(config, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_DETAIL("server_out is NULL");
+
+    /* Dialers. */
+    {
+        sockserv_dialer *dialer = UNTOUCHED;
+        sockserv_server *unbound = NULL;
+        REQUIRE_OK(sockserv_server_new_unbound(config, &unbound));
+        EXPECT_RC(sockserv_server_set_dial_error_handler(NULL, NULL, NULL),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_server_set_dial_error_handler(unbound, NULL, NULL), SOCKSERV_OK);
+        EXPECT_RC(sockserv_server_dial(NULL, "tcp://127.0.0.1:1", NULL, &dialer),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_server_dial(unbound, NULL, NULL, &dialer), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_DETAIL("addr is NULL");
+        EXPECT_RC(sockserv_server_dial(unbound, "tcp://127.0.0.1:1", NULL, NULL),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_DETAIL("dialer_out is NULL");
+        /* Threaded mode (no event handlers) cannot dial. */
+        EXPECT_RC(sockserv_server_dial(unbound, "tcp://127.0.0.1:1", NULL, &dialer),
+                  SOCKSERV_ERR_INVALID_STATE);
+        CHECK(dialer == UNTOUCHED);
+        EXPECT_RC(sockserv_dialer_set_reconnect(NULL, 0, 0), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_dialer_close(NULL), SOCKSERV_ERR_NULL_PARAMETER);
+        sockserv_dialer_free(NULL);
+        sockserv_server_free(unbound);
+    }
 
     /* HMAC: NULL is only allowed with a length of 0. */
     EXPECT_RC(sockserv_hmac_sha256(NULL, 4, bytes, 4, mac), SOCKSERV_ERR_NULL_PARAMETER);

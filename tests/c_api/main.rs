@@ -22,7 +22,8 @@
 //! header, the exported symbols, the README's program), `examples` (the
 //! example programs talking to each other), `memcheck` (valgrind),
 //! `deployment` (inherited sockets, SO_REUSEPORT, HAProxy), `datagram`
-//! (datagram_test.c), `sanitizers` (ASan + UBSan and TSan), `embedded`
+//! (datagram_test.c), `dial` (dial_test.c: outgoing connections and the
+//! non-blocking client), `sanitizers` (ASan + UBSan and TSan), `embedded`
 //! (embedded mode from poll and epoll loops: tests/c/embed_*.c).
 
 #[path = "../common/mod.rs"]
@@ -33,6 +34,7 @@ mod build;
 mod children;
 mod datagram;
 mod deployment;
+mod dial;
 mod embedded;
 mod examples;
 mod memcheck;

@@ -342,6 +342,36 @@ static void test_event_server() {
 // finding 7). The send after the peer left gets SOCKSERV_ERR_CLOSED, never a
 // use-after-free; copies and moves keep the count right (ASan would see a
 // double release).
+// Dialing from an unbound engine: echo through a dialed connection, a
+// refused dial reported with its code, close().
+static void test_dialer() {
+    sockserv::server srv("tcp://127.0.0.1:0", keyed());
+    srv.on_events(nullptr, [](sockserv::conn_ref c, sockserv::bytes f) { c.send(f); }, nullptr);
+    srv.start();
+    std::atomic<int> echoed{0}, closed{0}, refused{0};
+    sockserv::server engine = sockserv::server::unbound(keyed());
+    engine.on_events([](sockserv::conn_ref c) { c.send("dialed"); },
+                     [&](sockserv::conn_ref, sockserv::bytes f) {
+                         if (f.as_string_view() == "dialed")
+                             echoed++;
+                     },
+                     [&](sockserv::conn_ref, sockserv_result) { closed++; });
+    engine.on_dial_error([&](sockserv_result code, std::string_view detail) {
+        if (code == SOCKSERV_ERR_CONNECTION_REFUSED && detail.find("connecting to") != detail.npos)
+            refused++;
+    });
+    engine.start();
+    sockserv::dialer d = engine.dial(srv.local_addr());
+    CHECK(wait_until([&] { return echoed == 1; }));
+    d.close();
+    CHECK(wait_until([&] { return closed == 1; }));
+    std::string nobody = sockserv::server("tcp://127.0.0.1:0").local_addr();
+    sockserv::dialer once = engine.dial(nobody);
+    once.set_reconnect(0, 0);
+    CHECK(wait_until([&] { return refused == 1; }));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, once.set_reconnect(10, 5));
+}
+
 static void test_retained_event_handle() {
     std::mutex lock;
     std::vector<sockserv::conn_handle> kept;
@@ -1007,6 +1037,7 @@ int main() {
     test_threaded_server();
     test_exceptions_stay_in_cxx();
     test_event_server();
+    test_dialer();
     test_retained_event_handle();
     test_destruction_order();
     test_embedded_server();

@@ -154,6 +154,13 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_server_process": (_R, [_P]),
     "sockserv_server_stat": (_R, [_P, c_int, POINTER(c_uint64)]),
     "sockserv_server_free": (None, [_P]),
+    "sockserv_server_new_unbound": (_R, [_P, POINTER(_P)]),
+    # Dialers
+    "sockserv_server_set_dial_error_handler": (_R, [_P, DIAL_ERROR, c_void_p]),
+    "sockserv_server_dial": (_R, [_P, c_char_p, _P, POINTER(_P)]),
+    "sockserv_dialer_set_reconnect": (_R, [_P, c_int, c_int]),
+    "sockserv_dialer_close": (_R, [_P]),
+    "sockserv_dialer_free": (None, [_P]),
 }
 
 

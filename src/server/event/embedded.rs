@@ -80,6 +80,11 @@ impl EmbeddedEngine {
             .map_err(|e| Error::io("registering with the embedded server's poller", &e))
     }
 
+    /// Its mailbox: where dials and other threads' requests go.
+    pub fn inbox(&self) -> Arc<Inbox> {
+        self.inbox.clone()
+    }
+
     /// The poller's descriptor (an epoll instance): readable when a turn
     /// has something to do.
     pub fn fd(&self) -> RawFd {

@@ -68,6 +68,13 @@ impl EventEngine {
     }
 }
 
+impl EventEngine {
+    /// The I/O threads' inboxes, for dialing on them.
+    pub fn inboxes(&self) -> Vec<Arc<Inbox>> {
+        self.inboxes.clone()
+    }
+}
+
 impl Driver for EventEngine {
     fn adopt(&self, socket: Socket, peer: String) {
         self.shared.active.fetch_add(1, Ordering::AcqRel);

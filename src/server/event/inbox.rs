@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use mio::Waker;
 use socket2::Socket;
 
+use crate::server::event::dialer::{DialOp, DialPost, Dialer};
 use crate::util::sync::lock;
 
 /// What other threads ask of an I/O thread.
@@ -14,11 +15,13 @@ pub(crate) enum Command {
     Adopt(Socket, String),
     Flush(usize, u64),
     Close(usize, u64),
+    /// A dialer's request (`Server::dial` and the [`Dialer`]'s methods).
+    Dial(DialOp, std::sync::Arc<Dialer>),
     Stop,
 }
 
 /// The mailbox of an I/O thread.
-pub(crate) struct Inbox {
+pub struct Inbox {
     commands: Mutex<Vec<Command>>,
     waker: Waker,
 }
@@ -63,5 +66,11 @@ impl Inbox {
 
     pub(super) fn take(&self) -> Vec<Command> {
         std::mem::take(&mut *lock(&self.commands))
+    }
+}
+
+impl DialPost for Inbox {
+    fn post_dial(&self, op: DialOp, dialer: std::sync::Arc<Dialer>) {
+        self.post(Command::Dial(op, dialer));
     }
 }

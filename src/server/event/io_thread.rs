@@ -20,6 +20,7 @@ use slab::Slab;
 use socket2::Socket;
 
 use crate::addr::stream::format_sockaddr;
+use crate::config::Config;
 use crate::error::{log_refusal, Error, ErrorKind, Result};
 use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
@@ -27,6 +28,7 @@ use crate::proto::session::{Session, SessionParams, Stage};
 use crate::server::driver::{Context, Preambled};
 use crate::server::event::conn::{EventConn, EventConnParts, WhenBackedUp};
 use crate::server::event::deadlines::Deadlines;
+use crate::server::event::dialer::DIAL_BASE;
 use crate::server::event::dispatch::{dispatch, Budget};
 use crate::server::event::handler::callback;
 use crate::server::event::inbox::{Command, Inbox, OWN_INBOX};
@@ -48,6 +50,7 @@ impl IoThread {
             deadlines: Deadlines::default(),
             scratch: RecvBuffer::with_capacity(SCRATCH_SIZE),
             read_again: Vec::new(),
+            dials: Default::default(),
         })
     }
 
@@ -108,6 +111,10 @@ impl IoThread {
                 outside.ready(token);
                 continue;
             }
+            if token.0 >= DIAL_BASE {
+                self.on_dial_event(token.0);
+                continue;
+            }
             if event.is_read_closed() || event.is_error() {
                 self.on_readable(token.0, true);
             } else if event.is_readable() {
@@ -154,6 +161,7 @@ impl IoThread {
                     Command::Close(token, id) if self.is_live(token, id) => {
                         self.begin_close(token, None)
                     }
+                    Command::Dial(op, dialer) => self.dial_op(op, dialer),
                     Command::Stop => return true,
                     _ => {}
                 }
@@ -174,7 +182,22 @@ impl IoThread {
     }
 
     pub(super) fn try_adopt(&mut self, socket: Socket, peer: String) -> Result<()> {
-        let config = &self.shared.context.config;
+        let shared = self.shared.clone();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open_stream(socket, peer, Role::Server, &shared.context.config, id)
+    }
+
+    /// Makes `socket` (connected) a connection of this thread, as `role`,
+    /// with `config`'s settings, known as `id`: accepted ones and dialed
+    /// ones (`dial`) alike.
+    pub(super) fn open_stream(
+        &mut self,
+        socket: Socket,
+        peer: String,
+        role: Role,
+        config: &Config,
+        id: u64,
+    ) -> Result<()> {
         let fail = |doing: &str, e: io::Error| Error::io(format_args!("{doing} {peer}"), &e);
         socket
             .set_nonblocking(true)
@@ -191,7 +214,7 @@ impl IoThread {
         let now = Instant::now();
         let session = Session::new(
             SessionParams {
-                role: Role::Server,
+                role,
                 keys: config.keys.clone(),
                 proxy: config.proxy_protocol,
                 max_frame_size: config.max_frame_size,
@@ -212,7 +235,6 @@ impl IoThread {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| fail("registering", e))?;
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(EventConn::new(EventConnParts {
             id,
             token,
@@ -455,13 +477,16 @@ impl IoThread {
         // Handles may outlive the connection (and keep the descriptor
         // open): the peer must see the end now.
         conn.handle.mark_closed();
-        if conn.session.was_opened() {
+        let opened = conn.session.was_opened();
+        if opened {
             let handler = &self.shared.handler;
             let _ = callback(|| handler.on_close(&conn.handle, reason.as_ref()));
             context.handled.fetch_add(1, Ordering::Relaxed);
         }
+        let id = conn.handle.id();
         drop(conn);
         self.release_slot();
+        self.dialed_closed(id, opened, reason.as_ref());
     }
 
     pub(super) fn release_slot(&self) {

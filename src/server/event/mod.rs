@@ -10,6 +10,9 @@
 //! - `dispatch`: the protocol phases run on what was read (PROXY header,
 //!   handshake, frames to `on_frame`).
 //! - `writer`: writing queued frames, backpressure, close after flush.
+//! - `dialer`: outgoing connections ([`Dialer`]) and what an I/O thread
+//!   keeps of them; `dialing`: the non-blocking connect, the client
+//!   session, reconnect with backoff.
 //! - `timers` over `deadlines` (the heap): handshake, idle, linger.
 //! - `handler`: the [`EventHandler`] callbacks and how they are run.
 //! - [`conn`]: the connection handle callbacks and other threads send on.
@@ -19,11 +22,13 @@
 
 pub mod conn;
 mod deadlines;
+pub(crate) mod dialer;
+mod dialing;
 mod dispatch;
 pub(crate) mod embedded;
 pub(crate) mod engine;
 mod handler;
-mod inbox;
+pub(crate) mod inbox;
 mod io_thread;
 mod state;
 mod timers;
@@ -32,4 +37,5 @@ mod writer;
 pub(crate) use state::{Outside, OUTSIDE_TOKENS};
 
 pub use conn::EventConn;
+pub use dialer::{DialErrorHandler, Dialer};
 pub use handler::EventHandler;

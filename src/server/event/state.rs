@@ -16,6 +16,7 @@ use crate::proto::session::Session;
 use crate::server::driver::{Context, HandOver};
 use crate::server::event::conn::EventConn;
 use crate::server::event::deadlines::Deadlines;
+use crate::server::event::dialer::Dials;
 use crate::server::event::handler::EventHandler;
 use crate::server::event::inbox::Inbox;
 
@@ -80,6 +81,8 @@ pub(crate) struct IoThread {
     pub(super) scratch: RecvBuffer,
     /// Connections whose reads stopped at READS_PER_TURN with data left.
     pub(super) read_again: Vec<usize>,
+    /// Outgoing connections being dialed (see `dial`).
+    pub(super) dials: Dials,
 }
 
 /// Settings and state every I/O thread of one engine shares.

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::server::event::dialer::DIAL_BASE;
 use crate::server::event::state::{IoThread, CLOSE_LINGER};
 
 impl IoThread {
@@ -20,6 +21,10 @@ impl IoThread {
     /// Handles every deadline that has passed.
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some((token, id)) = self.deadlines.pop_due(now) {
+            if token >= DIAL_BASE {
+                self.dial_timer(token, id);
+                continue;
+            }
             if !self.is_live(token, id) {
                 continue;
             }
