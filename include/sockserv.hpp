@@ -511,6 +511,28 @@ public:
     }
     ///@}
 
+    /// Starts connecting without blocking (sockserv_connect_start): drive
+    /// it with proceed() from your loop until it returns SOCKSERV_OK.
+    static connection start(const std::string &addr, const config &cfg) {
+        sockserv_conn *raw = nullptr;
+        detail::check(sockserv_connect_start(addr.c_str(), cfg.get(), &raw),
+                      "sockserv_connect_start");
+        return connection(raw);
+    }
+    /// One step of a connection from start() (sockserv_conn_continue):
+    /// SOCKSERV_OK once established, SOCKSERV_ERR_WOULD_BLOCK to wait on
+    /// fd() (for writing if `want_write`), or the failure.
+    [[nodiscard]] sockserv_result proceed(bool &want_write, std::nothrow_t) noexcept {
+        return sockserv_conn_continue(conn_, &want_write);
+    }
+    /// Whole frames buffered inside sockserv (sockserv_conn_pending): a
+    /// level-triggered loop receives while this is above 0.
+    std::size_t pending() const {
+        std::size_t frames = 0;
+        detail::check(sockserv_conn_pending(conn_, &frames), "sockserv_conn_pending");
+        return frames;
+    }
+
     connection(const connection &) = delete;
     connection &operator=(const connection &) = delete;
     /// Moves ownership; `other` is left empty.

@@ -66,6 +66,7 @@ pub use proto::proxy::ProxyMode;
 pub use server::event::{DialErrorHandler, Dialer, EventConn, EventHandler};
 pub use server::{Handler, Server, Stats, Verify};
 pub use stream::client::connect;
+pub use stream::connect_nb::{Connecting, Progress};
 pub use stream::connection::{Connection, RecvInto};
 
 /// Internals that tests and fuzz targets outside the crate reach for, not

@@ -15,6 +15,7 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Role;
 use crate::server::event::conn::EventConn;
+use crate::stream::connect_nb::PendingConnection;
 use crate::stream::connection::{Connection, RecvInto};
 use crate::sys::sockopt::{self, SockOpt};
 
@@ -49,6 +50,19 @@ pub struct sockserv_conn {
 pub(super) enum ConnKind {
     Blocking(Arc<Connection>),
     Event(Arc<EventConn>),
+    /// From `sockserv_connect_start`: a connection once established.
+    Connecting(Box<PendingConnection>),
+}
+
+impl ConnKind {
+    /// The blocking connection, if there is one (yet).
+    fn as_blocking(&self) -> Option<&Connection> {
+        match self {
+            ConnKind::Blocking(conn) => Some(conn),
+            ConnKind::Connecting(pending) => pending.ready(),
+            ConnKind::Event(_) => None,
+        }
+    }
 }
 
 impl sockserv_conn {
@@ -77,7 +91,7 @@ impl sockserv_conn {
         let handle = unsafe { Arc::from_raw(handle.cast_const()) };
         handle.ended.store(true, Ordering::Release);
         if Arc::strong_count(&handle) > 1 {
-            if let ConnKind::Blocking(conn) = &handle.kind {
+            if let Some(conn) = handle.kind.as_blocking() {
                 // Replies a coalescing handler held leave before the close.
                 conn.flush_within(Duration::from_secs(5));
                 conn.close();
@@ -99,9 +113,10 @@ impl sockserv_conn {
     }
 
     /// The blocking connection, or why `doing` is not for event mode.
-    fn blocking(&self, doing: &str) -> Result<&Connection> {
+    pub(super) fn blocking(&self, doing: &str) -> Result<&Connection> {
         match self.live()? {
             ConnKind::Blocking(conn) => Ok(conn),
+            ConnKind::Connecting(pending) => pending.connection(),
             ConnKind::Event(_) => Err(Error::new(
                 ErrorKind::InvalidState,
                 format!("{doing} is not available on an event-mode connection (frames arrive in on_frame)"),
@@ -113,6 +128,7 @@ impl sockserv_conn {
         Ok(match self.live()? {
             ConnKind::Blocking(conn) => conn.socket(),
             ConnKind::Event(conn) => conn.socket(),
+            ConnKind::Connecting(pending) => pending.connection()?.socket(),
         })
     }
 
@@ -120,6 +136,7 @@ impl sockserv_conn {
         match &self.kind {
             ConnKind::Blocking(conn) => conn.peer_addr(),
             ConnKind::Event(conn) => conn.peer_addr(),
+            ConnKind::Connecting(pending) => pending.peer_addr(),
         }
     }
 
@@ -127,6 +144,7 @@ impl sockserv_conn {
         match &self.kind {
             ConnKind::Blocking(conn) => conn.local_addr(),
             ConnKind::Event(conn) => conn.local_addr(),
+            ConnKind::Connecting(pending) => pending.local_addr(),
         }
     }
 }
@@ -136,7 +154,7 @@ impl Drop for sockserv_conn {
         // The last reference to a connection of yours that was never freed
         // (retained, then released): it goes as sockserv_conn_free would.
         if !self.server_owned && !*self.ended.get_mut() {
-            if let ConnKind::Blocking(conn) = &self.kind {
+            if let Some(conn) = self.kind.as_blocking() {
                 conn.flush_within(Duration::from_secs(5));
             }
         }
@@ -150,8 +168,13 @@ pub const SOCKSERV_ROLE_CLIENT: c_int = 1;
 
 /// A handle of yours (one reference, dropped by `sockserv_conn_free`).
 fn new_handle(conn: Connection) -> *mut sockserv_conn {
+    new_handle_of(ConnKind::Blocking(Arc::new(conn)))
+}
+
+/// The same for any kind of connection.
+pub(super) fn new_handle_of(kind: ConnKind) -> *mut sockserv_conn {
     Arc::into_raw(Arc::new(sockserv_conn {
-        kind: ConnKind::Blocking(Arc::new(conn)),
+        kind,
         userdata: AtomicPtr::new(std::ptr::null_mut()),
         server_owned: false,
         ended: AtomicBool::new(false),
@@ -301,6 +324,7 @@ pub unsafe extern "C" fn sockserv_conn_send(
                 c.live()?;
                 conn.send(data)
             }
+            ConnKind::Connecting(_) => c.blocking("sockserv_conn_send")?.send(data),
             // EventConn::send checks for the close itself, under its one lock.
             ConnKind::Event(conn) => conn.send(data),
         }
@@ -476,6 +500,7 @@ pub unsafe extern "C" fn sockserv_conn_fd(
         fd_out.put(match c.live()? {
             ConnKind::Blocking(conn) => conn.fd(),
             ConnKind::Event(conn) => conn.fd(),
+            ConnKind::Connecting(pending) => pending.fd(),
         });
         Ok(())
     })
@@ -737,6 +762,7 @@ pub unsafe extern "C" fn sockserv_conn_close(conn: *const sockserv_conn) -> sock
         match c.live()? {
             ConnKind::Blocking(conn) => conn.close(),
             ConnKind::Event(conn) => conn.close(),
+            ConnKind::Connecting(pending) => pending.close(),
         }
         Ok(())
     })
@@ -831,7 +857,7 @@ pub unsafe extern "C" fn sockserv_conn_free(conn: *mut sockserv_conn) {
         if handle.server_owned {
             return;
         }
-        if let ConnKind::Blocking(inner) = &handle.kind {
+        if let Some(inner) = handle.kind.as_blocking() {
             // Replies held by coalescing are not lost to a free.
             inner.flush_within(Duration::from_secs(5));
             handle.ended.store(true, Ordering::Release);

@@ -29,6 +29,8 @@ mod dialer;
 
 mod conn;
 
+mod conn_loop;
+
 mod dgram;
 
 mod dgram_server;
@@ -46,6 +48,7 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub use config::*;
 pub use conn::*;
+pub use conn_loop::*;
 pub use dgram::*;
 pub use dgram_server::*;
 pub use dialer::*;

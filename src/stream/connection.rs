@@ -390,6 +390,30 @@ impl Connection {
         }
     }
 
+    /// Whole frames received and buffered here, not yet taken: each
+    /// receive returns one without touching the socket, so the socket's
+    /// readiness says nothing about them. An event loop that receives once
+    /// per wake-up goes on receiving while this is above 0 (a frame with a
+    /// bad header counts: the receive reports it). A receive running on
+    /// another thread meanwhile counts as none.
+    pub fn pending_frames(&self) -> usize {
+        let Ok(rx) = self.recv.try_lock() else {
+            return 0;
+        };
+        let mut rest = rx.buf.pending();
+        let mut frames = 0;
+        loop {
+            match frame::decode_header(rest, self.max_frame_size) {
+                Ok(Some(h)) if rest.len() as u64 >= h.frame_len() => {
+                    frames += 1;
+                    rest = &rest[h.frame_len() as usize..];
+                }
+                Ok(_) => return frames,
+                Err(_) => return frames + 1,
+            }
+        }
+    }
+
     /// Writes replies held back by coalescing, as this connection's wait
     /// allows.
     fn flush_held(&self) -> Result<()> {

@@ -389,6 +389,23 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_server_new_unbound(config, NULL), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_DETAIL("server_out is NULL");
 
+    /* The loop client. */
+    {
+        sockserv_conn *pending_conn = UNTOUCHED;
+        bool want = true;
+        size_t frames = 7;
+        EXPECT_RC(sockserv_connect_start(NULL, config, &pending_conn), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_connect_start("tcp://127.0.0.1:1", config, NULL),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_DETAIL("conn_out is NULL");
+        EXPECT_RC(sockserv_connect_start("nonsense://x", config, &pending_conn),
+                  SOCKSERV_ERR_INVALID_ADDRESS);
+        CHECK(pending_conn == UNTOUCHED);
+        EXPECT_RC(sockserv_conn_continue(NULL, &want), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_conn_pending(NULL, &frames), SOCKSERV_ERR_NULL_PARAMETER);
+        CHECK(frames == 7);
+    }
+
     /* Dialers. */
     {
         sockserv_dialer *dialer = UNTOUCHED;

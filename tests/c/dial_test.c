@@ -8,6 +8,14 @@
  *    SOCKSERV_ERR_CONNECTION_REFUSED and, with 0, 0, only once; a key
  *    mismatch with SOCKSERV_ERR_AUTH_FAILED, and sockserv_dialer_free from
  *    inside that report stops every later one.
+ * 2. The standalone client from a loop: sockserv_connect_start returns at
+ *    once (< 50 ms) even against a peer that never answers, and
+ *    sockserv_conn_continue drives the connect and handshake from a
+ *    level-triggered epoll loop; three frames that arrive together are
+ *    all received by a loop that receives once per wake-up and then while
+ *    sockserv_conn_pending says so (the issue's bug: epoll stays quiet
+ *    about the two buffered inside sockserv). Timeouts, refusal and close
+ *    while connecting.
  *
  * Run by tests/c_api/dial.rs. Prints "dial_test: N checks, F failed";
  * exits 1 on any failure. Every wait is bounded in time.
@@ -16,8 +24,13 @@
 
 #include "check.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define WAIT_MS 10000
 
@@ -196,9 +209,224 @@ static void test_dialing(void)
     sockserv_config_free(wrong);
 }
 
+/* The server side of the loop test: "burst" is answered with three
+ * frames, queued in one callback, so they leave in one write. */
+static void burst_frame(void *userdata, sockserv_conn *conn, const uint8_t *data, size_t len)
+{
+    (void)userdata;
+    if (len == 5 && memcmp(data, "burst", 5) == 0) {
+        sockserv_conn_send(conn, (const uint8_t *)"one", 3);
+        sockserv_conn_send(conn, (const uint8_t *)"two", 3);
+        sockserv_conn_send(conn, (const uint8_t *)"three", 5);
+    } else {
+        sockserv_conn_send(conn, data, len);
+    }
+}
+
+/* Watches `fd` in `ep` (level-triggered) for `events`. */
+static void watch(int ep, int fd, unsigned events)
+{
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.fd = fd;
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev) != 0)
+        REQUIRE(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+}
+
+/* Drives sockserv_conn_continue from the epoll loop `ep` until it is done
+ * or `limit_ms` passed; returns its last code. */
+static sockserv_result drive(sockserv_conn *conn, int ep, long long limit_ms, int *wakeups)
+{
+    long long end = now_ms() + limit_ms;
+    sockserv_result rc = SOCKSERV_ERR_WOULD_BLOCK;
+    while (now_ms() < end) {
+        bool want_write = false;
+        int fd = -1;
+        struct epoll_event ev;
+        rc = sockserv_conn_continue(conn, &want_write);
+        if (rc != SOCKSERV_ERR_WOULD_BLOCK)
+            return rc;
+        REQUIRE_OK(sockserv_conn_fd(conn, &fd));
+        REQUIRE(fd >= 0);
+        watch(ep, fd, want_write ? EPOLLOUT : EPOLLIN);
+        /* Short waits: the timeouts are checked by continue. */
+        if (epoll_wait(ep, &ev, 1, 20) > 0 && wakeups)
+            (*wakeups)++;
+    }
+    return rc;
+}
+
+/* A TCP listener on 127.0.0.1 that never accepts; with `fill`, its accept
+ * queue is full, so a new connect gets no answer at all. */
+static int silent_listener(char *addr, size_t len, bool fill, int fillers[2])
+{
+    struct sockaddr_in sa;
+    socklen_t sa_len = sizeof sa;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), i;
+    REQUIRE(fd >= 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    REQUIRE(listen(fd, fill ? 0 : 8) == 0);
+    REQUIRE(getsockname(fd, (struct sockaddr *)&sa, &sa_len) == 0);
+    snprintf(addr, len, "tcp://127.0.0.1:%d", ntohs(sa.sin_port));
+    for (i = 0; i < 2; i++) {
+        fillers[i] = -1;
+        if (!fill)
+            continue;
+        fillers[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        REQUIRE(fillers[i] >= 0);
+        (void)connect(fillers[i], (struct sockaddr *)&sa, sizeof sa);
+        sleep_ms(20);
+    }
+    return fd;
+}
+
+static void close_listener(int fd, int fillers[2])
+{
+    int i;
+    for (i = 0; i < 2; i++)
+        if (fillers[i] >= 0)
+            close(fillers[i]);
+    close(fd);
+}
+
+static void test_loop_client(void)
+{
+    sockserv_config *config = keyed(KEY);
+    sockserv_server *server = NULL;
+    sockserv_conn *conn = UNTOUCHED;
+    char addr[SOCKSERV_ADDRSTRLEN], got[16];
+    size_t needed = 0, pending = 99, len = 0;
+    int ep = epoll_create1(EPOLL_CLOEXEC), fd = -1, received = 0, wakeups = 0;
+    long long t0;
+    struct epoll_event ev;
+    bool want_write = true;
+
+    REQUIRE(ep >= 0);
+    REQUIRE_OK(sockserv_server_new("tcp://127.0.0.1:0", config, &server));
+    REQUIRE_OK(sockserv_server_set_event_handlers(server, NULL, burst_frame, NULL, NULL));
+    REQUIRE_OK(sockserv_server_start(server));
+    REQUIRE_OK(sockserv_server_local_addr(server, addr, sizeof addr, &needed));
+
+    /* Connect and handshake from the loop. */
+    t0 = now_ms();
+    REQUIRE_OK(sockserv_connect_start(addr, config, &conn));
+    CHECK(now_ms() - t0 < 50);
+    EXPECT_RC(sockserv_conn_send(conn, (const uint8_t *)"early", 5), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(sockserv_conn_pending(conn, &pending), SOCKSERV_ERR_INVALID_STATE);
+    EXPECT_RC(drive(conn, ep, WAIT_MS, &wakeups), SOCKSERV_OK);
+    CHECK(wakeups >= 1);
+    EXPECT_RC(sockserv_conn_continue(conn, &want_write), SOCKSERV_OK);
+    CHECK(!want_write);
+    EXPECT_RC(sockserv_conn_pending(conn, &pending), SOCKSERV_OK);
+    CHECK(pending == 0);
+    /* Non-blocking once established: nothing there yet. */
+    EXPECT_RC(sockserv_conn_recv_into(conn, (uint8_t *)got, sizeof got, &len),
+              SOCKSERV_ERR_WOULD_BLOCK);
+
+    /* Three frames arrive together; the loop receives one per wake-up. */
+    REQUIRE_OK(sockserv_conn_fd(conn, &fd));
+    watch(ep, fd, EPOLLIN);
+    EXPECT_RC(sockserv_conn_send(conn, (const uint8_t *)"burst", 5), SOCKSERV_OK);
+    CHECK(epoll_wait(ep, &ev, 1, WAIT_MS) == 1);
+    sleep_ms(20); /* all three are on the socket by now */
+    EXPECT_RC(sockserv_conn_recv_into(conn, (uint8_t *)got, sizeof got, &len), SOCKSERV_OK);
+    received++;
+    CHECK(len == 3 && memcmp(got, "one", 3) == 0);
+    EXPECT_RC(sockserv_conn_pending(conn, &pending), SOCKSERV_OK);
+    CHECK(pending == 2);
+    /* The trap: the socket is empty, so a level-triggered epoll does not
+     * wake again for the two frames inside sockserv. */
+    CHECK(epoll_wait(ep, &ev, 1, 100) == 0);
+    while (received < 10 && sockserv_conn_pending(conn, &pending) == SOCKSERV_OK && pending > 0) {
+        EXPECT_RC(sockserv_conn_recv_into(conn, (uint8_t *)got, sizeof got, &len), SOCKSERV_OK);
+        received++;
+    }
+    CHECK(received == 3);
+    CHECK(len == 5 && memcmp(got, "three", 5) == 0);
+    EXPECT_RC(sockserv_conn_recv_into(conn, (uint8_t *)got, sizeof got, &len),
+              SOCKSERV_ERR_WOULD_BLOCK);
+    sockserv_conn_free(conn);
+
+    /* Without a key there is no handshake: established as soon as the
+     * TCP connect is (this keyed server would refuse its first frame). */
+    REQUIRE_OK(sockserv_connect_start(addr, NULL, &conn));
+    EXPECT_RC(drive(conn, ep, WAIT_MS, NULL), SOCKSERV_OK);
+    sockserv_conn_free(conn);
+    sockserv_server_free(server);
+
+    /* A peer that accepts the TCP connect but never says a word: the
+     * handshake times out in continue, never blocking the loop. */
+    {
+        int fillers[2];
+        char silent[SOCKSERV_ADDRSTRLEN];
+        int lfd = silent_listener(silent, sizeof silent, false, fillers);
+        sockserv_config *quick = keyed(KEY);
+        long long took;
+        REQUIRE_OK(sockserv_config_set_handshake_timeout_ms(quick, 300));
+        t0 = now_ms();
+        REQUIRE_OK(sockserv_connect_start(silent, quick, &conn));
+        CHECK(now_ms() - t0 < 50);
+        REQUIRE_OK(sockserv_conn_fd(conn, &fd));
+        CHECK(fd >= 0);
+        EXPECT_RC(drive(conn, ep, WAIT_MS, NULL), SOCKSERV_ERR_TIMED_OUT);
+        took = now_ms() - t0;
+        CHECK(took >= 290 && took < 5000);
+        EXPECT_DETAIL("timed out after 300 ms");
+        /* The failure stays. */
+        EXPECT_RC(sockserv_conn_continue(conn, &want_write), SOCKSERV_ERR_TIMED_OUT);
+        sockserv_conn_free(conn);
+        close_listener(lfd, fillers);
+
+        /* A peer whose accept queue is full: no answer to the connect. */
+        lfd = silent_listener(silent, sizeof silent, true, fillers);
+        REQUIRE_OK(sockserv_config_set_connect_timeout_ms(quick, 200));
+        t0 = now_ms();
+        REQUIRE_OK(sockserv_connect_start(silent, quick, &conn));
+        CHECK(now_ms() - t0 < 50);
+        EXPECT_RC(sockserv_conn_continue(conn, &want_write), SOCKSERV_ERR_WOULD_BLOCK);
+        CHECK(want_write);
+        EXPECT_RC(drive(conn, ep, WAIT_MS, NULL), SOCKSERV_ERR_TIMED_OUT);
+        took = now_ms() - t0;
+        CHECK(took >= 190 && took < 5000);
+        sockserv_conn_free(conn);
+
+        /* Closed while connecting: the socket goes, continue says so. */
+        REQUIRE_OK(sockserv_connect_start(silent, quick, &conn));
+        EXPECT_RC(sockserv_conn_close(conn), SOCKSERV_OK);
+        EXPECT_RC(sockserv_conn_continue(conn, &want_write), SOCKSERV_ERR_BROKEN);
+        REQUIRE_OK(sockserv_conn_fd(conn, &fd));
+        CHECK(fd == -1);
+        sockserv_conn_free(conn);
+        close_listener(lfd, fillers);
+        sockserv_config_free(quick);
+    }
+
+    /* Refused: at once or on the first continue. */
+    {
+        sockserv_server *gone = NULL;
+        sockserv_result rc;
+        REQUIRE_OK(sockserv_server_new("tcp://127.0.0.1:0", NULL, &gone));
+        REQUIRE_OK(sockserv_server_local_addr(gone, addr, sizeof addr, &needed));
+        sockserv_server_free(gone);
+        rc = sockserv_connect_start(addr, NULL, &conn);
+        if (rc == SOCKSERV_OK) {
+            rc = drive(conn, ep, WAIT_MS, NULL);
+            sockserv_conn_free(conn);
+        }
+        CHECK(rc == SOCKSERV_ERR_CONNECTION_REFUSED);
+    }
+    close(ep);
+    sockserv_config_free(config);
+}
+
 int main(void)
 {
     test_dialing();
+    test_loop_client();
     printf("dial_test: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -370,6 +370,18 @@ static void test_dialer() {
     once.set_reconnect(0, 0);
     CHECK(wait_until([&] { return refused == 1; }));
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, once.set_reconnect(10, 5));
+
+    // The loop client: start, proceed until established, pending.
+    sockserv::connection c = sockserv::connection::start(srv.local_addr(), keyed());
+    bool want_write = false;
+    sockserv_result rc = SOCKSERV_ERR_WOULD_BLOCK;
+    for (int i = 0; i < 5000 && rc == SOCKSERV_ERR_WOULD_BLOCK; i++) {
+        rc = c.proceed(want_write, std::nothrow);
+        if (rc == SOCKSERV_ERR_WOULD_BLOCK)
+            std::this_thread::sleep_for(1ms);
+    }
+    CHECK(rc == SOCKSERV_OK);
+    CHECK(c.pending() == 0);
 }
 
 static void test_retained_event_handle() {
