@@ -51,27 +51,6 @@ fn pkg_config(args: &[&str]) -> Option<Vec<String>> {
     })
 }
 
-/// Whether this tree's header has the dialer (`sockserv_server_dial`):
-/// the dial and self scenarios and the examples need it. Until the `dial`
-/// branch is merged beside `embed` they are skipped (`skip::optional`),
-/// and the programs are built without them (`LOOP_DIAL`).
-fn has_dial() -> bool {
-    std::fs::read_to_string(root().join("include/sockserv.h"))
-        .expect("include/sockserv.h")
-        .contains("sockserv_server_dial(")
-}
-
-/// False (after recording a skip) when the tree has no dialer yet.
-fn dial_merged(test: &str) -> bool {
-    if !has_dial() {
-        skip::optional(
-            test,
-            "include/sockserv.h has no sockserv_server_dial (the dial branch is not merged here)",
-        );
-    }
-    has_dial()
-}
-
 fn compile(lib: &Path, out: &Path, source: &str, package: Option<&str>) -> PathBuf {
     let exe = out.join(source.trim_end_matches(".c"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -89,9 +68,6 @@ fn compile(lib: &Path, out: &Path, source: &str, package: Option<&str>) -> PathB
     .arg(root().join("include"))
     .arg("-I")
     .arg(root().join("tests/c"));
-    if has_dial() {
-        cmd.arg("-DLOOP_DIAL");
-    }
     if let Some(p) = package {
         cmd.args(pkg_config(&["--cflags", p]).expect("pkg-config --cflags"));
     }
@@ -310,9 +286,6 @@ fn echo_traffic_and_a_thousand_connections_then_shutdown_from_a_callback() {
 
 #[test]
 fn a_dialer_reconnects_to_a_server_that_restarts() {
-    if !dial_merged("a_dialer_reconnects_to_a_server_that_restarts") {
-        return;
-    }
     for b in backends("a_dialer_reconnects_to_a_server_that_restarts") {
         let dir = TempDir::new("loops-dial");
         let addr = format!("unix://{}", dir.file("s.sock"));
@@ -464,9 +437,6 @@ fn a_callback_closes_another_connection() {
 
 #[test]
 fn a_server_and_a_dialer_to_it_in_one_loop() {
-    if !dial_merged("a_server_and_a_dialer_to_it_in_one_loop") {
-        return;
-    }
     for b in backends("a_server_and_a_dialer_to_it_in_one_loop") {
         let p = Prog::start(b, &["self", "300", "-k", key()]);
         let lines = p.finish();
@@ -598,9 +568,6 @@ int main(int argc, char **argv)
 /// too), and each dials the other's server across processes.
 #[test]
 fn the_loop_examples_serve_and_dial() {
-    if !dial_merged("the_loop_examples_serve_and_dial") {
-        return;
-    }
     let b = built();
     if !b.missing.is_empty() {
         for m in &b.missing {

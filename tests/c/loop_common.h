@@ -203,9 +203,6 @@ static void serve_close(void *ud, sockserv_conn *conn, sockserv_result reason)
     free(p);
 }
 
-/* The dial and self scenarios need sockserv_server_dial (tests/loops.rs
- * defines LOOP_DIAL when the header declares it). */
-#ifdef LOOP_DIAL
 /* ---- the dialer ---- */
 
 static int dial_count, dial_opens, dial_echoes, dial_errors;
@@ -339,8 +336,6 @@ static void self_close(void *ud, sockserv_conn *conn, sockserv_result reason)
         self_client = NULL;
 }
 
-#endif /* LOOP_DIAL */
-
 /* ---- main ---- */
 
 static void raise_nofile(void)
@@ -365,9 +360,7 @@ static int usage(const char *prog)
 int main(int argc, char **argv)
 {
     sockserv_config *cfg;
-#ifdef LOOP_DIAL
     sockserv_dialer *dialer = NULL;
-#endif
     const char *mode, *key = NULL;
     int i, first_opt, rc;
     long long t0;
@@ -408,7 +401,6 @@ int main(int argc, char **argv)
         REQUIRE_OK(sockserv_server_start_embedded(srv));
         REQUIRE_OK(sockserv_server_local_addr(srv, addr, sizeof addr, &n));
         say("listening %s", addr);
-#ifdef LOOP_DIAL
     } else if (strcmp(mode, "dial") == 0) {
         dial_count = atoi(argv[3]);
         REQUIRE(dial_count > 0);
@@ -428,7 +420,6 @@ int main(int argc, char **argv)
         REQUIRE_OK(sockserv_server_start_embedded(srv));
         REQUIRE_OK(sockserv_server_local_addr(srv, self_addr, sizeof self_addr, &n));
         REQUIRE_OK(sockserv_server_dial(srv, self_addr, NULL, &dialer));
-#endif
     } else {
         return usage(argv[0]);
     }
@@ -444,21 +435,17 @@ int main(int argc, char **argv)
     /* No thread of sockserv's, ever: only main (libuv and libevent start
      * none for polls and timers either). */
     CHECK(max_threads == 1);
-#ifdef LOOP_DIAL
     if (dialer) {
         CHECK(sockserv_dialer_close(dialer) == SOCKSERV_OK);
         sockserv_dialer_free(dialer);
     }
-#endif
     if (victim)
         sockserv_conn_release(victim);
     sockserv_server_free(srv);
     if (strcmp(mode, "serve") == 0)
         say("opened %d closed %d timed-out %d", opened, closed, timed_out);
-#ifdef LOOP_DIAL
     if (strcmp(mode, "dial") == 0)
         say("opens %d echoes %d dial-errors %d", dial_opens, dial_echoes, dial_errors);
-#endif
     say("%s: %d checks, %d failed", backend_name(), checks, failures);
     return failures ? 1 : 0;
 }
