@@ -116,10 +116,11 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool, timeout:
             loop.remove_reader(fd)
 
 
-# How long to wait for the socket before asking sockserv again, so that
-# its own deadlines (connect and handshake timeouts) are checked even when
-# a silent peer never wakes us.
-_RECHECK = 0.1
+# How long to wait for the socket before asking sockserv again: at least
+# every few tens of milliseconds, as sockserv_connect_start asks (its
+# connect and handshake deadlines are checked in sockserv_conn_continue,
+# and a silent peer never wakes us).
+_RECHECK = 0.02
 
 
 class AsyncConnection:
