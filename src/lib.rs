@@ -31,7 +31,8 @@
 //!
 //! The layers are private; what a Rust program uses is re-exported here:
 //! [`Config`] (private fields behind validated setters), [`Server`] with a
-//! [`Handler`] or an [`EventHandler`], [`connect`] and [`Connection`]
+//! [`Handler`] or an [`EventHandler`] (on its I/O threads, or embedded in
+//! the caller's loop: [`Server::start_embedded`]), [`connect`] and [`Connection`]
 //! (or [`Connection::establish`] over a socket of yours), [`DgramSocket`]
 //! and [`DgramServer`], and [`Error`]. Two modules are public as they are:
 //! [`proto`], the sans-IO protocols (for other drivers, interop tests and

@@ -677,6 +677,70 @@ static void when_full_waits_for_a_slot(const struct waiter *w)
     sockserv_server_free(server);
 }
 
+static void refused_peer(int port)
+{
+    /* max_connections 1, refusing: b is accepted and closed at once. */
+    int a = dial(port);
+    send_frame(a, "a");
+    expect_frame(a, "a");
+    int b = dial(port);
+    expect_end(b);
+    close(b);
+    send_frame(a, "a2");
+    expect_frame(a, "a2");
+    close(a);
+}
+
+static void when_full_refuses_and_counts(const struct waiter *w)
+{
+    sockserv_config *config;
+    REQUIRE_OK(sockserv_config_new(&config));
+    REQUIRE_OK(sockserv_config_set_max_connections(config, 1));
+    REQUIRE_OK(sockserv_config_set_when_full(config, SOCKSERV_WHEN_FULL_REFUSE));
+    struct seen s;
+    sockserv_server *server = embedded_server(config, &s);
+    sockserv_config_free(config);
+    pid_t peer = spawn_peer(refused_peer, port_of(server));
+    CHECK(run_loop(w, &s, one_closed, 20000) == SOCKSERV_OK);
+    reap(peer, "when full refuses");
+    uint64_t refused = 0;
+    REQUIRE_OK(sockserv_server_stat(server, SOCKSERV_STAT_REFUSED_WHEN_FULL, &refused));
+    CHECK(refused == 1);
+    CHECK(s.opened == 1 && s.frames == 2);
+    sockserv_server_free(server);
+}
+
+#define LIVE 3
+
+static void lingering_peer(int port)
+{
+    int fds[LIVE];
+    for (int i = 0; i < LIVE; i++) {
+        fds[i] = dial(port);
+        send_frame(fds[i], "ping");
+        expect_frame(fds[i], "ping");
+    }
+    /* The server is freed with these open: each sees the end. */
+    for (int i = 0; i < LIVE; i++) {
+        expect_end(fds[i]);
+        close(fds[i]);
+    }
+}
+
+static int three_frames(struct seen *s) { return s->frames == LIVE; }
+
+static void free_with_live_connections(const struct waiter *w)
+{
+    struct seen s;
+    sockserv_server *server = embedded_server(NULL, &s);
+    pid_t peer = spawn_peer(lingering_peer, port_of(server));
+    CHECK(run_loop(w, &s, three_frames, 20000) == SOCKSERV_OK);
+    /* The echoes are queued; free closes on this thread, on_close each. */
+    sockserv_server_free(server);
+    CHECK(s.closed == LIVE && s.reasons[SOCKSERV_ERR_SHUTDOWN] == LIVE);
+    reap(peer, "free with live connections");
+}
+
 static int embed_main(const struct waiter *w)
 {
     raise_fd_limit();
@@ -689,6 +753,8 @@ static int embed_main(const struct waiter *w)
     shutdown_from_a_callback(w);
     when_full_waits_for_a_slot(w);
     accept_backlog_past_one_turn(w);
+    when_full_refuses_and_counts(w);
+    free_with_live_connections(w);
     CHECK(threads() == baseline_threads);
     printf("%s: threads %d throughout\n", w->name, baseline_threads);
     printf("embed %s: %d checks, %d failed\n", w->name, checks, failures);
