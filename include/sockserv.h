@@ -6,7 +6,11 @@
  *   sockserv_strerror(code) gives static text, sockserv_last_error() the
  *   detail of the last failure on the calling thread.
  * - Outputs go through trailing pointers and are written only on success
- *   (except the needed size with SOCKSERV_ERR_INSUFFICIENT_SIZE).
+ *   (except the needed size with SOCKSERV_ERR_INSUFFICIENT_SIZE, and
+ *   *want_write with SOCKSERV_ERR_WOULD_BLOCK from sockserv_conn_continue).
+ * - From an event loop: sockserv_connect_start and sockserv_conn_continue
+ *   never block; after each wake-up, receive while sockserv_conn_pending
+ *   says frames are buffered: those never make the fd readable again.
  * - A NULL required pointer gives SOCKSERV_ERR_NULL_PARAMETER;
  *   every *_free(NULL) does nothing.
  * - Every other pointer must be valid for its documented use, buffers at

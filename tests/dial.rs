@@ -1,6 +1,7 @@
 //! Outgoing connections of the event engine (`Server::dial`): a dialed
 //! connection gets the same callbacks as an accepted one, redials with
-//! capped exponential backoff, and reports each failure with its reason.
+//! capped exponential backoff, and reports each failure with its reason;
+//! and the standalone client driven step by step (`Connecting`).
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use sockserv::{Config, Dialer, Error, ErrorKind, EventConn, EventHandler, Server};
+use sockserv::{
+    Config, Connecting, Dialer, Error, ErrorKind, EventConn, EventHandler, Progress, Server,
+};
 
 /// The dialing side: says hello on open, records what comes back and how
 /// connections end.
@@ -348,4 +351,135 @@ fn dialing_needs_a_started_event_engine() {
         kind(engine.dial("tcp://no such host name.invalid:1", None)),
         ErrorKind::InvalidAddress
     );
+    // A listening event server dials too, and counts no refusal for a
+    // dial that fails its handshake (the dial error handler hears of it).
+    let keyed = event_server(
+        "tcp://127.0.0.1:0",
+        &config_with_key(KEY),
+        Arc::new(EventEcho::default()),
+    );
+    let client = Arc::new(Client::default());
+    let listening = event_server("tcp://127.0.0.1:0", &Config::default(), client.clone());
+    let reports: Reports = Arc::default();
+    let sink = reports.clone();
+    listening.set_dial_error_handler(Some(Arc::new(move |_: &Arc<Dialer>, e: &Error| {
+        sink.lock()
+            .unwrap()
+            .push((Instant::now(), e.kind(), e.detail().to_string()));
+    })));
+    let good = listening
+        .dial(keyed.local_addr(), Some(&config_with_key(KEY)))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .frames
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    let bad = listening
+        .dial(keyed.local_addr(), Some(&config_with_key(b"wrong")))
+        .unwrap();
+    bad.set_reconnect(Duration::ZERO, Duration::ZERO).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !reports
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(listening.stats().handshake_failures, 0);
+    good.close();
+}
+
+/// Drives a [`Connecting`] with poll(2) on its fd, as a loop would.
+fn drive(mut connecting: Connecting, limit: Duration) -> sockserv::Result<sockserv::Connection> {
+    let end = Instant::now() + limit;
+    loop {
+        match connecting.advance()? {
+            Progress::Ready(conn) => return Ok(conn),
+            Progress::Pending { want_write } => {
+                assert!(Instant::now() < end, "still connecting after {limit:?}");
+                let events = if want_write {
+                    libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                };
+                let mut pfd = libc::pollfd {
+                    fd: connecting.fd(),
+                    events,
+                    revents: 0,
+                };
+                // SAFETY: one pollfd we own, for at most 20 ms.
+                unsafe { libc::poll(&mut pfd, 1, 20) };
+            }
+        }
+    }
+}
+
+#[test]
+fn a_loop_connects_and_authenticates_without_blocking_then_has_a_connection() {
+    let config = config_with_key(KEY);
+    let server = event_server("tcp://127.0.0.1:0", &config, Arc::new(EventEcho::default()));
+    let started = Instant::now();
+    let connecting = Connecting::start(server.local_addr(), &config).unwrap();
+    assert!(started.elapsed() < Duration::from_millis(50) * time_scale());
+    assert_eq!(connecting.addr(), server.local_addr());
+    let conn = drive(connecting, Duration::from_secs(10)).unwrap();
+    // Non-blocking, as a loop wants; frames that come together are counted.
+    assert!(conn.is_nonblocking());
+    assert_eq!(conn.pending_frames(), 0);
+    for word in [&b"a"[..], b"bb", b"ccc"] {
+        conn.send(word).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn.poll(Some(Duration::ZERO)).unwrap_or(false)
+    }));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"a");
+    assert_eq!(conn.pending_frames(), 2);
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"bb");
+    assert_eq!(conn.pending_frames(), 1);
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"ccc");
+    assert_eq!(conn.pending_frames(), 0);
+    assert_eq!(kind(conn.recv_with(|_| ())), ErrorKind::WouldBlock);
+}
+
+#[test]
+fn a_loop_connect_reports_the_failures_connect_would() {
+    // The wrong key.
+    let server = event_server(
+        "tcp://127.0.0.1:0",
+        &config_with_key(KEY),
+        Arc::new(EventEcho::default()),
+    );
+    let connecting = Connecting::start(server.local_addr(), &config_with_key(b"wrong")).unwrap();
+    assert_eq!(
+        kind(drive(connecting, Duration::from_secs(10))),
+        ErrorKind::AuthFailed
+    );
+    // A Unix path with nobody there: refused at once.
+    let dir = TempDir::new("dial-nb");
+    let path = format!("unix://{}/none.sock", dir.path().display());
+    assert_eq!(
+        kind(Connecting::start(&path, &Config::default())),
+        ErrorKind::ConnectionRefused
+    );
+    // A silent peer: the handshake deadline, in advance, not a block.
+    let (_listener, addr) = silent_listener_accepting();
+    let mut config = config_with_key(KEY);
+    config
+        .set_handshake_timeout(Duration::from_millis(200))
+        .unwrap();
+    let started = Instant::now();
+    let connecting = Connecting::start(&addr, &config).unwrap();
+    let Err(e) = drive(connecting, Duration::from_secs(10)) else {
+        panic!("a silent peer let the handshake pass");
+    };
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(started.elapsed() >= Duration::from_millis(190));
+}
+
+/// A listener that completes TCP connects (the kernel does) and never
+/// accepts or speaks.
+fn silent_listener_accepting() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    (listener, addr)
 }

@@ -35,7 +35,8 @@ const PREAMBLE_READ: usize = 4096;
 /// What [`Connecting::advance`] got to.
 #[allow(clippy::large_enum_variant)] // Made once per connection.
 pub enum Progress {
-    /// Connected and past the preamble: the connection.
+    /// Connected and past the preamble: the connection, in non-blocking
+    /// mode (see [`Connection::set_nonblocking`]).
     Ready(Connection),
     /// Not yet: wait until the socket ([`Connecting::fd`]) is readable, or
     /// writable with `want_write`, then call again.
@@ -324,6 +325,8 @@ impl Connecting {
             peer,
             Vec::new(),
         )?;
+        // A loop's connection: receives and sends never wait.
+        conn.set_nonblocking(true);
         Ok(Progress::Ready(conn))
     }
 }
@@ -440,8 +443,6 @@ impl PendingConnection {
                 Ok(Some(want_write))
             }
             Ok(Progress::Ready(conn)) => {
-                // A loop's connection: receives and sends never wait.
-                conn.set_nonblocking(true);
                 let _ = self.ready.set(conn);
                 *state = State::Done;
                 Ok(None)

@@ -6,7 +6,7 @@ use super::*;
 /// The valgrind command, or None (said loudly) when it is not installed.
 /// A distinct exit code (99) tells valgrind's findings from the program's
 /// own failures (a client refused with a wrong key exits 1 on purpose).
-fn valgrind(log_dir: &Path, test: &str) -> Option<Vec<String>> {
+pub(super) fn valgrind(log_dir: &Path, test: &str) -> Option<Vec<String>> {
     let found = Command::new("valgrind")
         .arg("--version")
         .stdout(Stdio::null())
@@ -28,7 +28,7 @@ fn valgrind(log_dir: &Path, test: &str) -> Option<Vec<String>> {
 
 /// The valgrind logs in `dir`, checked: no errors, no definite leaks.
 /// Returns their summary lines, for the test output.
-fn check_valgrind_logs(dir: &Path) -> String {
+pub(super) fn check_valgrind_logs(dir: &Path) -> String {
     let mut summary = String::new();
     let mut logs = 0;
     for entry in std::fs::read_dir(dir).expect("log dir").flatten() {

@@ -1,4 +1,4 @@
-//! Sanitizers: the C test program, the datagram, concurrency and handles programs and the examples
+//! Sanitizers: the C test program, the datagram, concurrency, handles and dial programs and the examples
 //! built with AddressSanitizer + UndefinedBehaviorSanitizer, and the
 //! concurrency program with ThreadSanitizer, run against the library this
 //! test built (whose Rust code is not instrumented: .ci/sanitizers runs the
@@ -117,6 +117,7 @@ fn sanitized() -> &'static Sanitized {
                 "api_test.c",
                 "concurrency.c",
                 "datagram_test.c",
+                "dial_test.c",
                 "handles.c",
                 "sanitizer_control.c",
             ] {
@@ -135,7 +136,7 @@ fn sanitized() -> &'static Sanitized {
             out.clone()
         });
         let tsan = available("TSan", TSAN_FLAGS, "address", "gcc (libtsan2)").map(|()| {
-            for name in ["concurrency.c", "sanitizer_control.c"] {
+            for name in ["concurrency.c", "dial_test.c", "sanitizer_control.c"] {
                 compile_with(Lang::C, &lib_dir, &source(name), &out, TSAN_FLAGS, "-tsan");
             }
             out.clone()
@@ -218,6 +219,24 @@ fn asan_ubsan_api_test_program() {
         out.lines().last().unwrap_or("").ends_with(", 0 failed"),
         "{out}"
     );
+}
+
+/// tests/c/dial_test.c (dialers freed inside their reports, connections
+/// freed while connecting) under ASan + UBSan, and under TSan (its
+/// callbacks run on the I/O threads beside the main thread's checks).
+#[test]
+fn asan_ubsan_and_tsan_dial_test_program() {
+    for (build, suffix, what) in [
+        (&sanitized().asan, "asan", "dial_test (ASan + UBSan)"),
+        (&sanitized().tsan, "tsan", "dial_test (TSan)"),
+    ] {
+        let Some(dir) = builds(build, "asan_ubsan_and_tsan_dial_test_program") else {
+            continue;
+        };
+        let exe = dir.join(format!("dial_test-{suffix}"));
+        let output = run_sanitized(&exe, &[], what);
+        assert!(stdout(&output).contains(", 0 failed"), "{}", show(&output));
+    }
 }
 
 #[test]

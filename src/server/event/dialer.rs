@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use slab::Slab;
@@ -76,11 +75,20 @@ pub struct Dialer {
     pub(crate) slot: AtomicUsize,
 }
 
+thread_local! {
+    /// The dialer whose error report runs on this thread, if any (its
+    /// address): `detach` from inside it must not wait for itself. (A
+    /// thread-local cell, not `thread::current()`, which allocates a handle
+    /// for a C thread that is never freed.)
+    static REPORTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Who is in the error callback, so that detaching waits for it.
 #[derive(Default)]
 struct Gate {
     detached: bool,
-    running: Option<ThreadId>,
+    /// A report is running (on some thread).
+    running: bool,
 }
 
 impl Dialer {
@@ -156,10 +164,11 @@ impl Dialer {
     /// thread: none runs after this returns (the C handle is freed next).
     pub(crate) fn detach(self: &Arc<Self>) {
         self.close();
-        let me = thread::current().id();
+        // From inside this dialer's own report: it is ours, do not wait.
+        let own = REPORTING.with(|r| r.get()) == Arc::as_ptr(self) as usize;
         let mut gate = lock(&self.gate);
         gate.detached = true;
-        while gate.running.is_some_and(|t| t != me) {
+        while gate.running && !own {
             gate = self.gate_cv.wait(gate).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -178,10 +187,12 @@ impl Dialer {
             if gate.detached || self.is_closed() {
                 return;
             }
-            gate.running = Some(thread::current().id());
+            gate.running = true;
         }
+        let before = REPORTING.with(|r| r.replace(Arc::as_ptr(self) as usize));
         let _ = catch_unwind(AssertUnwindSafe(|| handler(self, error)));
-        lock(&self.gate).running = None;
+        REPORTING.with(|r| r.set(before));
+        lock(&self.gate).running = false;
         self.gate_cv.notify_all();
     }
 }

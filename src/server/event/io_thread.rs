@@ -260,7 +260,9 @@ impl IoThread {
             closing_since: None,
             close_reason: None,
             read_again: false,
-            refusal_counted: false,
+            // A dialed connection that fails is the dialer's to report,
+            // not a refusal of a client.
+            refusal_counted: role == Role::Client,
         });
         let conn = &mut self.conns[token];
         if let Some(deadline) = conn.session.deadline() {
