@@ -5,8 +5,11 @@
 //! loop, while this test talks to them over loopback and Unix sockets with
 //! sockserv's own client. Every program counts its threads in every
 //! callback (`/proc/self/task`): an embedded server has none of its own.
-//! Built against Debian's libuv1-dev and libevent-dev (`.ci/run` installs
-//! them; `skip::required` without).
+//! Also the README's `poll()` loop, compiled as printed, and
+//! `c_examples/uv_echo.c` and `event_echo.c` serving and dialing (each
+//! other too). Built against Debian's libuv1-dev and libevent-dev
+//! (`.ci/run` installs them; `skip::required` without). About 5 s, plus
+//! the examples' build.
 
 mod common;
 
