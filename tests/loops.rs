@@ -408,6 +408,46 @@ fn idle_timeouts_fire_with_no_traffic() {
 }
 
 #[test]
+fn a_silent_peer_is_cut_at_the_handshake_timeout() {
+    const HANDSHAKE_MS: u64 = 300;
+    for b in backends("a_silent_peer_is_cut_at_the_handshake_timeout") {
+        let limit = HANDSHAKE_MS.to_string();
+        let mut p = Prog::start(
+            b,
+            &["serve", "tcp://127.0.0.1:0", "-k", key(), "-h", &limit],
+        );
+        let addr = p.listening();
+        // Connects and never answers the challenge: only the deadline from
+        // sockserv_server_loop_timeout_ms ends it, no traffic.
+        let started = Instant::now();
+        let mut silent = std::net::TcpStream::connect(addr.trim_start_matches("tcp://")).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let end = std::io::Read::read_to_end(&mut silent, &mut got);
+        let took = started.elapsed();
+        assert!(end.is_ok(), "{}: no end of stream: {end:?}", b.name);
+        assert!(!got.is_empty(), "{}: no challenge was sent", b.name);
+        assert!(
+            took >= Duration::from_millis(HANDSHAKE_MS - 5)
+                && took
+                    < Duration::from_millis(HANDSHAKE_MS) + Duration::from_secs(2) * time_scale(),
+            "{}: cut after {took:?}",
+            b.name
+        );
+        let other = client(&addr);
+        other.send(b"quit").unwrap();
+        let lines = p.finish();
+        assert!(
+            lines.iter().any(|l| l.starts_with("opened 1 closed 1 ")),
+            "{}: the silent peer never opened: {lines:?}",
+            b.name
+        );
+    }
+}
+
+#[test]
 fn a_callback_closes_another_connection() {
     for b in backends("a_callback_closes_another_connection") {
         let mut p = Prog::start(b, &["serve", "tcp://127.0.0.1:0", "-k", key()]);

@@ -6,7 +6,7 @@
  * this file; everything else (the callbacks, the checks, main) is here, so
  * the loops differ only in how they wait.
  *
- *   PROG serve ADDR [-k KEY] [-q MAX_QUEUED] [-i IDLE_MS]
+ *   PROG serve ADDR [-k KEY] [-q MAX_QUEUED] [-i IDLE_MS] [-h HANDSHAKE_MS]
  *        echo server; the frames "quit", "victim", "close-other" and
  *        "flood" are commands (below); prints "listening ADDR"
  *   PROG dial ADDR COUNT [-k KEY]
@@ -350,7 +350,7 @@ static void raise_nofile(void)
 static int usage(const char *prog)
 {
     fprintf(stderr,
-            "usage: %s serve ADDR [-k KEY] [-q MAX_QUEUED] [-i IDLE_MS]\n"
+            "usage: %s serve ADDR [-k KEY] [-q MAX_QUEUED] [-i IDLE_MS] [-h HANDSHAKE_MS]\n"
             "       %s dial ADDR COUNT [-k KEY]\n"
             "       %s self COUNT [-k KEY]\n",
             prog, prog, prog);
@@ -378,6 +378,8 @@ int main(int argc, char **argv)
             key = argv[i + 1];
         else if (strcmp(argv[i], "-q") == 0)
             REQUIRE_OK(sockserv_config_set_max_queued_bytes(cfg, (size_t)atol(argv[i + 1])));
+        else if (strcmp(argv[i], "-h") == 0)
+            REQUIRE_OK(sockserv_config_set_handshake_timeout_ms(cfg, (uint32_t)atol(argv[i + 1])));
         else if (strcmp(argv[i], "-i") == 0) {
             idle_ms = atol(argv[i + 1]);
             REQUIRE_OK(sockserv_config_set_idle_timeout_ms(cfg, (uint32_t)idle_ms));

@@ -267,8 +267,15 @@ def test_a_dialer_on_the_same_loop():
             echoed.append(frame)
             conn.send(b"close me")
 
+        failures = []
+
+        def dial_error(dialer, error):
+            failures.append((dialer, error))
+
         server = sockserv.EventServer("tcp://127.0.0.1:0", on_frame=serve_frame, key=KEY)
-        engine = sockserv.EventServer(None, on_open=dial_open, on_frame=dial_frame, key=KEY)
+        engine = sockserv.EventServer(
+            None, on_open=dial_open, on_frame=dial_frame, on_dial_error=dial_error, key=KEY
+        )
         try:
             s1 = sockserv.asyncio_serve(server)
             s2 = sockserv.asyncio_serve(engine)
@@ -279,6 +286,22 @@ def test_a_dialer_on_the_same_loop():
             assert echoed[:3] == [b"hello 1", b"hello 2", b"hello 3"]
             dialer.close()
             assert dialer.closed
+            assert not failures
+            # Nobody listens there: the failure reaches on_dial_error with
+            # its code, on the loop's thread, once (no reconnect).
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                nobody = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+            once = engine.dial(nobody, reconnect=None)
+            end = time.monotonic() + WAIT
+            while not failures and time.monotonic() < end:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert len(failures) == 1, failures
+            assert failures[0][0] is once
+            assert isinstance(failures[0][1], sockserv.NetworkError)
+            assert failures[0][1].code == sockserv.Code.CONNECTION_REFUSED
+            once.close()
             s1.stop()
             s2.stop()
             await asyncio.wait_for(asyncio.gather(s1.wait_closed(), s2.wait_closed()), WAIT)
