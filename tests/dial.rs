@@ -483,3 +483,73 @@ fn silent_listener_accepting() -> (TcpListener, String) {
     let addr = format!("tcp://{}", listener.local_addr().unwrap());
     (listener, addr)
 }
+
+#[test]
+fn three_hundred_dialers_open_echo_and_close_cleanly_and_their_slots_are_reused() {
+    raise_fd_limit();
+    let server_side = Arc::new(EventEcho::default());
+    let server = event_server("tcp://127.0.0.1:0", &Config::default(), server_side.clone());
+    let mut config = Config::default();
+    config.set_io_threads(2);
+    let (engine, client, reports) = dialing_engine(&config);
+    let n = 300;
+    for round in 1..=2 {
+        let dialers: Vec<Arc<Dialer>> = (0..n)
+            .map(|_| engine.dial(server.local_addr(), None).unwrap())
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(30), || client
+                .frames
+                .lock()
+                .unwrap()
+                .len()
+                == n * round),
+            "round {round}: {} echoes",
+            client.frames.lock().unwrap().len()
+        );
+        for dialer in &dialers {
+            dialer.close();
+        }
+        assert!(wait_until(Duration::from_secs(30), || client
+            .closed
+            .load(Ordering::SeqCst)
+            == n * round));
+    }
+    assert_eq!(client.opened.load(Ordering::SeqCst), 2 * n);
+    assert!(wait_until(Duration::from_secs(10), || server_side
+        .closed
+        .load(Ordering::SeqCst)
+        == 2 * n));
+    assert!(reports.lock().unwrap().is_empty());
+    // Every reason a close() (none), every connection closed once.
+    assert!(client.reasons.lock().unwrap().iter().all(Option::is_none));
+}
+
+#[test]
+fn a_dialed_connection_talks_to_a_threaded_server_and_a_blocking_client_talks_to_it() {
+    // Dialing a threaded server (its preamble stage runs the handshake).
+    let config = config_with_key(KEY);
+    let threaded = echo_server("tcp://127.0.0.1:0", &config);
+    let (engine, client, reports) = dialing_engine(&config);
+    let dialer = engine.dial(threaded.local_addr(), None).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .frames
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    // A dialed connection's handle sends from another thread too.
+    let conn = client.conns.lock().unwrap()[0].clone();
+    std::thread::spawn(move || conn.send(b"from a thread").unwrap())
+        .join()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .frames
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    assert_eq!(client.frames.lock().unwrap()[1], b"from a thread");
+    assert!(reports.lock().unwrap().is_empty());
+    dialer.close();
+}

@@ -66,9 +66,7 @@ impl EventEngine {
         }
         Ok(engine)
     }
-}
 
-impl EventEngine {
     /// The I/O threads' inboxes, for dialing on them.
     pub fn inboxes(&self) -> Vec<Arc<Inbox>> {
         self.inboxes.clone()

@@ -189,7 +189,7 @@ impl IoThread {
 
     /// Makes `socket` (connected) a connection of this thread, as `role`,
     /// with `config`'s settings, known as `id`: accepted ones and dialed
-    /// ones (`dial`) alike.
+    /// ones (`dialing`) alike.
     pub(super) fn open_stream(
         &mut self,
         socket: Socket,

@@ -81,7 +81,7 @@ pub(crate) struct IoThread {
     pub(super) scratch: RecvBuffer,
     /// Connections whose reads stopped at READS_PER_TURN with data left.
     pub(super) read_again: Vec<usize>,
-    /// Outgoing connections being dialed (see `dial`).
+    /// Outgoing connections being dialed (see `dialer`, `dialing`).
     pub(super) dials: Dials,
 }
 
