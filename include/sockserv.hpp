@@ -520,11 +520,23 @@ public:
         return connection(raw);
     }
     /// One step of a connection from start() (sockserv_conn_continue):
-    /// SOCKSERV_OK once established, SOCKSERV_ERR_WOULD_BLOCK to wait on
-    /// fd() (for writing if `want_write`), or the failure.
+    /// true once established; false to wait on fd() (readable, or writable
+    /// when `want_write` is set) and call again; throws the failure (what
+    /// the blocking constructor would have thrown). Ask fd() after every
+    /// false: the next resolved address takes a new socket. The nothrow
+    /// twin returns SOCKSERV_OK, SOCKSERV_ERR_WOULD_BLOCK or the failure.
+    ///@{
+    bool proceed(bool &want_write) {
+        sockserv_result rc = proceed(want_write, std::nothrow);
+        if (rc == SOCKSERV_ERR_WOULD_BLOCK)
+            return false;
+        detail::check(rc, "sockserv_conn_continue");
+        return true;
+    }
     [[nodiscard]] sockserv_result proceed(bool &want_write, std::nothrow_t) noexcept {
         return sockserv_conn_continue(conn_, &want_write);
     }
+    ///@}
     /// Whole frames buffered inside sockserv (sockserv_conn_pending): a
     /// level-triggered loop receives while this is above 0.
     std::size_t pending() const {
@@ -815,13 +827,15 @@ public:
         return *this;
     }
 
-    /// Dials `addr` from the (started, event-mode) engine: the connection
-    /// gets on_events' callbacks; redialed with backoff.
-    dialer dial(const std::string &addr) {
-        sockserv_dialer *raw = nullptr;
-        check(sockserv_server_dial(get(), addr.c_str(), nullptr, &raw), "sockserv_server_dial");
-        return dialer(raw);
-    }
+    /// Dials `addr` from the engine (event mode's I/O threads, or your
+    /// loop when embedded), with the server's config or `cfg`: connect and
+    /// handshake without blocking, then on_events' callbacks like an
+    /// accepted connection; redialed with backoff (dialer::set_reconnect)
+    /// when it ends or fails.
+    ///@{
+    dialer dial(const std::string &addr) { return dial_with(addr, nullptr); }
+    dialer dial(const std::string &addr, const config &cfg) { return dial_with(addr, cfg.get()); }
+    ///@}
 
     /// Receives every exception a callback threw (on the thread that ran
     /// it); by default they are printed to stderr. Set it before starting.
@@ -847,26 +861,45 @@ public:
     /// Stops accepting, from any thread (a handler too); returns at once.
     void shutdown() noexcept { sockserv_server_shutdown(get()); }
 
-    /// Embedded mode: served from your own loop, no sockserv thread (event
-    /// handlers first). Watch loop_fd() for readability; after each wake-up
-    /// or timeout call process(), then wait at most loop_timeout_ms()
-    /// (-1: no deadline; 0: call process() again before sleeping).
+    /// Embedded mode: served from your own loop, no sockserv thread (set
+    /// on_events() first; instead of start() or serve()). Watch loop_fd()
+    /// for readability (level- or edge-triggered); after each wake-up or
+    /// timeout call process(), then wait at most loop_timeout_ms() (-1: no
+    /// deadline; 0: more is ready, call process() again before sleeping).
+    /// The callbacks run inside process(), on your thread.
     ///@{
     void start_embedded() {
-        check(sockserv_server_start_embedded(get()), "sockserv_server_start_embedded");
+        check(start_embedded(std::nothrow), "sockserv_server_start_embedded");
     }
+    [[nodiscard]] sockserv_result start_embedded(std::nothrow_t) noexcept {
+        return sockserv_server_start_embedded(get());
+    }
+    ///@}
+    /// The descriptor to watch (sockserv's: do not read or close it).
     int loop_fd() const {
         int fd = -1;
         check(sockserv_server_loop_fd(get(), &fd), "sockserv_server_loop_fd");
         return fd;
     }
+    /// How long the loop may wait before the next process(): -1 none, 0 now.
     int loop_timeout_ms() const {
         int ms = -1;
         check(sockserv_server_loop_timeout_ms(get(), &ms), "sockserv_server_loop_timeout_ms");
         return ms;
     }
-    /// All ready work; callbacks run inside. SOCKSERV_ERR_SHUTDOWN once
-    /// shut down (every connection closed): leave the loop.
+    /// Does all ready work without blocking; the callbacks run inside.
+    /// True while serving, false once the server has shut down (shutdown(),
+    /// from a callback too: every connection is closed then, so leave the
+    /// loop); throws on any other failure. The nothrow twin returns the
+    /// code (SOCKSERV_ERR_SHUTDOWN once shut down).
+    ///@{
+    bool process() {
+        sockserv_result rc = process(std::nothrow);
+        if (rc == SOCKSERV_ERR_SHUTDOWN)
+            return false;
+        check(rc, "sockserv_server_process");
+        return true;
+    }
     [[nodiscard]] sockserv_result process(std::nothrow_t) noexcept {
         return sockserv_server_process(get());
     }
@@ -927,6 +960,11 @@ public:
 
 private:
     static void check(sockserv_result rc, const char *call) { detail::check(rc, call); }
+    dialer dial_with(const std::string &addr, const sockserv_config *cfg) {
+        sockserv_dialer *raw = nullptr;
+        check(sockserv_server_dial(get(), addr.c_str(), cfg, &raw), "sockserv_server_dial");
+        return dialer(raw);
+    }
     void bind_or_throw(const std::string &addr, const sockserv_config *cfg) {
         sockserv_server *raw = nullptr;
         check(sockserv_server_new(addr.c_str(), cfg, &raw), "sockserv_server_new");

@@ -495,6 +495,118 @@ static void test_embedded_server() {
 }
 
 
+// Embedded mode with the throwing process(): a poll() loop that runs while
+// process() says true and ends when a callback shut the server down; the
+// callbacks ran on this thread, three echoes that arrive together are all
+// received (the client drains what sockserv buffered), and a second start
+// is refused through the nothrow twin.
+static void test_embedded_process_loop() {
+    sockserv::server srv("tcp://127.0.0.1:0");
+    std::thread::id callback_thread;
+    int echoed = 0;
+    srv.on_events(nullptr,
+                  [&](sockserv::conn_ref c, sockserv::bytes f) {
+                      callback_thread = std::this_thread::get_id();
+                      if (f.as_string_view() == "stop") {
+                          srv.shutdown();
+                      } else {
+                          echoed++;
+                          c.send(f);
+                      }
+                  },
+                  nullptr);
+    srv.start_embedded();
+    CHECK(srv.start_embedded(std::nothrow) == SOCKSERV_ERR_INVALID_STATE);
+    sockserv::connection c(srv.local_addr());
+    c.set_nonblocking(true);
+    for (int i = 0; i < 3; i++)
+        c.send("frame");
+    int got = 0;
+    bool serving = true, stop_sent = false;
+    auto deadline = std::chrono::steady_clock::now() + WAIT;
+    while (serving && std::chrono::steady_clock::now() < deadline) {
+        struct pollfd p = {srv.loop_fd(), POLLIN, 0};
+        int ms = srv.loop_timeout_ms();
+        (void)::poll(&p, 1, ms < 0 || ms > 20 ? 20 : ms);
+        serving = srv.process();
+        sockserv::bytes frame;
+        while (c.recv(frame, std::nothrow) == SOCKSERV_OK)
+            got++;
+        if (got == 3 && !stop_sent) {
+            c.send("stop");
+            stop_sent = true;
+        }
+    }
+    CHECK(!serving);
+    CHECK(got == 3);
+    CHECK(echoed == 3);
+    CHECK(callback_thread == std::this_thread::get_id());
+    CHECK(!srv.process());
+}
+
+// One poll() loop, all through the wrapper, no sockserv thread: an
+// embedded server; an embedded unbound engine whose dialer (with its own
+// config) connects to it; and a loop client (connection::start, the
+// throwing proceed(), pending()) whose three pipelined echoes are all
+// received. The engine ends on process() == false after a callback shut
+// both down.
+static void test_embedded_dial_and_loop_client() {
+    sockserv::server srv("tcp://127.0.0.1:0", keyed());
+    srv.on_events(nullptr, [](sockserv::conn_ref c, sockserv::bytes f) { c.send(f); }, nullptr);
+    sockserv::server engine = sockserv::server::unbound(sockserv::config());
+    int dialed_echoes = 0;
+    engine.on_events([](sockserv::conn_ref c) { c.send("via dialer"); },
+                     [&](sockserv::conn_ref, sockserv::bytes f) {
+                         if (f.as_string_view() == "via dialer")
+                             dialed_echoes++;
+                     },
+                     nullptr);
+    srv.start_embedded();
+    engine.start_embedded();
+    sockserv::dialer d = engine.dial(srv.local_addr(), keyed());
+    d.set_reconnect(10, 100);
+
+    sockserv::connection c = sockserv::connection::start(srv.local_addr(), keyed());
+    bool want_write = false, established = false;
+    int echoes = 0, frames_sent = 0;
+    bool serving = true, engine_on = true;
+    auto deadline = std::chrono::steady_clock::now() + WAIT;
+    while ((serving || engine_on) && std::chrono::steady_clock::now() < deadline) {
+        struct pollfd p[3] = {{srv.loop_fd(), POLLIN, 0}, {engine.loop_fd(), POLLIN, 0},
+                              {c.fd(), static_cast<short>(want_write ? POLLOUT : POLLIN), 0}};
+        int ms = 20;
+        for (int t : {srv.loop_timeout_ms(), engine.loop_timeout_ms()})
+            if (t >= 0 && t < ms)
+                ms = t;
+        (void)::poll(p, 3, ms);
+        if (serving)
+            serving = srv.process();
+        if (engine_on)
+            engine_on = engine.process();
+        if (!established && (established = c.proceed(want_write))) {
+            c.set_nonblocking(true);
+            for (; frames_sent < 3; frames_sent++)
+                c.send("pipelined");
+        }
+        if (established) {
+            sockserv::bytes f;
+            // Drain: the frames sockserv buffered (pending) count too.
+            while (c.recv(f, std::nothrow) == SOCKSERV_OK)
+                echoes++;
+            CHECK(c.pending() == 0);
+        }
+        if (echoes == 3 && dialed_echoes == 1) {
+            srv.shutdown();
+            engine.shutdown();
+        }
+    }
+    CHECK(established);
+    CHECK(echoes == 3);
+    CHECK(dialed_echoes == 1);
+    CHECK(!serving);
+    CHECK(!engine_on);
+}
+
 // The port of "tcp://127.0.0.1:PORT" / "udp://...:PORT".
 static int port_of(const std::string &addr) { return std::stoi(addr.substr(addr.rfind(':') + 1)); }
 
@@ -1004,6 +1116,8 @@ int main() {
     test_retained_event_handle();
     test_destruction_order();
     test_embedded_server();
+    test_embedded_process_loop();
+    test_embedded_dial_and_loop_client();
     test_config_setters_and_errors();
     test_every_config_setter();
     test_options_and_serve();

@@ -17,7 +17,10 @@ The bytes on the wire are multiprocessing.connection's (3.12+ handshake),
 so a Server talks to multiprocessing's Client and connect() to its Listener.
 Also: EventServer (callbacks on a few I/O threads), datagrams
 (open_datagram, connect_datagram, DatagramServer; sealed with a key),
-from_fd, connection options and non-blocking mode, statistics.
+from_fd, connection options and non-blocking mode, statistics; an
+EventServer in your own loop (start_embedded, fileno, timeout, process),
+dialing out from it (EventServer.dial), and asyncio (asyncio_serve,
+asyncio_connect).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from ._dgram import (
     open_datagram,
 )
 from ._lib import lib
-from ._server import EventServer, Handler, OnClose, OnFrame, OnOpen, Server, Verify
+from ._asyncio import AsyncConnection, AsyncioServing, asyncio_connect, asyncio_serve
+from ._server import Dialer, EventServer, Handler, OnClose, OnDialError, OnFrame, OnOpen, Server, Verify
 from ._stream import Connection, Option, Role, connect, from_fd
 from .errors import (
     AuthenticationError,
@@ -58,6 +62,8 @@ __all__ = [
     "DEFAULT_DATAGRAM_SIZE",
     "MAX_DATAGRAM_SIZE",
     "Address",
+    "AsyncConnection",
+    "AsyncioServing",
     "AuthenticationError",
     "Buffer",
     "Code",
@@ -66,12 +72,14 @@ __all__ = [
     "DatagramHandler",
     "DatagramServer",
     "DatagramSocket",
+    "Dialer",
     "ErrorHandler",
     "EventServer",
     "Handler",
     "InternalError",
     "NetworkError",
     "OnClose",
+    "OnDialError",
     "OnFrame",
     "OnOpen",
     "Option",
@@ -86,6 +94,8 @@ __all__ = [
     "UsageError",
     "Verify",
     "WhenFull",
+    "asyncio_connect",
+    "asyncio_serve",
     "clear_error",
     "connect",
     "connect_datagram",

@@ -7,13 +7,13 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _core, _lib
 from ._core import Address, Buffer, ErrorHandler, Options, call, report
 from ._lib import lib
 from ._stream import Connection
-from .errors import Code, ConnectionClosed, UsageError
+from .errors import Code, ConnectionClosed, SockservError, UsageError, error_for
 
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
@@ -26,6 +26,8 @@ Verify = Callable[[str], bool]
 OnOpen = Callable[[Connection], None]
 OnFrame = Callable[[Connection, bytes], None]
 OnClose = Callable[[Connection, Code], None]
+#: on_dial_error(dialer, error): one failed attempt of a dialer.
+OnDialError = Callable[["Dialer", SockservError], None]
 
 # SOCKSERV_STAT_* in order.
 STATS = (
@@ -63,7 +65,7 @@ def _free_server(handle: int, callbacks: List[Any]) -> None:
 class _ServerBase:
     def __init__(
         self,
-        address: Address,
+        address: Optional[Address],
         key: Optional[Buffer],
         extra_keys: Iterable[Buffer],
         verify: Optional[Verify],
@@ -72,7 +74,10 @@ class _ServerBase:
     ) -> None:
         handle = ctypes.c_void_p()
         with _core.config(key, extra_keys, options) as cfg:
-            call("sockserv_server_new", _core.address(address), cfg, ctypes.byref(handle))
+            if address is None:  # an engine with no listener, for dialing
+                call("sockserv_server_new_unbound", cfg, ctypes.byref(handle))
+            else:
+                call("sockserv_server_new", _core.address(address), cfg, ctypes.byref(handle))
         assert handle.value is not None
         self._handle: Optional[int] = handle.value
         self._on_error = on_error
@@ -231,15 +236,27 @@ class EventServer(_ServerBase):
     meanwhile: do not block in them. An exception in on_open or on_frame is
     passed to on_error (default: printed) and closes that connection; one
     in on_close is passed on too. None reaches C.
+
+    Embedded (start_embedded() instead of start()): no thread of
+    sockserv's; your loop watches fileno() for readability, calls process()
+    after every wake-up and then waits at most timeout(); the callbacks run
+    inside process(), on your thread. sockserv.asyncio_serve() does that
+    on an asyncio loop. `address` None makes an engine with no listener,
+    for dial() only.
+
+    dial(address) connects out from the same engine (without blocking,
+    reconnecting with backoff); its connections get the same callbacks.
+    on_dial_error(dialer, error) hears about each failed attempt.
     """
 
     def __init__(
         self,
-        address: Address,
+        address: Optional[Address],
         *,
         on_open: Optional[OnOpen] = None,
         on_frame: Optional[OnFrame] = None,
         on_close: Optional[OnClose] = None,
+        on_dial_error: Optional[OnDialError] = None,
         key: Optional[Buffer] = None,
         extra_keys: Iterable[Buffer] = (),
         verify: Optional[Verify] = None,
@@ -247,14 +264,150 @@ class EventServer(_ServerBase):
         **options: Unpack[Options],
     ) -> None:
         super().__init__(address, key, extra_keys, verify, on_error, options)
+        # handle -> Dialer, for on_dial_error and close(); shared with the
+        # trampoline, which must not hold the server.
+        self._dialers: Dict[int, Dialer] = {}
         try:
             # The three trampolines share the handle -> Connection map; like
             # the callbacks, it lives as long as the C server, not the Server.
             self._callbacks.extend(_event_trampolines(on_open, on_frame, on_close, on_error))
             call("sockserv_server_set_event_handlers", self._live(), *self._callbacks[-3:], None)
+            if on_dial_error is not None:
+                self._callbacks.append(_dial_error_trampoline(on_dial_error, self._dialers, on_error))
+                call("sockserv_server_set_dial_error_handler", self._live(), self._callbacks[-1], None)
         except BaseException:
             self.close()
             raise
+
+    def start_embedded(self) -> None:
+        """Serves from the caller's loop instead of I/O threads: watch
+        fileno(), call process(), wait at most timeout()."""
+        with self._lock:
+            call("sockserv_server_start_embedded", self._live())
+
+    def fileno(self) -> int:
+        """Embedded: the descriptor to watch for readability (level- or
+        edge-triggered); sockserv's, do not read or close it."""
+        fd = ctypes.c_int()
+        with self._lock:
+            call("sockserv_server_loop_fd", self._live(), ctypes.byref(fd))
+        return fd.value
+
+    def timeout(self) -> Optional[float]:
+        """Embedded: how long the loop may sleep before the next process()
+        if fileno() stays quiet, in seconds; None: no deadline; 0.0: more is
+        ready, call process() again before sleeping."""
+        ms = ctypes.c_int()
+        with self._lock:
+            call("sockserv_server_loop_timeout_ms", self._live(), ctypes.byref(ms))
+        return None if ms.value < 0 else ms.value / 1000
+
+    def process(self) -> bool:
+        """Embedded: does all ready work without blocking; the callbacks
+        run in here. False once the server has shut down (shutdown(), from
+        a callback too; every connection is closed then): stop watching it
+        and close() it."""
+        with self._lock:
+            handle = self._live()
+        # Not under the lock: a callback may call shutdown() or dial().
+        rc = int(lib.sockserv_server_process(handle))
+        if rc == Code.SHUTDOWN:
+            return False
+        _core.check(rc, "sockserv_server_process")
+        return True
+
+    def dial(
+        self,
+        address: Address,
+        *,
+        reconnect: Optional[Tuple[float, float]] = (0.1, 30.0),
+        key: Optional[Buffer] = None,
+        **options: Unpack[Options],
+    ) -> Dialer:
+        """Connects to `address` from this server's engine, without
+        blocking: connect, handshake, then on_open/on_frame/on_close like an
+        accepted connection. `reconnect` (min, max) seconds: when the
+        connection ends or an attempt fails it redials, the wait doubling
+        from min to max; None: once only. With neither key nor options the
+        server's settings are used."""
+        raw = ctypes.c_void_p()
+        with self._lock:
+            handle = self._live()
+            if key is None and not options:
+                call("sockserv_server_dial", handle, _core.address(address), None, ctypes.byref(raw))
+            else:
+                with _core.config(key, (), options) as cfg:
+                    call("sockserv_server_dial", handle, _core.address(address), cfg, ctypes.byref(raw))
+        assert raw.value is not None
+        dialer = Dialer(raw.value, self._dialers)
+        try:
+            lo, hi = (_core.ms(reconnect[0]), _core.ms(reconnect[1])) if reconnect is not None else (0, 0)
+            call("sockserv_dialer_set_reconnect", raw.value, lo, hi)
+        except BaseException:
+            dialer.close()
+            raise
+        return dialer
+
+    def close(self) -> None:
+        for dialer in list(getattr(self, "_dialers", {}).values()):
+            dialer.close()
+        super().close()
+
+
+class Dialer:
+    """An outgoing connection of an EventServer (EventServer.dial): it
+    redials when its connection ends until close(), which also closes
+    the connection it has."""
+
+    def __init__(self, handle: int, registry: Dict[int, Dialer]) -> None:
+        self._handle: Optional[int] = handle
+        self._registry = registry
+        registry[handle] = self
+
+    def close(self) -> None:
+        """Stops redialing, closes its connection (on_close runs) and frees
+        the dialer. Idempotent."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._registry.pop(handle, None)
+        lib.sockserv_dialer_close(handle)
+        lib.sockserv_dialer_free(handle)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<sockserv.Dialer {'closed' if self._handle is None else 'open'}>"
+
+
+def _dial_error_trampoline(
+    on_dial_error: OnDialError, dialers: Dict[int, Dialer], on_error: Optional[ErrorHandler]
+) -> Any:
+    def trampoline(_userdata: Optional[int], handle: Optional[int], code: int, detail: Optional[bytes]) -> None:
+        try:
+            dialer = dialers.get(handle or 0)
+            if dialer is None:
+                return  # closed meanwhile
+            err = error_for(code, (detail or b"").decode(errors="replace"), "sockserv_server_dial")
+            _core.local.in_callback = True
+            try:
+                on_dial_error(dialer, err)
+            except BaseException as e:  # noqa: BLE001 (the C boundary)
+                report(on_error, e, "on_dial_error callback")
+            finally:
+                _core.local.in_callback = False
+        except BaseException:  # noqa: BLE001 (never into C)
+            pass
+
+    return _lib.DIAL_ERROR(trampoline)
 
 
 def _event_trampolines(

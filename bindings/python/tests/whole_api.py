@@ -5,6 +5,7 @@ package in a fresh venv (tests/packaging/python.rs) and from the checkout
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 import tempfile
@@ -162,6 +163,59 @@ def library() -> None:
     print("library", sockserv.library_path())
 
 
+def in_asyncio() -> None:
+    """An embedded EventServer on asyncio, a dialing engine beside it, and
+    the asyncio client."""
+
+    async def run() -> None:
+        dialed: List[bytes] = []
+        failures: List[sockserv.SockservError] = []
+
+        def echo(conn: Connection, frame: bytes) -> None:
+            if frame == b"stop":
+                server.shutdown()
+            else:
+                conn.send(frame)
+
+        def dial_open(conn: Connection) -> None:
+            conn.send(b"dialed")
+
+        def dial_frame(conn: Connection, frame: bytes) -> None:
+            dialed.append(frame)
+
+        def dial_error(d: sockserv.Dialer, e: sockserv.SockservError) -> None:
+            failures.append(e)
+
+        server = sockserv.EventServer("tcp://127.0.0.1:0", on_frame=echo, key=KEY)
+        engine = sockserv.EventServer(
+            None, on_open=dial_open, on_frame=dial_frame, on_dial_error=dial_error, key=KEY
+        )
+        serving: sockserv.AsyncioServing = sockserv.asyncio_serve(server)
+        dialing = sockserv.asyncio_serve(engine)
+        dialer: sockserv.Dialer = engine.dial(server.address, reconnect=(0.05, 1.0))
+        client: sockserv.AsyncConnection = await sockserv.asyncio_connect(server.address, key=KEY)
+        await client.send(b"hi")
+        assert await client.recv() == b"hi"
+        assert client.pending() == 0
+        end = time.monotonic() + WAIT
+        while not dialed and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        assert dialed == [b"dialed"], (dialed, failures)
+        timeout: Optional[float] = server.timeout()
+        assert timeout is None or timeout >= 0
+        dialer.close()
+        await client.send(b"stop")
+        await asyncio.wait_for(serving.wait_closed(), WAIT)
+        dialing.stop()
+        await asyncio.wait_for(dialing.wait_closed(), WAIT)
+        client.close()
+        engine.close()
+        server.close()
+
+    asyncio.run(run())
+    print("asyncio ok")
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         library()
@@ -169,6 +223,7 @@ def main() -> int:
         event_mode()
         datagrams(tmp)
         adopted()
+        in_asyncio()
     print("whole api ok")
     return 0
 
