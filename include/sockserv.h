@@ -1803,9 +1803,9 @@ void sockserv_conn_free(struct sockserv_conn *conn);
  *
  * The loop's part: watch `sockserv_conn_fd` (readable, or writable when
  * `sockserv_conn_continue` set `*want_write`) and call
- * `sockserv_conn_continue` on each wake-up, and at least every few tens
- * of milliseconds (the connect and handshake timeouts are checked there),
- * until it returns `SOCKSERV_OK`. The established connection is in
+ * `sockserv_conn_continue` on each wake-up, and when the wait that
+ * `sockserv_conn_continue_timeout_ms` gives is over (the connect and
+ * handshake timeouts are checked there), until it returns `SOCKSERV_OK`. The established connection is in
  * non-blocking mode (`SOCKSERV_OPT_NONBLOCKING`): receives return
  * `SOCKSERV_ERR_WOULD_BLOCK` instead of waiting. Frames may then be
  * buffered inside sockserv where the fd does not show them: after each
@@ -1850,11 +1850,28 @@ enum sockserv_result sockserv_connect_start(const char *addr,
  * handshake message.
  * @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
  * broke the framing.
+ * @retval SOCKSERV_ERR_TLS the TLS handshake failed (a `tls://` address).
+ * @retval SOCKSERV_ERR_CERTIFICATE the server's certificate was refused, or
+ * it refused ours.
  * @retval SOCKSERV_ERR_BROKEN it was closed (`sockserv_conn_close`) while connecting.
  * @retval SOCKSERV_ERR_IO another OS error.
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_conn_continue(const struct sockserv_conn *conn, bool *want_write);
+
+/**
+ * Writes to `*ms` the longest a loop may wait on `sockserv_conn_fd`
+ * before calling `sockserv_conn_continue` anyway: the milliseconds until
+ * the connect or handshake deadline (rounded up; 0 once it passed), which
+ * only `sockserv_conn_continue` notices. -1 once the connection is
+ * established or failed (or was never connecting): no deadline to wait
+ * for.
+ *
+ * @retval SOCKSERV_OK `*ms` was written.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `ms` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_continue_timeout_ms(const struct sockserv_conn *conn, int *ms);
 
 /**
  * Writes into `*frames` how many whole frames are buffered inside

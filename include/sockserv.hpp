@@ -537,6 +537,15 @@ public:
         return sockserv_conn_continue(conn_, &want_write);
     }
     ///@}
+    /// The longest to wait on fd() before calling proceed() anyway
+    /// (sockserv_conn_continue_timeout_ms): until the connect or handshake
+    /// deadline; -1 once established or failed.
+    int continue_timeout_ms() const {
+        int ms = -1;
+        detail::check(sockserv_conn_continue_timeout_ms(conn_, &ms),
+                      "sockserv_conn_continue_timeout_ms");
+        return ms;
+    }
     /// Whole frames buffered inside sockserv (sockserv_conn_pending): a
     /// level-triggered loop receives while this is above 0.
     std::size_t pending() const {

@@ -3,11 +3,12 @@
 //! and `sockserv_conn_pending` (frames buffered inside sockserv, which the
 //! socket's readiness does not show).
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 
 use super::conn::{new_handle_of, ConnKind};
 use super::{
-    arg, c_str, config_or_default, guard, out, sockserv_config, sockserv_conn, sockserv_result,
+    arg, c_str, config_or_default, guard, loop_wait_ms, out, sockserv_config, sockserv_conn,
+    sockserv_result,
 };
 use crate::error::{Error, ErrorKind};
 use crate::stream::connect_nb::{Connecting, PendingConnection};
@@ -22,9 +23,9 @@ use crate::stream::connect_nb::{Connecting, PendingConnection};
 ///
 /// The loop's part: watch `sockserv_conn_fd` (readable, or writable when
 /// `sockserv_conn_continue` set `*want_write`) and call
-/// `sockserv_conn_continue` on each wake-up, and at least every few tens
-/// of milliseconds (the connect and handshake timeouts are checked there),
-/// until it returns `SOCKSERV_OK`. The established connection is in
+/// `sockserv_conn_continue` on each wake-up, and when the wait that
+/// `sockserv_conn_continue_timeout_ms` gives is over (the connect and
+/// handshake timeouts are checked there), until it returns `SOCKSERV_OK`. The established connection is in
 /// non-blocking mode (`SOCKSERV_OPT_NONBLOCKING`): receives return
 /// `SOCKSERV_ERR_WOULD_BLOCK` instead of waiting. Frames may then be
 /// buffered inside sockserv where the fd does not show them: after each
@@ -79,6 +80,9 @@ pub unsafe extern "C" fn sockserv_connect_start(
 /// handshake message.
 /// @retval SOCKSERV_ERR_FRAME_TOO_LARGE, SOCKSERV_ERR_PROTOCOL a handshake message
 /// broke the framing.
+/// @retval SOCKSERV_ERR_TLS the TLS handshake failed (a `tls://` address).
+/// @retval SOCKSERV_ERR_CERTIFICATE the server's certificate was refused, or
+/// it refused ours.
 /// @retval SOCKSERV_ERR_BROKEN it was closed (`sockserv_conn_close`) while connecting.
 /// @retval SOCKSERV_ERR_IO another OS error.
 /// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
@@ -107,6 +111,33 @@ pub unsafe extern "C" fn sockserv_conn_continue(
                 ))
             }
         }
+    })
+}
+
+/// Writes to `*ms` the longest a loop may wait on `sockserv_conn_fd`
+/// before calling `sockserv_conn_continue` anyway: the milliseconds until
+/// the connect or handshake deadline (rounded up; 0 once it passed), which
+/// only `sockserv_conn_continue` notices. -1 once the connection is
+/// established or failed (or was never connecting): no deadline to wait
+/// for.
+///
+/// @retval SOCKSERV_OK `*ms` was written.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `ms` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_continue_timeout_ms(
+    conn: *const sockserv_conn,
+    ms: *mut c_int,
+) -> sockserv_result {
+    guard(|| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let (conn, ms) = unsafe { (arg(conn, "conn")?, out(ms, "ms")?) };
+        let wait = match &conn.kind {
+            ConnKind::Connecting(pending) => pending.timeout(),
+            _ => None,
+        };
+        ms.put(loop_wait_ms(wait));
+        Ok(())
     })
 }
 

@@ -38,7 +38,7 @@ mod dgram_server;
 mod hmac;
 
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
 use std::time::Duration;
@@ -162,6 +162,18 @@ fn from_ms(timeout_ms: u32) -> Option<Duration> {
 /// The other way: none is 0, and a timeout too long for a u32 saturates.
 fn to_ms(timeout: Option<Duration>) -> u32 {
     timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX))
+}
+
+/// A loop's wait in milliseconds: -1 for none, else rounded up (waking
+/// before the deadline would only find nothing due and ask again).
+fn loop_wait_ms(wait: Option<Duration>) -> c_int {
+    match wait {
+        None => -1,
+        Some(t) => {
+            let whole = t.as_millis() + u128::from(t.subsec_nanos() % 1_000_000 != 0);
+            c_int::try_from(whole).unwrap_or(c_int::MAX)
+        }
+    }
 }
 
 fn null(name: &str) -> Error {

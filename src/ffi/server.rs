@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::conn::ConnKind;
 use super::{
-    arg, c_str, config_or_default, copy_str, free_box, guard, out, sockserv_config, sockserv_conn,
-    sockserv_result, UserData,
+    arg, c_str, config_or_default, copy_str, free_box, guard, loop_wait_ms, out, sockserv_config,
+    sockserv_conn, sockserv_result, UserData,
 };
 use crate::error::{Error, ErrorKind};
 use crate::server::accept::Server;
@@ -326,15 +326,7 @@ pub unsafe extern "C" fn sockserv_server_loop_timeout_ms(
     guard(|| {
         // SAFETY: caller contract (see the module docs of ffi).
         let (server, ms) = unsafe { (arg(server, "server")?, out(ms, "ms")?) };
-        ms.put(match server.inner.loop_timeout()? {
-            None => -1,
-            Some(t) => {
-                // Rounded up: waking before the deadline would only find
-                // nothing due and ask again.
-                let whole = t.as_millis() + u128::from(t.subsec_nanos() % 1_000_000 != 0);
-                c_int::try_from(whole).unwrap_or(c_int::MAX)
-            }
-        });
+        ms.put(loop_wait_ms(server.inner.loop_timeout()?));
         Ok(())
     })
 }

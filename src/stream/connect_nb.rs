@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -106,6 +106,19 @@ impl Connecting {
             Stage::Tcp { socket, .. } | Stage::Preamble { socket, .. } => socket.as_raw_fd(),
             Stage::Over => -1,
         }
+    }
+
+    /// How long a loop may wait for the socket before calling
+    /// [`Connecting::advance`] anyway: until the connect's or the
+    /// preamble's deadline (zero once it passed), which only `advance`
+    /// notices. `None` once failed or done.
+    pub fn timeout(&self) -> Option<Duration> {
+        let deadline = match &self.stage {
+            Stage::Tcp { deadline, .. } => Some(*deadline),
+            Stage::Preamble { session, .. } => session.deadline(),
+            Stage::Over => None,
+        }?;
+        Some(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Does what can be done now without blocking. An error ends it (the
@@ -427,6 +440,14 @@ impl PendingConnection {
                 format!("the connection to {} was closed locally", self.addr),
             ));
             self.fd.store(-1, Ordering::Release);
+        }
+    }
+
+    /// See [`Connecting::timeout`]; `None` once established or failed.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        match &*lock(&self.state) {
+            State::Connecting(c) => c.timeout(),
+            State::Failed(_) | State::Done => None,
         }
     }
 

@@ -417,6 +417,7 @@ static void test_null_parameters(void)
     {
         sockserv_conn *pending_conn = UNTOUCHED;
         bool want = true;
+        int ms = 5;
         size_t frames = 7;
         EXPECT_RC(sockserv_connect_start(NULL, config, &pending_conn), SOCKSERV_ERR_NULL_PARAMETER);
         EXPECT_RC(sockserv_connect_start("tcp://127.0.0.1:1", config, NULL),
@@ -426,6 +427,8 @@ static void test_null_parameters(void)
                   SOCKSERV_ERR_INVALID_ADDRESS);
         CHECK(pending_conn == UNTOUCHED);
         EXPECT_RC(sockserv_conn_continue(NULL, &want), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_conn_continue_timeout_ms(NULL, &ms), SOCKSERV_ERR_NULL_PARAMETER);
+        CHECK(ms == 5);
         EXPECT_RC(sockserv_conn_pending(NULL, &frames), SOCKSERV_ERR_NULL_PARAMETER);
         CHECK(frames == 7);
     }

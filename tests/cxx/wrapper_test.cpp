@@ -375,12 +375,14 @@ static void test_dialer() {
     sockserv::connection c = sockserv::connection::start(srv.local_addr(), keyed());
     bool want_write = false;
     sockserv_result rc = SOCKSERV_ERR_WOULD_BLOCK;
+    CHECK(c.continue_timeout_ms() > 0); // the connect's deadline
     for (int i = 0; i < 5000 && rc == SOCKSERV_ERR_WOULD_BLOCK; i++) {
         rc = c.proceed(want_write, std::nothrow);
         if (rc == SOCKSERV_ERR_WOULD_BLOCK)
             std::this_thread::sleep_for(1ms);
     }
     CHECK(rc == SOCKSERV_OK);
+    CHECK(c.continue_timeout_ms() == -1);
     CHECK(c.pending() == 0);
 }
 

@@ -116,13 +116,6 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool, timeout:
             loop.remove_reader(fd)
 
 
-# How long to wait for the socket before asking sockserv again: at least
-# every few tens of milliseconds, as sockserv_connect_start asks (its
-# connect and handshake deadlines are checked in sockserv_conn_continue,
-# and a silent peer never wakes us).
-_RECHECK = 0.02
-
-
 class AsyncConnection:
     """A client connection for asyncio (see asyncio_connect): recv() and
     send() await the socket; `connection` is the sockserv.Connection
@@ -198,8 +191,16 @@ async def asyncio_connect(
             if rc != Code.WOULD_BLOCK:
                 _core.check(rc, "sockserv_conn_continue")
             # The descriptor may change while connecting (the next resolved
-            # address gets a new socket): ask each time.
-            await _ready(loop, conn.fileno(), want_write.value, _RECHECK)
+            # address gets a new socket): ask each time. A silent peer never
+            # wakes us: wait no longer than its deadline, which only
+            # sockserv_conn_continue notices.
+            ms = ctypes.c_int()
+            with conn._use() as h:
+                _core.check(
+                    int(lib.sockserv_conn_continue_timeout_ms(h, ctypes.byref(ms))),
+                    "sockserv_conn_continue_timeout_ms",
+                )
+            await _ready(loop, conn.fileno(), want_write.value, max(ms.value, 0) / 1000)
         conn.setblocking(False)
     except BaseException:
         conn.close()

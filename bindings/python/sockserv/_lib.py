@@ -132,6 +132,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_conn_free": (None, [_P]),
     "sockserv_connect_start": (_R, [c_char_p, _P, POINTER(_P)]),
     "sockserv_conn_continue": (_R, [_P, POINTER(c_bool)]),
+    "sockserv_conn_continue_timeout_ms": (_R, [_P, POINTER(c_int)]),
     "sockserv_conn_pending": (_R, [_P, _S]),
     # Datagrams
     "sockserv_dgram_open": (_R, [c_char_p, _P, POINTER(_P)]),
