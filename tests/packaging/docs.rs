@@ -95,3 +95,88 @@ fn markdown_links_resolve() {
     }
     assert!(broken.is_empty(), "broken links: {broken:#?}");
 }
+
+/// The HAProxy snippets docs/tls.md shows are sections of
+/// docs/haproxy-tls.cfg, word for word, so the file the TLS deployment
+/// tests run is the one the guide explains.
+#[test]
+fn tls_guide_haproxy_snippets_are_the_config_file() {
+    let guide = std::fs::read_to_string(root().join("docs/tls.md")).expect("docs/tls.md");
+    let cfg = std::fs::read_to_string(root().join("docs/haproxy-tls.cfg")).expect("cfg");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in guide.lines() {
+        if line.trim_start().starts_with("```") {
+            match current.take() {
+                Some(block) => blocks.push(block),
+                None => current = Some(String::new()),
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    let haproxy: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.starts_with("frontend "))
+        .collect();
+    assert_eq!(haproxy.len(), 2, "passthrough and terminated: {blocks:#?}");
+    for block in haproxy {
+        assert!(
+            cfg.contains(block.as_str()),
+            "docs/tls.md shows a section docs/haproxy-tls.cfg lacks:\n{block}"
+        );
+    }
+    for needed in ["send-proxy-v2", "ssl crt ", "mode tcp"] {
+        assert!(cfg.contains(needed), "haproxy-tls.cfg lacks {needed:?}");
+    }
+}
+
+/// `haproxy -c` accepts docs/haproxy-tls.cfg with a real certificate file
+/// (made by c_examples/make-certs.sh) in place of its path.
+#[test]
+fn tls_haproxy_config_is_valid() {
+    for tool in ["haproxy", "openssl"] {
+        if !have(tool) {
+            return crate::skip::required(
+                "tls_haproxy_config_is_valid",
+                &format!("{tool} is not installed (apt-get install {tool}); CI must install it"),
+            );
+        }
+    }
+    let dir = TempDir::new("haproxy-tls-cfg");
+    let output = run(
+        Command::new("sh")
+            .arg(root().join("c_examples/make-certs.sh"))
+            .arg(dir.path()),
+        Duration::from_secs(60),
+        "make-certs.sh",
+    );
+    assert_success(&output, "make-certs.sh");
+    let pem = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect(name);
+    let combined = dir.path().join("haproxy.pem");
+    std::fs::write(&combined, pem("server.pem") + &pem("server.key")).unwrap();
+    let cfg = std::fs::read_to_string(root().join("docs/haproxy-tls.cfg")).expect("cfg");
+    assert!(cfg.contains("/etc/haproxy/sockserv.pem"), "{cfg}");
+    let cfg = cfg.replace("/etc/haproxy/sockserv.pem", &combined.display().to_string());
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, &cfg).unwrap();
+    let output = run(
+        Command::new("haproxy").arg("-c").arg("-f").arg(&path),
+        Duration::from_secs(30),
+        "haproxy -c",
+    );
+    assert_success(&output, "haproxy -c -f docs/haproxy-tls.cfg");
+    // And the check is a check: a certificate path that does not exist fails.
+    std::fs::write(
+        &path,
+        cfg.replace(&combined.display().to_string(), "/nonexistent.pem"),
+    )
+    .unwrap();
+    let output = run(
+        Command::new("haproxy").arg("-c").arg("-f").arg(&path),
+        Duration::from_secs(30),
+        "haproxy -c (missing certificate)",
+    );
+    assert!(!output.status.success(), "{}", show(&output));
+}
