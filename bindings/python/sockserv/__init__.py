@@ -17,7 +17,8 @@ The bytes on the wire are multiprocessing.connection's (3.12+ handshake),
 so a Server talks to multiprocessing's Client and connect() to its Listener.
 Also: EventServer (callbacks on a few I/O threads), datagrams
 (open_datagram, connect_datagram, DatagramServer; sealed with a key),
-from_fd, connection options and non-blocking mode, statistics.
+from_fd, connection options and non-blocking mode, statistics, TLS
+("tls://" addresses and the tls_* options; conn.peer_certificate).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import ctypes
 from typing import Any, Callable, Optional, Union
 
 from . import _lib
-from ._core import Address, Buffer, ErrorHandler, Options, Proxy, WhenFull
+from ._core import Address, Buffer, ErrorHandler, Options, Proxy, StrPath, TLSClientAuth, TLSVersion, WhenFull
 from ._dgram import (
     DATAGRAM_OVERHEAD,
     DEFAULT_DATAGRAM_SIZE,
@@ -39,9 +40,10 @@ from ._dgram import (
 )
 from ._lib import lib
 from ._server import EventServer, Handler, OnClose, OnFrame, OnOpen, Server, Verify
-from ._stream import Connection, Option, Role, connect, from_fd
+from ._stream import Connection, Option, PeerCertificate, Role, TLSInfo, connect, from_fd
 from .errors import (
     AuthenticationError,
+    CertificateError,
     Code,
     ConnectionClosed,
     InternalError,
@@ -49,6 +51,7 @@ from .errors import (
     ProtocolError,
     SockservError,
     TimeoutError,
+    TLSError,
     UsageError,
 )
 
@@ -60,6 +63,7 @@ __all__ = [
     "Address",
     "AuthenticationError",
     "Buffer",
+    "CertificateError",
     "Code",
     "Connection",
     "ConnectionClosed",
@@ -76,12 +80,18 @@ __all__ = [
     "OnOpen",
     "Option",
     "Options",
+    "PeerCertificate",
     "ProtocolError",
     "Proxy",
     "RefusalLog",
     "Role",
     "Server",
     "SockservError",
+    "StrPath",
+    "TLSClientAuth",
+    "TLSError",
+    "TLSInfo",
+    "TLSVersion",
     "TimeoutError",
     "UsageError",
     "Verify",
