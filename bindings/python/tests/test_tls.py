@@ -1,10 +1,12 @@
 """TLS through the binding, over real loopback TLS: tls:// servers in both
 modes and connect(), certificates from files and memory, mutual TLS, ALPN,
 the peer's certificate, the two TLS exceptions, adopted sockets, and
-Python's own ssl module as the peer. Certificates are made at test time by
+Python's own ssl module as the peer (also carrying multiprocessing's
+handshake inside TLS). Certificates are made at test time by
 c_examples/make-certs.sh (the openssl command line)."""
 
 import hashlib
+import multiprocessing
 import re
 import shutil
 import socket
@@ -287,3 +289,86 @@ def test_pythons_ssl_module_is_a_peer_both_ways(certs, errors):
         t.join(WAIT)
         listener.close()
     assert got == [b"to the stdlib"]
+
+
+class FramedTLS:
+    """multiprocessing.connection's send_bytes/recv_bytes over an ssl
+    socket: enough of a Connection for its handshake functions."""
+
+    def __init__(self, tls):
+        self.tls = tls
+
+    def send_bytes(self, data):
+        self.tls.sendall(frame(bytes(data)))
+
+    def recv_bytes(self, maxlength=None):
+        data = read_frame(self.tls)
+        if maxlength is not None and len(data) > maxlength:
+            raise OSError("message too long")
+        return data
+
+
+def handshake_module():
+    """The stdlib's handshake on 3.12+ ({sha256}); tests/py/mp_handshake.py,
+    the same bytes, on 3.11 (whose stdlib only has the legacy MD5 one)."""
+    import multiprocessing.connection as mpc
+    import sys
+
+    if sys.version_info >= (3, 12):
+        return mpc
+    import mp_handshake
+
+    return mp_handshake
+
+
+def test_the_hmac_handshake_runs_inside_tls_with_pythons_ssl_and_handshake(certs, errors):
+    hs = handshake_module()
+    # Python (ssl + the multiprocessing handshake) to a sockserv TLS + HMAC server.
+    with sockserv.Server("tls://127.0.0.1:0", echo, key=KEY, on_error=errors.on_error,
+                         **server_options(certs)) as srv:
+        srv.start()
+        host, port = srv.address[len("tls://"):].rsplit(":", 1)
+        ctx = ssl.create_default_context(cafile=certs.file("ca.pem"))
+        with socket.create_connection((host, int(port)), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                conn = FramedTLS(tls)
+                hs.answer_challenge(conn, KEY)
+                hs.deliver_challenge(conn, KEY)
+                conn.send_bytes(b"inside TLS")
+                assert conn.recv_bytes() == b"inside TLS"
+        # A wrong key inside TLS is refused the same way.
+        with socket.create_connection((host, int(port)), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                with pytest.raises(multiprocessing.AuthenticationError):
+                    hs.answer_challenge(FramedTLS(tls), b"not the key")
+        assert wait_until(lambda: srv.stats()["handshake_failures"] >= 1)
+
+    # A sockserv TLS + HMAC client to Python (ssl + the handshake).
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.file("server.pem"), certs.file("server.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+    got = []
+
+    def serve():
+        raw, _ = listener.accept()
+        with sctx.wrap_socket(raw, server_side=True) as tls:
+            tls.settimeout(WAIT)
+            conn = FramedTLS(tls)
+            hs.deliver_challenge(conn, KEY)
+            hs.answer_challenge(conn, KEY)
+            payload = conn.recv_bytes()
+            got.append(payload)
+            conn.send_bytes(payload[::-1])
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        port = listener.getsockname()[1]
+        with sockserv.connect(f"tls://127.0.0.1:{port}", key=KEY, **client_options(certs)) as conn:
+            conn.send(b"keyed and encrypted")
+            assert conn.recv() == b"detpyrcne dna deyek"
+    finally:
+        t.join(WAIT)
+        listener.close()
+    assert got == [b"keyed and encrypted"]
