@@ -190,3 +190,66 @@ fn tls_haproxy_config_is_valid() {
     );
     assert!(!output.status.success(), "{}", show(&output));
 }
+
+/// The openssl commands docs/tls.md gives under "Making certificates" run
+/// as written (OpenSSL 3.0+) and make a chain `openssl verify` accepts,
+/// with the server's subjectAltName the guide promises.
+#[test]
+fn tls_guide_certificate_commands_work() {
+    let openssl = Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !openssl {
+        return crate::skip::required(
+            "tls_guide_certificate_commands_work",
+            "openssl is not installed (apt-get install openssl); CI must install it",
+        );
+    }
+    let guide = std::fs::read_to_string(root().join("docs/tls.md")).expect("docs/tls.md");
+    let start = guide.find("## Making certificates").expect("the section");
+    let end = start + guide[start..].find("\n## ").expect("its end");
+    // The indented blocks are the commands, in order.
+    let script: Vec<&str> = guide[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("    "))
+        .collect();
+    assert!(script.len() >= 15, "{script:#?}");
+    let dir = TempDir::new("tls-guide-certs");
+    let output = run(
+        Command::new("sh")
+            .arg("-ec")
+            .arg(script.join("\n"))
+            .current_dir(dir.path()),
+        Duration::from_secs(60),
+        "the certificate commands of docs/tls.md",
+    );
+    assert_success(&output, "docs/tls.md's openssl commands");
+    let output = run(
+        Command::new("openssl")
+            .args(["verify", "-CAfile", "ca.pem", "server.pem", "client.pem"])
+            .current_dir(dir.path()),
+        Duration::from_secs(30),
+        "openssl verify",
+    );
+    assert_success(&output, "openssl verify");
+    let output = run(
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-in",
+                "server.pem",
+                "-noout",
+                "-ext",
+                "subjectAltName",
+            ])
+            .current_dir(dir.path()),
+        Duration::from_secs(30),
+        "openssl x509 -ext",
+    );
+    let san = crate::proc::stdout(&output);
+    assert!(
+        san.contains("DNS:localhost") && san.contains("IP Address:127.0.0.1"),
+        "{san}"
+    );
+}
