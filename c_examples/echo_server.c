@@ -7,9 +7,14 @@
  *     ./echo_server -k secret -r -p -v tcp://127.0.0.1:9000
  *         (-r: SO_REUSEPORT, several servers on one port; -p: behind a
  *          load balancer sending the PROXY protocol; -v: log each client)
+ *     ./echo_server -k secret -C server.pem -K server.key tls://127.0.0.1:9443
+ *     ./echo_server -k secret -C server.pem -K server.key -A ca.pem tls://...
+ *         (TLS with this certificate chain and key; -A: clients must show a
+ *          certificate signed by this CA: mutual TLS)
  *
- * Clients must prove they know the key (HMAC-SHA256 challenge-response)
- * before the handler sees them; each refused peer is reported on stderr.
+ * Clients must prove they know the key (HMAC-SHA256 challenge-response,
+ * inside TLS on tls://) before the handler sees them; each refused peer is
+ * reported on stderr, a refused certificate too.
  * Once bound, the server prints one line,
  * "listening on ADDR", with the real port when ADDR asks for port 0. It
  * stops cleanly on SIGINT or SIGTERM and exits 0.
@@ -55,8 +60,15 @@ static void echo_handler(void *userdata, sockserv_conn *conn)
     if (*verbose) {
         /* Behind a proxy (-p) this is the client's address, not the proxy's. */
         char peer[SOCKSERV_ADDRSTRLEN];
+        char subject[256];
         size_t needed;
-        if (sockserv_conn_peer_addr(conn, peer, sizeof peer, &needed) == SOCKSERV_OK)
+        if (sockserv_conn_peer_addr(conn, peer, sizeof peer, &needed) != SOCKSERV_OK)
+            strcpy(peer, "?");
+        /* With -A, the client's certificate: whom the CA vouched for. */
+        if (sockserv_conn_peer_cert_subject(conn, subject, sizeof subject, &needed) ==
+            SOCKSERV_OK)
+            fprintf(stderr, "echo_server: connection from %s, certificate %s\n", peer, subject);
+        else
             fprintf(stderr, "echo_server: connection from %s\n", peer);
     }
     for (;;) {
@@ -101,27 +113,34 @@ static void *wait_for_stop_signal(void *arg)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: echo_server [-k KEY] [-r] [-p] [-v] ADDR   (or the key in SOCKSERV_KEY)\n"
-                    "  e.g. echo_server tcp://127.0.0.1:9000\n"
-                    "  -r  SO_REUSEPORT   -p  require the PROXY protocol   -v  log each client\n");
+    fprintf(stderr,
+            "usage: echo_server [-k KEY] [-r] [-p] [-v] [-C CERT -K KEY_FILE [-A CA]] ADDR\n"
+            "  (or the key in SOCKSERV_KEY)   e.g. echo_server tcp://127.0.0.1:9000\n"
+            "  -r  SO_REUSEPORT   -p  require the PROXY protocol   -v  log each client\n"
+            "  -C/-K  TLS certificate chain and private key (PEM), for tls://ADDR\n"
+            "  -A  require client certificates signed by this CA (mutual TLS)\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
     const char *key = getenv("SOCKSERV_KEY");
+    const char *cert = NULL, *cert_key = NULL, *ca = NULL;
     int reuse_port = 0, proxy = 0, verbose = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "k:rpv")) != -1) {
+    while ((opt = getopt(argc, argv, "k:rpvC:K:A:")) != -1) {
         switch (opt) {
         case 'k': key = optarg; break;
+        case 'C': cert = optarg; break;
+        case 'K': cert_key = optarg; break;
+        case 'A': ca = optarg; break;
         case 'r': reuse_port = 1; break;
         case 'p': proxy = 1; break;
         case 'v': verbose = 1; break;
         default: return usage();
         }
     }
-    if (optind != argc - 1)
+    if (optind != argc - 1 || !cert != !cert_key || (ca && !cert))
         return usage();
     const char *addr = argv[optind];
 
@@ -156,6 +175,19 @@ int main(int argc, char **argv)
         }
     } else {
         fprintf(stderr, "echo_server: no key (-k or SOCKSERV_KEY): anyone may connect\n");
+    }
+    if (cert) {
+        /* The chain and key are read and checked here: a bad file fails now. */
+        rc = sockserv_config_set_tls_cert_files(config, cert, cert_key);
+        if (!rc && ca)
+            rc = sockserv_config_set_tls_ca_file(config, ca);
+        if (!rc && ca)
+            rc = sockserv_config_set_tls_client_auth(config, SOCKSERV_TLS_CLIENT_AUTH_REQUIRED);
+        if (rc) {
+            report("tls", rc);
+            sockserv_config_free(config);
+            return 1;
+        }
     }
     sockserv_config_set_reuse_port(config, reuse_port);
     if (proxy)

@@ -280,37 +280,6 @@ public:
     config &set_proxy_protocol(int mode) {
         return set(sockserv_config_set_proxy_protocol(get(), mode), "sockserv_config_set_proxy_protocol");
     }
-    // TLS (minimal: the C functions, one each).
-    config &set_tls_cert(std::string_view chain_pem, std::string_view key_pem) {
-        return set(sockserv_config_set_tls_cert(get(), chain_pem.data(), chain_pem.size(), key_pem.data(),
-                                                key_pem.size()),
-                   "sockserv_config_set_tls_cert");
-    }
-    config &set_tls_cert_files(const char *chain_path, const char *key_path) {
-        return set(sockserv_config_set_tls_cert_files(get(), chain_path, key_path),
-                   "sockserv_config_set_tls_cert_files");
-    }
-    config &set_tls_ca(std::string_view ca_pem) {
-        return set(sockserv_config_set_tls_ca(get(), ca_pem.data(), ca_pem.size()), "sockserv_config_set_tls_ca");
-    }
-    config &set_tls_ca_file(const char *path) {
-        return set(sockserv_config_set_tls_ca_file(get(), path), "sockserv_config_set_tls_ca_file");
-    }
-    config &set_tls_server_name(const char *name) {
-        return set(sockserv_config_set_tls_server_name(get(), name), "sockserv_config_set_tls_server_name");
-    }
-    /// SOCKSERV_TLS_CLIENT_AUTH_NONE, _OPTIONAL or _REQUIRED.
-    config &set_tls_client_auth(int mode) {
-        return set(sockserv_config_set_tls_client_auth(get(), mode), "sockserv_config_set_tls_client_auth");
-    }
-    config &add_tls_alpn(const char *protocol) {
-        return set(sockserv_config_add_tls_alpn(get(), protocol), "sockserv_config_add_tls_alpn");
-    }
-    /// SOCKSERV_TLS_VERSION_1_2 or _1_3.
-    config &set_tls_min_version(int version) {
-        return set(sockserv_config_set_tls_min_version(get(), version), "sockserv_config_set_tls_min_version");
-    }
-    config &set_tls(bool on) { return set(sockserv_config_set_tls(get(), on), "sockserv_config_set_tls"); }
     config &set_max_datagram_size(std::size_t b) {
         return set(sockserv_config_set_max_datagram_size(get(), b), "sockserv_config_set_max_datagram_size");
     }
@@ -321,6 +290,57 @@ public:
         return set(sockserv_config_set_datagram_replay_capacity(get(), n),
                    "sockserv_config_set_datagram_replay_capacity");
     }
+
+    ///@}
+
+    /// @name TLS
+    /// For tls:// addresses (and set_tls(true) for from_fd): see docs/tls.md.
+    /// Each copies its input; bad PEM or a key that does not match its
+    /// chain throws SOCKSERV_ERR_INVALID_ARGUMENT, an unreadable file
+    /// SOCKSERV_ERR_IO, with the file named in detail().
+    ///@{
+
+    /// This side's certificate chain and private key, PEM, from memory.
+    config &set_tls_cert(std::string_view chain_pem, std::string_view key_pem) {
+        return set(sockserv_config_set_tls_cert(get(), chain_pem.data(), chain_pem.size(),
+                                                key_pem.data(), key_pem.size()),
+                   "sockserv_config_set_tls_cert");
+    }
+    /// The same from PEM files.
+    config &set_tls_cert_files(const std::string &chain_path, const std::string &key_path) {
+        return set(sockserv_config_set_tls_cert_files(get(), chain_path.c_str(), key_path.c_str()),
+                   "sockserv_config_set_tls_cert_files");
+    }
+    /// The trust anchors the peer's certificate must chain to (PEM, one or more).
+    config &set_tls_ca(std::string_view ca_pem) {
+        return set(sockserv_config_set_tls_ca(get(), ca_pem.data(), ca_pem.size()),
+                   "sockserv_config_set_tls_ca");
+    }
+    /// The same from a PEM file.
+    config &set_tls_ca_file(const std::string &path) {
+        return set(sockserv_config_set_tls_ca_file(get(), path.c_str()), "sockserv_config_set_tls_ca_file");
+    }
+    /// The name a client checks in the server's certificate (default: the
+    /// address's host).
+    config &set_tls_server_name(const std::string &name) {
+        return set(sockserv_config_set_tls_server_name(get(), name.c_str()),
+                   "sockserv_config_set_tls_server_name");
+    }
+    /// SOCKSERV_TLS_CLIENT_AUTH_NONE, _OPTIONAL or _REQUIRED (needs a CA).
+    config &set_tls_client_auth(int mode) {
+        return set(sockserv_config_set_tls_client_auth(get(), mode), "sockserv_config_set_tls_client_auth");
+    }
+    /// Offers (client) or accepts (server) an ALPN protocol; call once per
+    /// protocol, in order of preference.
+    config &add_tls_alpn(const std::string &protocol) {
+        return set(sockserv_config_add_tls_alpn(get(), protocol.c_str()), "sockserv_config_add_tls_alpn");
+    }
+    /// SOCKSERV_TLS_VERSION_1_3 (the default) or SOCKSERV_TLS_VERSION_1_2.
+    config &set_tls_min_version(int version) {
+        return set(sockserv_config_set_tls_min_version(get(), version), "sockserv_config_set_tls_min_version");
+    }
+    /// TLS for connection::from_fd (tls:// addresses imply it).
+    config &set_tls(bool on) { return set(sockserv_config_set_tls(get(), on), "sockserv_config_set_tls"); }
 
     ///@}
 
@@ -337,6 +357,17 @@ private:
     };
     std::unique_ptr<sockserv_config, deleter> handle_;
 };
+
+/// What a TLS handshake negotiated (sockserv_conn_tls_info).
+struct tls_info {
+    /// SOCKSERV_TLS_VERSION_1_3 (0x0304) or SOCKSERV_TLS_VERSION_1_2.
+    int version = 0;
+    /// The ALPN protocol, empty when none was negotiated.
+    std::string alpn;
+};
+
+/// A peer certificate's SHA-256 fingerprint (of its DER bytes).
+using sha256_digest = std::array<std::uint8_t, 32>;
 
 /// A connection you do not own: what a handler or event callback receives,
 /// valid for as long as the C API says (during the handler call; from
@@ -412,30 +443,6 @@ public:
     std::string peer_addr() const { return address(sockserv_conn_peer_addr, "sockserv_conn_peer_addr"); }
     /// This end's address.
     std::string local_addr() const { return address(sockserv_conn_local_addr, "sockserv_conn_local_addr"); }
-    /// TLS (minimal): the peer certificate's SHA-256 and subject, the version.
-    std::array<std::uint8_t, 32> peer_cert_sha256() const {
-        std::array<std::uint8_t, 32> sha{};
-        detail::check(sockserv_conn_peer_cert_sha256(conn_, sha.data()), "sockserv_conn_peer_cert_sha256");
-        return sha;
-    }
-    std::string peer_cert_subject() const {
-        std::size_t needed = 0;
-        sockserv_result rc = sockserv_conn_peer_cert_subject(conn_, nullptr, 0, &needed);
-        if (rc != SOCKSERV_ERR_INSUFFICIENT_SIZE)
-            detail::check(rc, "sockserv_conn_peer_cert_subject");
-        std::string subject(needed, '\0');
-        detail::check(sockserv_conn_peer_cert_subject(conn_, &subject[0], needed, &needed),
-                      "sockserv_conn_peer_cert_subject");
-        subject.resize(needed - 1);
-        return subject;
-    }
-    int tls_version() const {
-        int version = 0;
-        char alpn[256];
-        std::size_t needed = 0;
-        detail::check(sockserv_conn_tls_info(conn_, &version, alpn, sizeof alpn, &needed), "sockserv_conn_tls_info");
-        return version;
-    }
     /// The socket, still owned by the connection: never read, write or close it.
     int fd() const {
         int fd = -1;
@@ -498,6 +505,40 @@ public:
         detail::check(sockserv_conn_set_keepalive(conn_, on, idle_s, interval_s, count),
                       "sockserv_conn_set_keepalive");
     }
+    /// @name The peer's certificate (TLS, after the handshake)
+    /// In the handler, in on_open and on a client connection. Without TLS
+    /// or without a peer certificate: SOCKSERV_ERR_INVALID_STATE.
+    ///@{
+    /// The SHA-256 of the peer certificate (what `openssl x509 -noout
+    /// -fingerprint -sha256` prints, without the colons).
+    sha256_digest peer_cert_sha256() const {
+        sha256_digest out{};
+        detail::check(peer_cert_sha256(out, std::nothrow), "sockserv_conn_peer_cert_sha256");
+        return out;
+    }
+    [[nodiscard]] sockserv_result peer_cert_sha256(sha256_digest &out, std::nothrow_t) const noexcept {
+        return sockserv_conn_peer_cert_sha256(conn_, out.data());
+    }
+    /// Its subject, "CN=client,O=Example".
+    std::string peer_cert_subject() const {
+        return text(
+            [this](char *buf, std::size_t len, std::size_t *needed) {
+                return sockserv_conn_peer_cert_subject(conn_, buf, len, needed);
+            },
+            "sockserv_conn_peer_cert_subject");
+    }
+    /// The version and ALPN protocol negotiated (INVALID_STATE without TLS).
+    sockserv::tls_info tls_info() const {
+        sockserv::tls_info info;
+        info.alpn = text(
+            [this, &info](char *buf, std::size_t len, std::size_t *needed) {
+                return sockserv_conn_tls_info(conn_, &info.version, buf, len, needed);
+            },
+            "sockserv_conn_tls_info");
+        return info;
+    }
+    ///@}
+
     /// A pointer of yours, kept with the connection (sockserv never uses it).
     ///@{
     void set_userdata(void *userdata) const {
@@ -522,6 +563,20 @@ private:
         std::size_t needed = 0;
         detail::check(fn(conn_, buf, sizeof buf, &needed), call);
         return std::string(buf);
+    }
+    // A string of any length from a (buf, len, &needed) call: a first try
+    // on the stack, then exactly the size it asked for.
+    template <class F> static std::string text(F fn, const char *call) {
+        char small[256];
+        std::size_t needed = 0;
+        sockserv_result rc = fn(small, sizeof small, &needed);
+        if (rc == SOCKSERV_OK)
+            return std::string(small);
+        if (rc != SOCKSERV_ERR_INSUFFICIENT_SIZE)
+            detail::check(rc, call);
+        std::vector<char> buf(needed + 1);
+        detail::check(fn(buf.data(), buf.size(), &needed), call);
+        return std::string(buf.data());
     }
 };
 

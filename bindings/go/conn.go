@@ -239,3 +239,45 @@ func (c *Conn) Flush() error {
 		return C.sockserv_conn_flush(raw)
 	})
 }
+
+// PeerCertSHA256 is the SHA-256 of the certificate the peer showed in the
+// TLS handshake (in a handler, in OnOpen, on a client). ErrInvalidState
+// without TLS or without a peer certificate.
+func (c *Conn) PeerCertSHA256() ([32]byte, error) {
+	var out [32]byte
+	err := c.do("sockserv_conn_peer_cert_sha256", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		return C.sockserv_conn_peer_cert_sha256(raw, (*C.uint8_t)(unsafe.Pointer(&out[0])))
+	})
+	return out, err
+}
+
+// PeerCertSubject is that certificate's subject, "CN=client,O=Example".
+func (c *Conn) PeerCertSubject() (string, error) {
+	var subject string
+	err := c.do("sockserv_conn_peer_cert_subject", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		var buf [1024]C.char
+		var needed C.size_t
+		rc := C.sockserv_conn_peer_cert_subject(raw, &buf[0], C.size_t(len(buf)), &needed)
+		if rc == C.SOCKSERV_OK {
+			subject = C.GoString(&buf[0])
+		}
+		return rc
+	})
+	return subject, err
+}
+
+// TLSInfo is the TLS version negotiated (TLSVersion13...) and the ALPN
+// protocol ("" for none). ErrInvalidState without TLS.
+func (c *Conn) TLSInfo() (version int, alpn string, err error) {
+	err = c.do("sockserv_conn_tls_info", func(raw *C.sockserv_conn) C.enum_sockserv_result {
+		var buf [256]C.char
+		var needed C.size_t
+		var v C.int
+		rc := C.sockserv_conn_tls_info(raw, &v, &buf[0], C.size_t(len(buf)), &needed)
+		if rc == C.SOCKSERV_OK {
+			version, alpn = int(v), C.GoString(&buf[0])
+		}
+		return rc
+	})
+	return version, alpn, err
+}

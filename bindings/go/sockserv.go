@@ -58,6 +58,8 @@ const (
 	ErrPanic             Code = C.SOCKSERV_ERR_PANIC
 	ErrWouldBlock        Code = C.SOCKSERV_ERR_WOULD_BLOCK
 	ErrDatagramTooLarge  Code = C.SOCKSERV_ERR_DATAGRAM_TOO_LARGE
+	ErrTLS               Code = C.SOCKSERV_ERR_TLS
+	ErrCertificate       Code = C.SOCKSERV_ERR_CERTIFICATE
 )
 
 // Error gives the library's static text for the code (sockserv_strerror).
@@ -121,6 +123,23 @@ const (
 	ProxyRequired ProxyMode = C.SOCKSERV_PROXY_REQUIRED
 )
 
+// TLSClientAuth says whether a TLS server asks for client certificates.
+type TLSClientAuth int
+
+// The client certificate modes (SOCKSERV_TLS_CLIENT_AUTH_*); both ask for a CA.
+const (
+	TLSClientAuthNone     TLSClientAuth = C.SOCKSERV_TLS_CLIENT_AUTH_NONE
+	TLSClientAuthOptional TLSClientAuth = C.SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL
+	TLSClientAuthRequired TLSClientAuth = C.SOCKSERV_TLS_CLIENT_AUTH_REQUIRED
+)
+
+// The TLS versions (SOCKSERV_TLS_VERSION_*), for Config.TLSMinVersion and
+// Conn.TLSInfo.
+const (
+	TLSVersion12 = C.SOCKSERV_TLS_VERSION_1_2
+	TLSVersion13 = C.SOCKSERV_TLS_VERSION_1_3
+)
+
 // Config holds the settings of servers and clients; the zero value (and a
 // nil *Config) means the library's defaults: no key, 64 MiB frames, 10 s
 // handshake and connect timeouts, no I/O timeout.
@@ -158,6 +177,26 @@ type Config struct {
 	// DatagramReplayCapacity: with a key, how many accepted datagrams a
 	// socket remembers to refuse replays (0: default 65536).
 	DatagramReplayCapacity int
+
+	// TLS, for tls:// addresses (docs/tls.md); PEM everywhere.
+	// TLSCertFile and TLSKeyFile: this side's certificate chain and key
+	// (a tls:// server needs them); TLSCert and TLSKey the same from memory.
+	TLSCertFile, TLSKeyFile string
+	TLSCert, TLSKey         []byte
+	// TLSCAFile or TLSCA: the CA the peer's certificate must chain to (a
+	// client needs one: no system roots).
+	TLSCAFile string
+	TLSCA     []byte
+	// TLSServerName is the name a client checks ("": the address's host).
+	TLSServerName string
+	// TLSClientAuth: whether a server asks for client certificates.
+	TLSClientAuth TLSClientAuth
+	// TLSALPN lists ALPN protocols, in order of preference.
+	TLSALPN []string
+	// TLSMinVersion: TLSVersion12 allows 1.2 (0: 1.3, the default).
+	TLSMinVersion int
+	// TLS turns TLS on for NewConn (tls:// addresses imply it).
+	TLS bool
 }
 
 func millis(d time.Duration, what string) (C.uint32_t, error) {
@@ -197,11 +236,7 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 	if cfg == nil {
 		return nil
 	}
-	type step struct {
-		op  string
-		set bool
-		f   func() C.enum_sockserv_result
-	}
+	type step = configStep
 	var steps []step
 	if cfg.AuthKey != nil {
 		p, n := keyPtr(cfg.AuthKey)
@@ -285,6 +320,7 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 			return C.sockserv_config_set_proxy_protocol(raw, C.int(cfg.ProxyProtocol))
 		}},
 	)
+	steps = append(steps, cfg.tlsSteps(raw)...)
 	for _, s := range steps {
 		if !s.set {
 			continue
@@ -294,6 +330,78 @@ func (cfg *Config) apply(raw *C.sockserv_config) error {
 		}
 	}
 	return nil
+}
+
+// cstring runs f with s as a C string, freed afterwards.
+func cstring(s string, f func(*C.char) C.enum_sockserv_result) C.enum_sockserv_result {
+	p := C.CString(s)
+	defer C.free(unsafe.Pointer(p))
+	return f(p)
+}
+
+// pem passes a PEM buffer (possibly empty) to C.
+func pem(b []byte) (*C.char, C.size_t) {
+	if len(b) == 0 {
+		return nil, 0
+	}
+	return (*C.char)(unsafe.Pointer(&b[0])), C.size_t(len(b))
+}
+
+// configStep is one C setter apply calls, when set.
+type configStep struct {
+	op  string
+	set bool
+	f   func() C.enum_sockserv_result
+}
+
+// tlsSteps are the TLS settings, certificates and CA before what needs them.
+func (cfg *Config) tlsSteps(raw *C.sockserv_config) []configStep {
+	steps := []configStep{
+		{"sockserv_config_set_tls_cert_files", cfg.TLSCertFile != "" || cfg.TLSKeyFile != "", func() C.enum_sockserv_result {
+			return cstring(cfg.TLSCertFile, func(chain *C.char) C.enum_sockserv_result {
+				return cstring(cfg.TLSKeyFile, func(key *C.char) C.enum_sockserv_result {
+					return C.sockserv_config_set_tls_cert_files(raw, chain, key)
+				})
+			})
+		}},
+		{"sockserv_config_set_tls_cert", cfg.TLSCert != nil || cfg.TLSKey != nil, func() C.enum_sockserv_result {
+			chain, chainLen := pem(cfg.TLSCert)
+			key, keyLen := pem(cfg.TLSKey)
+			return C.sockserv_config_set_tls_cert(raw, chain, chainLen, key, keyLen)
+		}},
+		{"sockserv_config_set_tls_ca_file", cfg.TLSCAFile != "", func() C.enum_sockserv_result {
+			return cstring(cfg.TLSCAFile, func(p *C.char) C.enum_sockserv_result {
+				return C.sockserv_config_set_tls_ca_file(raw, p)
+			})
+		}},
+		{"sockserv_config_set_tls_ca", cfg.TLSCA != nil, func() C.enum_sockserv_result {
+			p, n := pem(cfg.TLSCA)
+			return C.sockserv_config_set_tls_ca(raw, p, n)
+		}},
+		{"sockserv_config_set_tls_server_name", cfg.TLSServerName != "", func() C.enum_sockserv_result {
+			return cstring(cfg.TLSServerName, func(p *C.char) C.enum_sockserv_result {
+				return C.sockserv_config_set_tls_server_name(raw, p)
+			})
+		}},
+		{"sockserv_config_set_tls_client_auth", cfg.TLSClientAuth != TLSClientAuthNone, func() C.enum_sockserv_result {
+			return C.sockserv_config_set_tls_client_auth(raw, C.int(cfg.TLSClientAuth))
+		}},
+		{"sockserv_config_set_tls_min_version", cfg.TLSMinVersion != 0, func() C.enum_sockserv_result {
+			return C.sockserv_config_set_tls_min_version(raw, C.int(cfg.TLSMinVersion))
+		}},
+		{"sockserv_config_set_tls", cfg.TLS, func() C.enum_sockserv_result {
+			return C.sockserv_config_set_tls(raw, true)
+		}},
+	}
+	for _, protocol := range cfg.TLSALPN {
+		protocol := protocol
+		steps = append(steps, configStep{"sockserv_config_add_tls_alpn", true, func() C.enum_sockserv_result {
+			return cstring(protocol, func(p *C.char) C.enum_sockserv_result {
+				return C.sockserv_config_add_tls_alpn(raw, p)
+			})
+		}})
+	}
+	return steps
 }
 
 // withConfig runs f with a C config made from cfg, freed afterwards.

@@ -2,7 +2,8 @@
 // twins, lambdas as threaded, verify and event handlers, exceptions caught
 // at the C boundary, moves, socket options, non-blocking mode and flush,
 // coalesced sends, the PROXY protocol, v6_only, datagram sockets and
-// servers (plain, sealed, Unix), every statistic. Run by tests/packaging/cxx.rs, built with
+// servers (plain, sealed, Unix), every statistic, TLS (certificates from
+// memory and files, mutual TLS, ALPN, peer identity, adopted sockets). Run by tests/packaging/cxx.rs, built with
 // -std=c++17 -Wall -Wextra -Wpedantic -Werror by g++ and clang++.
 //
 // Every check is counted; a failed one prints its line and the run goes on,
@@ -21,6 +22,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -193,7 +195,7 @@ static void test_threaded_server() {
         // No TLS on this connection.
         EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.peer_cert_sha256());
         EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.peer_cert_subject());
-        EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.tls_version());
+        EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.tls_info());
         CHECK(c.fd() >= 0);
         CHECK(c.timeout_ms() == 10000);
         c.set_nodelay(false);
@@ -1121,6 +1123,216 @@ static void test_refusal_log() {
     CHECK(refusals() == 1);
 }
 
+// ---------------------------------------------------------------------------
+// TLS: certificates made now by c_examples/make-certs.sh (the openssl
+// command line), whose path tests/packaging/cxx.rs passes in
+// SOCKSERV_MAKE_CERTS.
+
+struct tls_files {
+    std::string dir;
+    std::string operator()(const char *name) const { return dir + "/" + name; }
+};
+
+static std::string read_file(const std::string &path) {
+    std::string out;
+    if (FILE *f = std::fopen(path.c_str(), "rb")) {
+        char buf[4096];
+        for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;)
+            out.append(buf, n);
+        std::fclose(f);
+    }
+    return out;
+}
+
+// The first line a shell command prints (empty if it failed).
+static std::string command_line_output(const std::string &command) {
+    std::string out;
+    if (FILE *p = popen(command.c_str(), "r")) {
+        char buf[512];
+        if (std::fgets(buf, sizeof buf, p))
+            out = buf;
+        if (pclose(p) != 0)
+            out.clear();
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r'))
+        out.pop_back();
+    return out;
+}
+
+// "AB:CD:..." as openssl prints a fingerprint.
+static std::string colon_hex(const sockserv::sha256_digest &d) {
+    std::string out;
+    char byte[4];
+    for (std::size_t i = 0; i < d.size(); i++) {
+        std::snprintf(byte, sizeof byte, i ? ":%02X" : "%02X", d[i]);
+        out += byte;
+    }
+    return out;
+}
+
+static void test_tls() {
+    const char *script = std::getenv("SOCKSERV_MAKE_CERTS");
+    char dir_template[] = "/tmp/sockserv-cxx-tls-XXXXXX";
+    const char *dir = script ? mkdtemp(dir_template) : nullptr;
+    std::string make = dir ? std::string("sh '") + script + "' " + dir : "";
+    if (!dir || std::system((make + " && " + make + " other").c_str()) != 0) {
+        std::printf("wrapper_test: SKIPPED tls: no certificates (SOCKSERV_MAKE_CERTS=%s)\n",
+                    script ? script : "unset");
+        return;
+    }
+    tls_files f{dir};
+    std::string openssl_fp = command_line_output("openssl x509 -noout -fingerprint -sha256 -in '" +
+                                                 f("server.pem") + "'");
+    openssl_fp = openssl_fp.substr(openssl_fp.find('=') + 1);
+
+    // A threaded server: mutual TLS, ALPN, an HMAC key inside.
+    std::mutex lock;
+    std::string seen_subject, seen_alpn;
+    sockserv::sha256_digest seen_fp{};
+    sockserv::config scfg = keyed();
+    scfg.set_tls_cert_files(f("server.pem"), f("server.key"))
+        .set_tls_ca_file(f("ca.pem"))
+        .set_tls_client_auth(SOCKSERV_TLS_CLIENT_AUTH_REQUIRED)
+        .add_tls_alpn("echo/2")
+        .add_tls_alpn("echo/1")
+        .set_tls_min_version(SOCKSERV_TLS_VERSION_1_3);
+    sockserv::server srv("tls://127.0.0.1:0", scfg);
+    srv.on_connection([&](sockserv::conn_ref c) {
+        {
+            std::lock_guard<std::mutex> hold(lock);
+            seen_subject = c.peer_cert_subject();
+            seen_fp = c.peer_cert_sha256();
+            seen_alpn = c.tls_info().alpn;
+        }
+        echo(c);
+    });
+    srv.start();
+    std::string addr = srv.local_addr();
+    CHECK(contains(addr, "tls://127.0.0.1:"));
+
+    // The client's certificate and CA from memory, the server name set.
+    auto client_cfg = [&](const char *ca) {
+        sockserv::config c = keyed();
+        c.set_tls_ca(read_file(f(ca)))
+            .set_tls_cert(read_file(f("client.pem")), read_file(f("client.key")))
+            .set_tls_server_name("localhost")
+            .add_tls_alpn("echo/1");
+        return c;
+    };
+    {
+        sockserv::connection c(addr, client_cfg("ca.pem"));
+        c.send("over mutual TLS");
+        CHECK(c.recv_string() == "over mutual TLS");
+        CHECK(contains(c.peer_cert_subject(), "CN=localhost"));
+        CHECK(colon_hex(c.peer_cert_sha256()) == openssl_fp);
+        sockserv::tls_info info = c.tls_info();
+        CHECK(info.version == SOCKSERV_TLS_VERSION_1_3);
+        CHECK(info.alpn == "echo/1");
+        sockserv::sha256_digest fp{};
+        CHECK(c.peer_cert_sha256(fp, std::nothrow) == SOCKSERV_OK && fp == c.peer_cert_sha256());
+    }
+    CHECK(wait_until([&] {
+        std::lock_guard<std::mutex> hold(lock);
+        return contains(seen_subject, "CN=client");
+    }));
+    {
+        std::lock_guard<std::mutex> hold(lock);
+        CHECK(seen_alpn == "echo/1");
+        CHECK(colon_hex(seen_fp) != openssl_fp); // the client's, not the server's
+    }
+
+    // Trusting another CA: the certificate is refused, and says why.
+    auto e = EXPECT_ERROR(SOCKSERV_ERR_CERTIFICATE, sockserv::connection c(addr, client_cfg("other-ca.pem")));
+    CHECK(contains(e.detail(), "unknown issuer"));
+    // No client certificate: the server refuses it (TLS 1.3 tells the
+    // client by an alert, a TLS or certificate error).
+    sockserv::config bare = keyed();
+    bare.set_tls_ca_file(f("ca.pem"));
+    sockserv::connection none;
+    sockserv_result rc = sockserv::connection::connect(addr, bare, none, std::nothrow);
+    if (rc == SOCKSERV_OK) { // the alert may come with the first receive
+        sockserv::bytes frame;
+        rc = none.send("x", std::nothrow);
+        if (rc == SOCKSERV_OK)
+            rc = none.recv(frame, std::nothrow);
+    }
+    CHECK(rc == SOCKSERV_ERR_CERTIFICATE || rc == SOCKSERV_ERR_TLS);
+    // A client without trust anchors never gets as far as the network.
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, sockserv::connection c(addr, keyed()));
+    CHECK(srv.stats().handshake_failures >= 2);
+
+    // Bad input to the setters.
+    sockserv::config bad;
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, bad.set_tls_ca("not a certificate"));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT,
+                 bad.set_tls_cert(read_file(f("server.pem")), read_file(f("client.key"))));
+    auto io = EXPECT_ERROR(SOCKSERV_ERR_IO, bad.set_tls_ca_file(f("missing.pem")));
+    CHECK(contains(io.detail(), "missing.pem"));
+    EXPECT_ERROR(SOCKSERV_ERR_IO, bad.set_tls_cert_files(f("missing.pem"), f("server.key")));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, bad.set_tls_client_auth(7));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, bad.set_tls_min_version(0x0301));
+    bad.set_tls(false).set_tls_min_version(SOCKSERV_TLS_VERSION_1_2);
+
+    // Event mode: the identity is known in on_open, before any frame.
+    std::atomic<int> opened_with_cert{0};
+    sockserv::server ev("tls://127.0.0.1:0", scfg);
+    ev.on_events(
+        [&](sockserv::conn_ref c) {
+            sockserv::sha256_digest fp{};
+            if (c.peer_cert_sha256(fp, std::nothrow) == SOCKSERV_OK &&
+                contains(c.peer_cert_subject(), "CN=client"))
+                opened_with_cert++;
+        },
+        [](sockserv::conn_ref c, sockserv::bytes frame) { c.send(frame); }, nullptr);
+    ev.start();
+    {
+        sockserv::connection c(ev.local_addr(), client_cfg("ca.pem"));
+        c.send("event mode");
+        CHECK(c.recv_string() == "event mode");
+    }
+    CHECK(opened_with_cert == 1);
+
+    // set_tls on adopted sockets: both roles over a socketpair.
+    int fds[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+    sockserv::config server_side = keyed();
+    server_side.set_tls(true).set_tls_cert_files(f("server.pem"), f("server.key"));
+    sockserv::connection accepted;
+    std::thread adopt([&] {
+        sockserv_result r = sockserv::connection::from_fd(fds[0], server_side, SOCKSERV_ROLE_SERVER,
+                                                          accepted, std::nothrow);
+        if (r == SOCKSERV_OK)
+            echo(accepted);
+        else
+            close(fds[0]);
+    });
+    sockserv::config client_side = keyed();
+    client_side.set_tls(true).set_tls_ca_file(f("ca.pem")).set_tls_server_name("localhost");
+    {
+        sockserv::connection c;
+        CHECK(sockserv::connection::from_fd(fds[1], client_side, SOCKSERV_ROLE_CLIENT, c,
+                                            std::nothrow) == SOCKSERV_OK);
+        if (!c)
+            close(fds[1]);
+        CHECK(c && c.send("adopted", std::nothrow) == SOCKSERV_OK);
+        CHECK(c && c.recv_string() == "adopted");
+        CHECK(c && c.tls_info().version == SOCKSERV_TLS_VERSION_1_3);
+    }
+    adopt.join();
+
+    // A plain connection has no certificate.
+    sockserv::server plain("tcp://127.0.0.1:0");
+    plain.on_connection(echo);
+    plain.start();
+    sockserv::connection p(plain.local_addr());
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, p.peer_cert_sha256());
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, p.peer_cert_subject());
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, p.tls_info());
+
+    if (std::system((std::string("rm -rf '") + dir + "'").c_str()) != 0)
+        std::printf("wrapper_test: could not remove %s\n", dir);
+}
+
 int main() {
     test_bytes_and_version();
     test_hmac();
@@ -1145,6 +1357,7 @@ int main() {
     test_sealed_datagrams();
     test_unix_datagrams();
     test_refusal_log();
+    test_tls();
     std::printf("wrapper_test: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

@@ -140,7 +140,13 @@ fn wrapper_test(compiler: &str, extra: &[&str], env: &[(&str, &str)]) {
         &exe,
     );
     let output = run(
-        Command::new(&exe).envs(env.iter().copied()),
+        Command::new(&exe)
+            .envs(env.iter().copied())
+            // The TLS part makes its certificates with this script (openssl).
+            .env(
+                "SOCKSERV_MAKE_CERTS",
+                root().join("c_examples/make-certs.sh"),
+            ),
         LIMIT,
         "wrapper_test",
     );

@@ -17,7 +17,8 @@ The bytes on the wire are multiprocessing.connection's (3.12+ handshake),
 so a Server talks to multiprocessing's Client and connect() to its Listener.
 Also: EventServer (callbacks on a few I/O threads), datagrams
 (open_datagram, connect_datagram, DatagramServer; sealed with a key),
-from_fd, connection options and non-blocking mode, statistics; an
+from_fd, connection options and non-blocking mode, statistics, TLS
+("tls://" addresses and the tls_* options; conn.peer_certificate); an
 EventServer in your own loop (start_embedded, fileno, timeout, process),
 dialing out from it (EventServer.dial), and asyncio (asyncio_serve,
 asyncio_connect).
@@ -29,7 +30,7 @@ import ctypes
 from typing import Any, Callable, Optional, Union
 
 from . import _lib
-from ._core import Address, Buffer, ErrorHandler, Options, Proxy, WhenFull
+from ._core import Address, Buffer, ErrorHandler, Options, Proxy, StrPath, TLSClientAuth, TLSVersion, WhenFull
 from ._dgram import (
     DATAGRAM_OVERHEAD,
     DEFAULT_DATAGRAM_SIZE,
@@ -43,9 +44,10 @@ from ._dgram import (
 from ._lib import lib
 from ._asyncio import AsyncConnection, AsyncioServing, asyncio_connect, asyncio_serve
 from ._server import Dialer, EventServer, Handler, OnClose, OnDialError, OnFrame, OnOpen, Server, Verify
-from ._stream import Connection, Option, Role, connect, from_fd
+from ._stream import Connection, Option, PeerCertificate, Role, TLSInfo, connect, from_fd
 from .errors import (
     AuthenticationError,
+    CertificateError,
     Code,
     ConnectionClosed,
     InternalError,
@@ -53,6 +55,7 @@ from .errors import (
     ProtocolError,
     SockservError,
     TimeoutError,
+    TLSError,
     UsageError,
 )
 
@@ -66,6 +69,7 @@ __all__ = [
     "AsyncioServing",
     "AuthenticationError",
     "Buffer",
+    "CertificateError",
     "Code",
     "Connection",
     "ConnectionClosed",
@@ -84,12 +88,18 @@ __all__ = [
     "OnOpen",
     "Option",
     "Options",
+    "PeerCertificate",
     "ProtocolError",
     "Proxy",
     "RefusalLog",
     "Role",
     "Server",
     "SockservError",
+    "StrPath",
+    "TLSClientAuth",
+    "TLSError",
+    "TLSInfo",
+    "TLSVersion",
     "TimeoutError",
     "UsageError",
     "Verify",

@@ -8,10 +8,23 @@ import contextlib
 import ctypes
 import enum
 import math
+import os
 import sys
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, TypedDict, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    Optional,
+    Sequence,
+    Tuple,
+    TypedDict,
+    Union,
+)
 
 from ._lib import lib
 from .errors import Code, UsageError, error_for
@@ -29,6 +42,8 @@ Buffer = Union[bytes, bytearray, memoryview]
 Address = Union[str, Tuple[str, int]]
 #: Receives an exception a callback raised (on the callback's thread).
 ErrorHandler = Callable[[BaseException], None]
+#: A file name: str or a path object.
+StrPath = Union[str, "os.PathLike[str]"]
 
 
 class WhenFull(enum.IntEnum):
@@ -44,6 +59,22 @@ class Proxy(enum.IntEnum):
     OFF = 0  # SOCKSERV_PROXY_OFF
     OPTIONAL = 1  # SOCKSERV_PROXY_OPTIONAL
     REQUIRED = 2  # SOCKSERV_PROXY_REQUIRED
+
+
+class TLSClientAuth(enum.IntEnum):
+    """`tls_client_auth=`: whether a TLS server asks for client certificates
+    (both need `tls_ca` or `tls_ca_file`)."""
+
+    NONE = 0  # SOCKSERV_TLS_CLIENT_AUTH_NONE
+    OPTIONAL = 1  # SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL: verified if sent
+    REQUIRED = 2  # SOCKSERV_TLS_CLIENT_AUTH_REQUIRED: mutual TLS
+
+
+class TLSVersion(enum.IntEnum):
+    """`tls_min_version=` and TLSInfo.version (names as in ssl.TLSVersion)."""
+
+    TLSv1_2 = 0x0303  # SOCKSERV_TLS_VERSION_1_2
+    TLSv1_3 = 0x0304  # SOCKSERV_TLS_VERSION_1_3 (the default minimum)
 
 
 class Options(TypedDict, total=False):
@@ -73,6 +104,16 @@ class Options(TypedDict, total=False):
     max_datagram_size: int
     datagram_window: float
     datagram_replay_capacity: int
+    # TLS (tls:// addresses; see docs/tls.md). PEM everywhere.
+    tls_cert_file: Tuple[StrPath, StrPath]  # (chain file, key file): this side's certificate
+    tls_cert: Tuple[Buffer, Buffer]  # (chain PEM, key PEM), from memory
+    tls_ca_file: StrPath  # the CA(s) the peer's certificate must chain to
+    tls_ca: Buffer  # the same from memory
+    tls_server_name: str  # what a client checks (default: the address's host)
+    tls_client_auth: TLSClientAuth
+    tls_alpn: Sequence[str]  # ALPN protocols, in order of preference
+    tls_min_version: TLSVersion
+    tls: bool  # TLS for from_fd (tls:// addresses imply it)
 
 
 # Whether this thread is inside a callback (closing a server there would
@@ -165,13 +206,51 @@ _SETTERS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
     "datagram_window": ("sockserv_config_set_datagram_window_ms", ms),
     "datagram_replay_capacity": ("sockserv_config_set_datagram_replay_capacity", int),
 }
-assert set(_SETTERS) == set(Options.__annotations__), "Options and _SETTERS disagree"
+
+
+def _pem(value: Buffer, what: str) -> bytes:
+    return value.encode() if isinstance(value, str) else as_bytes(value, what)
+
+
+def _set_tls_cert(handle: Any, value: Tuple[Buffer, Buffer]) -> None:
+    chain, key = _pem(value[0], "tls_cert chain"), _pem(value[1], "tls_cert key")
+    call("sockserv_config_set_tls_cert", handle, chain, len(chain), key, len(key))
+
+
+def _set_tls_ca(handle: Any, value: Buffer) -> None:
+    pem = _pem(value, "tls_ca")
+    call("sockserv_config_set_tls_ca", handle, pem, len(pem))
+
+
+def _set_tls_alpn(handle: Any, protocols: Sequence[str]) -> None:
+    if isinstance(protocols, (str, bytes)):
+        raise TypeError("tls_alpn is a sequence of protocol names, e.g. ['h2']")
+    for protocol in protocols:
+        call("sockserv_config_add_tls_alpn", handle, protocol.encode())
+
+
+# keyword -> how it is applied, in this order (the certificate and CA
+# before what depends on them).
+_TLS_SETTERS: Dict[str, Callable[[Any, Any], None]] = {
+    "tls_cert_file": lambda h, v: call(
+        "sockserv_config_set_tls_cert_files", h, os.fsencode(v[0]), os.fsencode(v[1])
+    ),
+    "tls_cert": _set_tls_cert,
+    "tls_ca_file": lambda h, v: call("sockserv_config_set_tls_ca_file", h, os.fsencode(v)),
+    "tls_ca": _set_tls_ca,
+    "tls_server_name": lambda h, v: call("sockserv_config_set_tls_server_name", h, str(v).encode()),
+    "tls_client_auth": lambda h, v: call("sockserv_config_set_tls_client_auth", h, int(v)),
+    "tls_alpn": _set_tls_alpn,
+    "tls_min_version": lambda h, v: call("sockserv_config_set_tls_min_version", h, int(v)),
+    "tls": lambda h, v: call("sockserv_config_set_tls", h, bool(v)),
+}
+assert set(_SETTERS) | set(_TLS_SETTERS) == set(Options.__annotations__), "Options and _SETTERS disagree"
 
 
 @contextlib.contextmanager
 def config(key: Optional[Buffer], extra_keys: Iterable[Buffer], options: Options) -> Iterator[int]:
     """A sockserv_config for one server, connection or socket, which copies it."""
-    unknown = set(options) - set(_SETTERS)
+    unknown = set(options) - set(_SETTERS) - set(_TLS_SETTERS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     handle = ctypes.c_void_p()
@@ -184,8 +263,12 @@ def config(key: Optional[Buffer], extra_keys: Iterable[Buffer], options: Options
             k = as_bytes(extra, "extra key")
             call("sockserv_config_add_auth_key", handle, k, len(k))
         for name, value in options.items():
-            setter, convert = _SETTERS[name]
-            call(setter, handle, convert(value))
+            if name in _SETTERS:
+                setter, convert = _SETTERS[name]
+                call(setter, handle, convert(value))
+        for name, apply in _TLS_SETTERS.items():
+            if name in options:
+                apply(handle, options[name])  # type: ignore[literal-required]
         assert handle.value is not None
         yield handle.value
     finally:

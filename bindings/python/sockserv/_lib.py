@@ -112,7 +112,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "sockserv_conn_poll": (_R, [_P, c_int, POINTER(c_bool)]),
     "sockserv_conn_peer_addr": (_R, [_P, *_ADDR]),
     "sockserv_conn_local_addr": (_R, [_P, *_ADDR]),
-    "sockserv_conn_peer_cert_sha256": (_R, [_P, c_void_p]),
+    "sockserv_conn_peer_cert_sha256": (_R, [_P, POINTER(c_uint8)]),
     "sockserv_conn_peer_cert_subject": (_R, [_P, *_ADDR]),
     "sockserv_conn_tls_info": (_R, [_P, POINTER(c_int), *_ADDR]),
     "sockserv_conn_fd": (_R, [_P, POINTER(c_int)]),

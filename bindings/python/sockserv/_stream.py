@@ -7,10 +7,10 @@ import ctypes
 import enum
 import math
 import socket
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional, Union
 
 from . import _core
-from ._core import Address, Buffer, Options, as_bytes, call
+from ._core import Address, Buffer, Options, TLSVersion, as_bytes, call
 from ._lib import lib
 from .errors import Code, UsageError, error_for
 
@@ -37,6 +37,42 @@ class Role(enum.IntEnum):
 
     SERVER = 0  # SOCKSERV_ROLE_SERVER: it was accepted (challenges first)
     CLIENT = 1  # SOCKSERV_ROLE_CLIENT: it was connected (answers first)
+
+
+class PeerCertificate(NamedTuple):
+    """The certificate the peer showed in the TLS handshake."""
+
+    #: SHA-256 of its DER bytes (what `openssl x509 -fingerprint -sha256` shows).
+    sha256: bytes
+    #: Its subject, "CN=client,O=Example".
+    subject: str
+
+
+class TLSInfo(NamedTuple):
+    """What the TLS handshake negotiated."""
+
+    version: Union[TLSVersion, int]
+    #: The ALPN protocol, None when none was negotiated.
+    alpn: Optional[str]
+
+
+def _text(fn: Callable[[Optional[ctypes.Array[ctypes.c_char]], int, Any], int], what: str) -> Optional[str]:
+    """A (buf, len, &needed) string of any length; None for INVALID_STATE
+    (no TLS, or no peer certificate)."""
+    needed = ctypes.c_size_t()
+    size = 256
+    for _ in range(2):
+        buf = ctypes.create_string_buffer(size)
+        rc = fn(buf, size, ctypes.byref(needed))
+        if rc == Code.OK:
+            return buf.value.decode("utf-8", "replace")
+        if rc == Code.INVALID_STATE:
+            return None
+        if rc != Code.INSUFFICIENT_SIZE:
+            break
+        size = needed.value + 1
+    _core.check(rc, what)
+    raise AssertionError("unreachable")
 
 
 class Connection(_core.Handle):
@@ -183,6 +219,39 @@ class Connection(_core.Handle):
         with self._use() as h:
             return _core.read_address("sockserv_conn_local_addr", h)
 
+    @property
+    def peer_certificate(self) -> Optional[PeerCertificate]:
+        """The peer's TLS certificate (in a handler, in on_open, on a
+        client): its SHA-256 fingerprint and subject. None without TLS, or
+        when the peer showed none (a client under TLSClientAuth.OPTIONAL)."""
+        digest = (ctypes.c_uint8 * 32)()
+        with self._use() as h:
+            rc = int(lib.sockserv_conn_peer_cert_sha256(h, digest))
+            if rc == Code.INVALID_STATE:
+                return None
+            _core.check(rc, "sockserv_conn_peer_cert_sha256")
+            subject = _text(
+                lambda buf, n, needed: int(lib.sockserv_conn_peer_cert_subject(h, buf, n, needed)),
+                "sockserv_conn_peer_cert_subject",
+            )
+        return PeerCertificate(bytes(digest), subject or "")
+
+    @property
+    def tls_info(self) -> Optional[TLSInfo]:
+        """The TLS version and ALPN protocol negotiated; None without TLS."""
+        version = ctypes.c_int()
+        with self._use() as h:
+            alpn = _text(
+                lambda buf, n, needed: int(lib.sockserv_conn_tls_info(h, ctypes.byref(version), buf, n, needed)),
+                "sockserv_conn_tls_info",
+            )
+        if alpn is None:
+            return None
+        v: Union[TLSVersion, int] = (
+            TLSVersion(version.value) if version.value in TLSVersion._value2member_map_ else version.value
+        )
+        return TLSInfo(v, alpn or None)
+
     def fileno(self) -> int:
         """The socket, for select/poll; still the connection's: do not read,
         write or close it."""
@@ -214,7 +283,9 @@ def connect(address: Address, *, key: Optional[Buffer] = None, **options: Unpack
     or a Unix socket path starting with "/" or ".") and, with a key, runs
     the handshake. Options: see sockserv.Options (max_frame_size,
     connect_timeout, handshake_timeout, io_timeout, nodelay, keepalive,
-    coalesce_sends...)."""
+    coalesce_sends...). A "tls://HOST:PORT" address needs `tls_ca` or
+    `tls_ca_file` (the CA to trust), and `tls_cert_file` for a server
+    that requires client certificates."""
     handle = ctypes.c_void_p()
     with _core.config(key, (), options) as cfg:
         call("sockserv_connect", _core.address(address), cfg, ctypes.byref(handle))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import enum
 import multiprocessing
+import ssl
 from typing import Dict, Optional, Tuple, Type, Union
 
 
@@ -89,6 +90,22 @@ class AuthenticationError(SockservError, multiprocessing.AuthenticationError):
     """The handshake failed: wrong key, or a peer speaking another handshake."""
 
 
+class TLSError(SockservError, ssl.SSLError):
+    """The TLS layer failed: plaintext to a TLS port or the reverse, a
+    corrupted or forged record, a fatal alert, no common version or ALPN
+    protocol. An ssl.SSLError, like the stdlib's; the connection is closed."""
+
+    def __str__(self) -> str:
+        # SSLError's own would show the args tuple.
+        return str(self.args[0]) if self.args else ""
+
+
+class CertificateError(TLSError, ssl.SSLCertVerificationError):
+    """A certificate was refused: unknown CA, expired or not yet valid,
+    name mismatch, a required client certificate missing, a bad chain
+    (.detail says which). An ssl.SSLCertVerificationError too."""
+
+
 class InternalError(SockservError):
     """A bug inside sockserv was caught at its boundary."""
 
@@ -109,9 +126,10 @@ FAMILIES: Dict[Type[SockservError], Tuple[Code, ...]] = {
         Code.FRAME_TOO_LARGE,
         Code.PROTOCOL,
         Code.DATAGRAM_TOO_LARGE,
-        Code.TLS,
     ),
-    AuthenticationError: (Code.AUTH_FAILED, Code.AUTH_PROTOCOL, Code.CERTIFICATE),
+    AuthenticationError: (Code.AUTH_FAILED, Code.AUTH_PROTOCOL),
+    TLSError: (Code.TLS,),
+    CertificateError: (Code.CERTIFICATE,),
     InternalError: (Code.PANIC,),
 }
 _CLASS_OF: Dict[int, Type[SockservError]] = {

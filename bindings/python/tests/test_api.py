@@ -73,6 +73,16 @@ def test_constants_match_the_header():
     ]:
         d = header_defines(prefix)
         assert {k[len(prefix):]: v for k, v in d.items()} == {m.name: m.value for m in enum}, prefix
+    tls = {
+        name: int(value, 0)
+        for name, value in re.findall(r"^#define\s+SOCKSERV_TLS_(\w+)\s+\(?(0x[0-9a-fA-F]+|\d+)", HEADER, re.M)
+    }
+    assert {k[len("CLIENT_AUTH_"):]: v for k, v in tls.items() if k.startswith("CLIENT_AUTH_")} == {
+        m.name: m.value for m in sockserv.TLSClientAuth
+    }
+    assert {"TLSv" + k[len("VERSION_"):]: v for k, v in tls.items() if k.startswith("VERSION_")} == {
+        m.name: m.value for m in sockserv.TLSVersion
+    }
     plain = header_defines("SOCKSERV_")
     for name in ("MAX_DATAGRAM_SIZE", "DEFAULT_DATAGRAM_SIZE", "DATAGRAM_OVERHEAD", "ADDRSTRLEN",
                  "VERSION_MAJOR", "VERSION_MINOR", "VERSION_PATCH"):

@@ -6,6 +6,7 @@ package in a fresh venv (tests/packaging/python.rs) and from the checkout
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import socket
 import sys
 import tempfile
@@ -150,6 +151,33 @@ def adopted() -> None:
             assert server.recv() == b"adopted"
 
 
+def tls_settings(tmp: str) -> None:
+    # Typed TLS options (mypy checks them); the network part is in test_tls.py.
+    options: sockserv.Options = {
+        "tls_ca_file": pathlib.Path(tmp) / "missing-ca.pem",
+        "tls_server_name": "localhost",
+        "tls_alpn": ["echo/1"],
+        "tls_min_version": sockserv.TLSVersion.TLSv1_3,
+        "tls_client_auth": sockserv.TLSClientAuth.NONE,
+    }
+    try:
+        sockserv.connect("tls://127.0.0.1:9", **options)
+    except sockserv.NetworkError as e:
+        assert e.code == Code.IO and e.call == "sockserv_config_set_tls_ca_file"
+    else:
+        raise AssertionError("a missing CA file was accepted")
+    try:
+        sockserv.connect("tls://127.0.0.1:9", tls_ca=b"not PEM")
+    except sockserv.UsageError as e:
+        assert e.code == Code.INVALID_ARGUMENT
+    else:
+        raise AssertionError("a bad CA was accepted")
+    cert: Optional[sockserv.PeerCertificate] = None
+    info: Optional[sockserv.TLSInfo] = None
+    assert cert is None and info is None
+    assert issubclass(sockserv.CertificateError, sockserv.TLSError)
+
+
 def library() -> None:
     mac: bytes = sockserv.hmac_sha256(b"k", b"m")
     assert sockserv.hmac_sha256_verify(b"k", b"m", mac)
@@ -224,6 +252,7 @@ def main() -> int:
         datagrams(tmp)
         adopted()
         in_asyncio()
+        tls_settings(tmp)
     print("whole api ok")
     return 0
 
