@@ -2,6 +2,7 @@
 //! echo handler, raw peers for hostile input, bounded waits.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod proc;
 pub mod skip;
 
