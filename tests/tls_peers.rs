@@ -304,3 +304,128 @@ fn openssl_peers_speak_tls13_with_the_fixture() {
     assert!(said.contains("certificate verify failed"), "{said}");
     drop(server);
 }
+
+/// tests/py/tls_peer.py under the test's Python, killed when dropped.
+struct PyTls {
+    guard: ChildGuard,
+    seen: Vec<String>,
+}
+
+impl PyTls {
+    fn spawn(args: &[String]) -> PyTls {
+        let script = proc::root().join("tests/py/tls_peer.py");
+        let mut cmd = Command::new(common::python());
+        // -B: no __pycache__ in the tree; -u: lines as printed; -E -s: no
+        // PYTHON* variables or user site-packages.
+        cmd.args(["-B", "-u", "-E", "-s"])
+            .arg(&script)
+            .args(args)
+            .args(["--timeout", "30"]);
+        PyTls {
+            guard: ChildGuard::spawn(&mut cmd),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The rest of the first line that starts with `prefix`.
+    fn wait_line(&mut self, prefix: &str) -> String {
+        let end = Instant::now() + LIMIT;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let line = self
+                .guard
+                .lines
+                .as_ref()
+                .unwrap()
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {prefix:?} line ({e}) after {:?}", self.seen));
+            self.seen.push(line.clone());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+
+    /// Waits for it to exit 0 with "ok" last; returns all it printed.
+    fn expect_ok(mut self) -> Vec<String> {
+        let status = self.guard.wait_for(LIMIT);
+        let lines = self.guard.lines.take().unwrap();
+        let end = Instant::now() + proc::PIPE_LIMIT;
+        while let Ok(line) = lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            self.seen.push(line);
+        }
+        assert!(
+            status.is_some_and(|s| s.success()) && self.seen.last().is_some_and(|l| l == "ok"),
+            "tls_peer.py: {status:?}: {:?}",
+            self.seen
+        );
+        self.seen
+    }
+}
+
+fn have_python() -> bool {
+    Command::new(common::python())
+        .args(["-c", "import ssl"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn s(items: &[&str]) -> Vec<String> {
+    items.iter().map(|i| i.to_string()).collect()
+}
+
+/// The Python peer against itself: mutual TLS 1.3, the {sha256}
+/// handshake inside, the frame plan echoed; and a client without a
+/// certificate refused by a listener that requires one. What the sockserv
+/// tests below rely on.
+#[test]
+fn python_peer_speaks_tls13_and_the_handshake_with_itself() {
+    let test = "python_peer_speaks_tls13_and_the_handshake_with_itself";
+    if !have_python() {
+        return common::skip::required(test, "no python3 with ssl (SOCKSERV_PYTHON)");
+    }
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let (ca, key) = (
+        path(&certs.ca.cert),
+        std::str::from_utf8(common::KEY).unwrap(),
+    );
+    let listen = |extra: &[&str]| {
+        let mut args = s(&["listener", "127.0.0.1:0", "--cert"]);
+        args.extend([
+            path(&certs.server.cert),
+            "--tls-key".into(),
+            path(&certs.server.key),
+        ]);
+        args.extend(s(&["--ca", &ca, "--require-client-cert"]));
+        args.extend(s(extra));
+        let mut py = PyTls::spawn(&args);
+        let addr = py.wait_line("listening ");
+        (py, addr)
+    };
+    let (listener, addr) = listen(&["--authkey", key]);
+    let mut args = s(&["client", &addr, "--ca", &ca, "--authkey", key, "--cert"]);
+    args.extend([
+        path(&certs.client.cert),
+        "--tls-key".into(),
+        path(&certs.client.key),
+    ]);
+    let said = PyTls::spawn(&args).expect_ok();
+    assert!(said.contains(&"tls TLSv1.3".into()), "{said:?}");
+    assert!(said.contains(&"checked 211 echoes".into()), "{said:?}");
+    let said = listener.expect_ok();
+    assert!(
+        said.contains(&"peer organizationName=sockserv tests,commonName=client".into()),
+        "{said:?}"
+    );
+
+    let (listener, addr) = listen(&["--expect", "refused"]);
+    PyTls::spawn(&s(&["client", &addr, "--ca", &ca, "--expect", "refused"])).expect_ok();
+    let said = listener.expect_ok();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("PEER_DID_NOT_RETURN_A_CERTIFICATE")),
+        "{said:?}"
+    );
+}
