@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod proc;
+pub mod relay;
 pub mod skip;
 
 #[allow(unused_imports)]
