@@ -6,6 +6,7 @@ pub mod certs;
 pub mod proc;
 pub mod relay;
 pub mod skip;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use proc::{ChildGuard, TempDir};

@@ -16,6 +16,14 @@ peer sent a certificate.
 --expect refused   the TLS or HMAC handshake must fail; prints
                    "refused: TYPE: MESSAGE"
 --frames N         the burst's length (default 200)
+--greeting         the server first sends one frame, the client's address
+                   as it saw it: print "greeted ADDRESS from LOCAL"
+--acked N          instead of the plan: N frames one at a time, each
+                   echoed before the next; when the connection fails,
+                   connect again (at most 20 times) and resend the frame
+                   not yet echoed. Prints "acked I" every 25 frames and
+                   "acked N over K connections" at the end.
+--pace MS          with --acked: pause this long after each frame
 
 The handshake is the stdlib's own (multiprocessing.connection's
 deliver_challenge/answer_challenge) on 3.12+, and mp_handshake.py's (the
@@ -35,6 +43,7 @@ import ssl
 import struct
 import sys
 import threading
+import time
 from multiprocessing import AuthenticationError
 
 import mp_handshake
@@ -149,6 +158,50 @@ def client(args):
     return tls, conn
 
 
+def acked(args):
+    """Frames one at a time through a server that may die under us."""
+    connections, attempts, i = 0, 0, 0
+    conn = None
+    while i < args.acked:
+        try:
+            if conn is None:
+                attempts += 1
+                if attempts > 20:
+                    fail(f"gave up after {attempts - 1} connections, {i} frames acked")
+                tls, conn = client(args)
+                connections += 1
+                greet(tls, conn)
+            data = f"frame {i} of {args.address}".encode() + payload(i % 2000, i)
+            conn.send_bytes(data)
+            if conn.recv_bytes() != data:
+                fail(f"frame {i} came back different")
+            i += 1
+            time.sleep(args.pace / 1000)
+            if i % 25 == 0:
+                print(f"acked {i}", flush=True)
+        except (ssl.SSLError, EOFError, ConnectionError, socket.timeout) as e:
+            print(f"lost connection {connections}: {type(e).__name__}: {e}", flush=True)
+            time.sleep(0.1)
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            conn = None
+    print(f"acked {args.acked} over {connections} connections", flush=True)
+    conn.close()
+
+
+def greet(tls, conn):
+    if GREETING:
+        seen = conn.recv_bytes(256).decode()
+        local = tls.getsockname()
+        print(f"greeted {seen} from {local[0]}:{local[1]}", flush=True)
+
+
+GREETING = False
+
+
 def listener(args):
     host, port = parse(args.address)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -201,13 +254,24 @@ def main():
     parser.add_argument("--expect", choices=["ok", "refused"], default="ok")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=20.0)
+    parser.add_argument("--greeting", action="store_true")
+    parser.add_argument("--acked", type=int, default=0)
+    parser.add_argument("--pace", type=float, default=0.0)
     args = parser.parse_args()
+    global GREETING
+    GREETING = args.greeting
     faulthandler.dump_traceback_later(args.timeout, exit=True)
     print(f"python {sys.version.split()[0]} {ssl.OPENSSL_VERSION}", flush=True)
+    if args.acked:
+        acked(args)
+        print("ok", flush=True)
+        return
     opener = client if args.role == "client" else listener
     try:
         tls, conn = opener(args)
         describe(tls)
+        if args.role == "client":
+            greet(tls, conn)
         if args.role == "client":
             run_plan(conn, args.frames)
         else:
