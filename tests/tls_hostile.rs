@@ -113,6 +113,8 @@ fn plaintext_relay_reads_and_rewrites_what_tls_protects() {
         assert_eq!(got.frames(), vec![b"pay alice 900".to_vec()], "{mode:?}");
         let (up, down) = relay.recorded();
         assert!(relay::contains(&up, b"pay alice 900") && relay::contains(&down, b"pay alice 900"));
+        // The handshake too is in the clear (though the key is not).
+        assert!(relay::contains(&down, b"#CHALLENGE#") && relay::contains(&up, b"#WELCOME#"));
         assert!(got.errors().is_empty(), "{:?}", got.errors());
     }
 }
