@@ -193,3 +193,312 @@ fn python_peer_speaks_tls13_and_the_handshake_with_itself() {
         "{said:?}"
     );
 }
+
+// ---- sockserv against the peers ----
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Mode;
+use sockserv::{Config, Connection, EventConn, EventHandler, Server, TlsClientAuth, TlsInfo};
+
+/// A TLS server config with the fixture's server certificate; with
+/// `auth` other than None, client certificates checked against the CA.
+fn server_config(certs: &Certs, auth: TlsClientAuth, key: bool) -> Config {
+    let mut c = if key {
+        common::config_with_key(common::KEY)
+    } else {
+        Config::default()
+    };
+    c.set_tls_cert_files(&certs.server.cert, &certs.server.key)
+        .unwrap();
+    if auth != TlsClientAuth::None {
+        c.set_tls_ca_file(&certs.ca.cert).unwrap();
+        c.set_tls_client_auth(auth);
+    }
+    c.set_handshake_timeout(Duration::from_secs(10)).unwrap();
+    c.set_io_timeout(Some(Duration::from_secs(30)));
+    c
+}
+
+/// A TLS client config trusting the fixture's CA, presenting the client
+/// certificate when `cert`.
+fn client_config(certs: &Certs, cert: bool, key: bool) -> Config {
+    let mut c = if key {
+        common::config_with_key(common::KEY)
+    } else {
+        Config::default()
+    };
+    c.set_tls_ca_file(&certs.ca.cert).unwrap();
+    if cert {
+        c.set_tls_cert_files(&certs.client.cert, &certs.client.key)
+            .unwrap();
+    }
+    c.set_handshake_timeout(Duration::from_secs(10)).unwrap();
+    c.set_io_timeout(Some(Duration::from_secs(30)));
+    c
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a connection's TLS handshake gave, as one line: "version 0304
+/// peer HEX SUBJECT" or "version 0304 peer none".
+fn identity(info: Option<&TlsInfo>) -> String {
+    let Some(info) = info else {
+        return "no TLS".into();
+    };
+    match &info.peer_cert {
+        Some(p) => format!(
+            "version {:04x} peer {} {}",
+            info.version,
+            hex(&p.sha256),
+            p.subject
+        ),
+        None => format!("version {:04x} peer none", info.version),
+    }
+}
+
+struct IdentityEvents;
+
+impl EventHandler for IdentityEvents {
+    fn on_open(&self, conn: &Arc<EventConn>) {
+        let _ = conn.send(identity(conn.tls_info()).as_bytes());
+    }
+    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]) {
+        let _ = conn.send(frame);
+    }
+    fn on_close(&self, _: &Arc<EventConn>, _: Option<&sockserv::Error>) {}
+}
+
+/// A TLS echo server on 127.0.0.1 in `mode` that first tells each client
+/// what it sees of it (its [`identity`] line, from the handler or from
+/// `on_open`).
+fn identity_server(config: &Config, mode: Mode) -> Server {
+    let server = Server::bind("tls://127.0.0.1:0", config).unwrap();
+    match mode {
+        Mode::Threaded => server
+            .set_handler(Arc::new(|conn: &Arc<Connection>| {
+                if conn.send(identity(conn.tls_info()).as_bytes()).is_ok() {
+                    common::echo(conn);
+                }
+            }))
+            .unwrap(),
+        Mode::Event => server.set_event_handler(Arc::new(IdentityEvents)).unwrap(),
+    }
+    server.start().unwrap();
+    server
+}
+
+fn port_of(server: &Server) -> u16 {
+    let addr = server.local_addr();
+    assert!(addr.starts_with("tls://127.0.0.1:"), "{addr}");
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Frames of these sizes go both ways in the OpenSSL exchanges: empty,
+/// small, one TLS record's worth and more, several records.
+const OPENSSL_SIZES: [usize; 6] = [0, 1, 100, 16384, 16385, 200_000];
+
+fn frame_bytes(size: usize, seed: usize) -> Vec<u8> {
+    (0..size)
+        .map(|j| ((seed * 31 + j * 7) % 251) as u8)
+        .collect()
+}
+
+/// `openssl s_client -tls1_3` against a sockserv TLS server in both
+/// modes, with mutual TLS: the server's handler (threaded) and `on_open`
+/// (event) see TLS 1.3 and the client certificate's SHA-256 and subject;
+/// frames echo byte for byte. A client without a certificate under
+/// optional client auth is let in and seen as such.
+#[test]
+fn openssl_s_client_against_sockserv_servers() {
+    let Some(certs) = Certs::make("openssl_s_client_against_sockserv_servers") else {
+        return;
+    };
+    let client_id = format!("version 0304 peer {} ", hex(&certs.client.sha256()));
+    for mode in [Mode::Threaded, Mode::Event] {
+        let server = identity_server(&server_config(&certs, TlsClientAuth::Required, false), mode);
+        let mut client = OpensslPeer::client(
+            port_of(&server),
+            &certs.ca.cert,
+            &[
+                "-cert",
+                &path(&certs.client.cert),
+                "-key",
+                &path(&certs.client.key),
+            ],
+        );
+        let seen = String::from_utf8(client.recv_frame().expect("the identity frame")).unwrap();
+        assert!(seen.starts_with(&client_id), "{mode:?}: {seen}");
+        assert!(
+            seen.contains("CN=client") && seen.contains("O=sockserv tests"),
+            "{mode:?}: {seen}"
+        );
+        for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
+            let data = frame_bytes(size, seed);
+            client.send_frame(&data);
+            let back = client.recv_frame().unwrap_or_else(|| {
+                panic!("{mode:?}: no echo of {size} bytes: {}", client.stderr())
+            });
+            assert!(back == data, "{mode:?}: the echo of {size} bytes differs");
+        }
+        drop(client);
+
+        let server = identity_server(&server_config(&certs, TlsClientAuth::Optional, false), mode);
+        let mut client = OpensslPeer::client(port_of(&server), &certs.ca.cert, &[]);
+        let seen = client.recv_frame().expect("the identity frame");
+        assert_eq!(seen, b"version 0304 peer none", "{mode:?}");
+        client.send_frame(b"anonymous");
+        assert_eq!(client.recv_frame().as_deref(), Some(&b"anonymous"[..]));
+    }
+}
+
+/// A sockserv client against `openssl s_server -tls1_3` requiring a
+/// client certificate: the client sees TLS 1.3 and the server
+/// certificate's SHA-256 and subject, checked for 127.0.0.1 (the
+/// address's host) and for localhost (set_tls_server_name); frames go
+/// both ways.
+#[test]
+fn sockserv_client_against_openssl_s_server() {
+    let Some(certs) = Certs::make("sockserv_client_against_openssl_s_server") else {
+        return;
+    };
+    let ca = path(&certs.ca.cert);
+    for name in [None, Some("localhost")] {
+        let (mut server, port) =
+            OpensslPeer::server(&certs.server, &["-Verify", "1", "-CAfile", &ca]);
+        let mut config = client_config(&certs, true, false);
+        if let Some(name) = name {
+            config.set_tls_server_name(name).unwrap();
+        }
+        let conn = sockserv::connect(&format!("tls://127.0.0.1:{port}"), &config)
+            .unwrap_or_else(|e| panic!("{name:?}: {e}: {}", server.stderr()));
+        let info = conn.tls_info().expect("TLS info after connect");
+        assert_eq!(info.version, 0x0304);
+        let peer = info.peer_cert.as_ref().expect("the server's certificate");
+        assert_eq!(peer.sha256, certs.server.sha256());
+        assert!(peer.subject.contains("CN=server"), "{}", peer.subject);
+        for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
+            let data = frame_bytes(size, seed);
+            conn.send(&data).unwrap();
+            let got = server.recv_frame().expect("s_server got the frame");
+            assert!(
+                got == data,
+                "s_server got {} bytes, not the {size} sent",
+                got.len()
+            );
+            server.send_frame(&data);
+            let back = conn.recv_with(|f| f.to_vec()).unwrap();
+            assert!(
+                back == data,
+                "the frame of {size} bytes from s_server differs"
+            );
+        }
+        drop(conn);
+    }
+}
+
+/// Python's `ssl` with the multiprocessing handshake and framing as the
+/// client of a sockserv TLS server with a key, in both modes, mutual TLS:
+/// the whole frame plan echoes; Python sees TLS 1.3 and the server's
+/// certificate.
+#[test]
+fn python_tls_client_against_sockserv_servers() {
+    let test = "python_tls_client_against_sockserv_servers";
+    if !have_python() {
+        return common::skip::required(test, "no python3 with ssl (SOCKSERV_PYTHON)");
+    }
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let key = std::str::from_utf8(common::KEY).unwrap();
+    for mode in [Mode::Threaded, Mode::Event] {
+        let config = server_config(&certs, TlsClientAuth::Required, true);
+        let server = match mode {
+            Mode::Threaded => common::echo_server("tls://127.0.0.1:0", &config),
+            Mode::Event => common::event_server(
+                "tls://127.0.0.1:0",
+                &config,
+                Arc::new(common::EventEcho::default()),
+            ),
+        };
+        let target = server.local_addr().trim_start_matches("tls://").to_string();
+        let mut args = s(&[
+            "client",
+            &target,
+            "--ca",
+            &path(&certs.ca.cert),
+            "--authkey",
+            key,
+        ]);
+        args.extend(s(&["--cert", &path(&certs.client.cert)]));
+        args.extend(s(&["--tls-key", &path(&certs.client.key)]));
+        let said = PyTls::spawn(&args).expect_ok();
+        assert!(said.contains(&"tls TLSv1.3".into()), "{mode:?}: {said:?}");
+        assert!(
+            said.contains(&"checked 211 echoes".into()),
+            "{mode:?}: {said:?}"
+        );
+        assert!(
+            said.contains(&"peer organizationName=sockserv tests,commonName=server".into()),
+            "{mode:?}: {said:?}"
+        );
+        // A wrong key inside TLS is refused all the same.
+        let mut args = s(&["client", &target, "--ca", &path(&certs.ca.cert)]);
+        args.extend(s(&["--authkey", "not the key", "--expect", "refused"]));
+        args.extend(s(&["--cert", &path(&certs.client.cert)]));
+        args.extend(s(&["--tls-key", &path(&certs.client.key)]));
+        PyTls::spawn(&args).expect_ok();
+    }
+}
+
+/// A sockserv client against a Python `ssl` listener running the
+/// multiprocessing handshake: TLS 1.3, mutual, the key checked inside;
+/// Python sees the client certificate; frames echo.
+#[test]
+fn sockserv_client_against_python_tls_listener() {
+    let test = "sockserv_client_against_python_tls_listener";
+    if !have_python() {
+        return common::skip::required(test, "no python3 with ssl (SOCKSERV_PYTHON)");
+    }
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let key = std::str::from_utf8(common::KEY).unwrap();
+    let mut args = s(&[
+        "listener",
+        "127.0.0.1:0",
+        "--cert",
+        &path(&certs.server.cert),
+    ]);
+    args.extend(s(&[
+        "--tls-key",
+        &path(&certs.server.key),
+        "--ca",
+        &path(&certs.ca.cert),
+    ]));
+    args.extend(s(&["--require-client-cert", "--authkey", key]));
+    let mut py = PyTls::spawn(&args);
+    let addr = py.wait_line("listening ");
+    let conn =
+        sockserv::connect(&format!("tls://{addr}"), &client_config(&certs, true, true)).unwrap();
+    assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
+    for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
+        let data = frame_bytes(size, seed);
+        conn.send(&data).unwrap();
+        let back = conn.recv_with(|f| f.to_vec()).unwrap();
+        assert!(back == data, "the echo of {size} bytes differs");
+    }
+    drop(conn);
+    let said = py.expect_ok();
+    assert!(
+        said.contains(&"peer organizationName=sockserv tests,commonName=client".into()),
+        "{said:?}"
+    );
+    assert!(
+        said.contains(&format!("echoed {} frames", OPENSSL_SIZES.len())),
+        "{said:?}"
+    );
+}
