@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::certs::Certs;
+use common::certs::{Certs, Pair};
 use common::proc::ChildGuard;
 use common::tls::{free_port, have_python, path, s, PyTls};
 use common::*;
@@ -42,7 +42,7 @@ impl EventHandler for Greeting {
 }
 
 /// A backend, run only as the child (ignored otherwise): `NAME MODE
-/// [CERT KEY]` in the environment; a keyed server with the PROXY header
+/// [CERT KEY]` (one a line) in the environment; a keyed server with the PROXY header
 /// required, plaintext (or TLS with CERT and KEY), greeting each
 /// connection, then echoing. Prints its address; serves until its stdin
 /// closes, or two minutes.
@@ -52,11 +52,15 @@ fn haproxy_backend_child() {
     let Ok(spec) = std::env::var(BACKEND_ENV) else {
         return;
     };
-    let words: Vec<&str> = spec.split(' ').collect();
+    let words: Vec<&str> = spec.split('\n').collect();
     let (name, mode) = (words[0].to_string(), words[1]);
     let mut config = config_with_key(KEY);
     config.set_proxy_protocol(ProxyMode::Required);
-    let addr = "tcp://127.0.0.1:0";
+    let mut addr = "tcp://127.0.0.1:0";
+    if let [_, _, cert, key] = words[..] {
+        config.set_tls_cert_files(cert, key).unwrap();
+        addr = "tls://127.0.0.1:0";
+    }
     let server = Server::bind(addr, &config).unwrap();
     match mode {
         "threaded" => server
@@ -84,12 +88,20 @@ fn haproxy_backend_child() {
 }
 
 /// A backend child and the host:port it listens on.
-fn backend(name: &str, mode: Mode) -> (ChildGuard, String) {
+fn backend(name: &str, mode: Mode, tls: Option<&Pair>) -> (ChildGuard, String) {
     let mode = if mode == Mode::Threaded {
         "threaded"
     } else {
         "event"
     };
+    let mut spec = format!("{name}\n{mode}");
+    if let Some(pair) = tls {
+        spec.push_str(&format!(
+            "\n{}\n{}",
+            pair.cert.display(),
+            pair.key.display()
+        ));
+    }
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -97,7 +109,7 @@ fn backend(name: &str, mode: Mode) -> (ChildGuard, String) {
             "--ignored",
             "--nocapture",
         ])
-        .env(BACKEND_ENV, format!("{name} {mode}"))
+        .env(BACKEND_ENV, spec)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -115,7 +127,10 @@ fn backend(name: &str, mode: Mode) -> (ChildGuard, String) {
         let left = end.saturating_duration_since(Instant::now());
         let line = lines.recv_timeout(left).expect("the backend's ADDR line");
         if let Some(addr) = line.strip_prefix("ADDR ") {
-            break addr.trim_start_matches("tcp://").to_string();
+            break addr
+                .trim_start_matches("tcp://")
+                .trim_start_matches("tls://")
+                .to_string();
         }
     };
     (guard, addr)
@@ -233,7 +248,9 @@ fn clients_through(front: u16, certs: &Certs, mut backends: Vec<ChildGuard>) {
             // "greeted PEER NAME from LOCAL": the backend saw the client.
             let words: Vec<&str> = rest.split(' ').collect();
             assert_eq!(words.len(), 4, "{line}");
-            let seen = words[0].trim_start_matches("tcp://");
+            let seen = words[0]
+                .trim_start_matches("tcp://")
+                .trim_start_matches("tls://");
             assert_eq!(seen, words[3], "the backend saw another address: {line}");
             let b: usize = words[1].trim_start_matches('b').parse().unwrap();
             greeted_by[b] += 1;
@@ -273,8 +290,8 @@ fn haproxy_terminating_tls_in_front_of_plaintext_backends() {
     let Some(certs) = Certs::make(test) else {
         return;
     };
-    let (b0, a0) = backend("b0", Mode::Threaded);
-    let (b1, a1) = backend("b1", Mode::Event);
+    let (b0, a0) = backend("b0", Mode::Threaded, None);
+    let (b1, a1) = backend("b1", Mode::Event, None);
     let front = free_port();
     let combined = certs
         .server
@@ -283,6 +300,30 @@ fn haproxy_terminating_tls_in_front_of_plaintext_backends() {
         "bind 127.0.0.1:{front} ssl crt {} ssl-min-ver TLSv1.3",
         combined.display()
     );
+    let _haproxy = haproxy(certs.dir.path(), front, &bind, &[&a0, &a1]);
+    clients_through(front, &certs, vec![b0, b1]);
+}
+
+/// HAProxy in TCP mode passes TLS through to TLS backends (one threaded,
+/// one event-mode) with a PROXY v2 header before TLS, which the backends
+/// require: the clients verify the backends' certificate and see their
+/// own address in the greeting.
+#[test]
+fn haproxy_passing_tls_through_to_tls_backends() {
+    let test = "haproxy_passing_tls_through_to_tls_backends";
+    if !have_haproxy() {
+        return common::skip::required(test, "haproxy is not installed (apt-get install haproxy)");
+    }
+    if !have_python() {
+        return common::skip::required(test, "no python3 with ssl (SOCKSERV_PYTHON)");
+    }
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let (b0, a0) = backend("b0", Mode::Threaded, Some(&certs.server));
+    let (b1, a1) = backend("b1", Mode::Event, Some(&certs.server));
+    let front = free_port();
+    let bind = format!("bind 127.0.0.1:{front}");
     let _haproxy = haproxy(certs.dir.path(), front, &bind, &[&a0, &a1]);
     clients_through(front, &certs, vec![b0, b1]);
 }
