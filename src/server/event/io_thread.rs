@@ -262,12 +262,14 @@ impl IoThread {
         let was_open = conn.session.was_opened();
         let shared = &self.shared;
         let mut budget = Budget::per_turn();
-        // Frames left over from the last turn go first.
-        let mut outcome = if buf.pending().is_empty() {
-            Ok(())
-        } else {
-            dispatch(shared, conn, buf, &mut budget)
-        };
+        // Frames left over from the last turn go first (with TLS they wait
+        // decrypted in the session's plaintext buffer, the wire one empty).
+        let mut outcome =
+            if buf.pending().is_empty() && conn.session.frame_buffer(buf).pending().is_empty() {
+                Ok(())
+            } else {
+                dispatch(shared, conn, buf, &mut budget)
+            };
         let mut end = None;
         let mut more = false;
         // Before the handshake a frame is at most a few hundred bytes: a
