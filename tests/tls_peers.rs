@@ -414,15 +414,17 @@ fn python_tls_client_against_sockserv_servers() {
         return;
     };
     let key = std::str::from_utf8(common::KEY).unwrap();
-    for mode in [Mode::Threaded, Mode::Event] {
+    // IPv4 in one mode, IPv6 in the other (the certificate has both).
+    for (mode, addr) in [
+        (Mode::Threaded, "tls://127.0.0.1:0"),
+        (Mode::Event, "tls://[::1]:0"),
+    ] {
         let config = server_config(&certs, TlsClientAuth::Required, true);
         let server = match mode {
-            Mode::Threaded => common::echo_server("tls://127.0.0.1:0", &config),
-            Mode::Event => common::event_server(
-                "tls://127.0.0.1:0",
-                &config,
-                Arc::new(common::EventEcho::default()),
-            ),
+            Mode::Threaded => common::echo_server(addr, &config),
+            Mode::Event => {
+                common::event_server(addr, &config, Arc::new(common::EventEcho::default()))
+            }
         };
         let target = server.local_addr().trim_start_matches("tls://").to_string();
         let mut args = s(&[
@@ -467,38 +469,37 @@ fn sockserv_client_against_python_tls_listener() {
         return;
     };
     let key = std::str::from_utf8(common::KEY).unwrap();
-    let mut args = s(&[
-        "listener",
-        "127.0.0.1:0",
-        "--cert",
-        &path(&certs.server.cert),
-    ]);
-    args.extend(s(&[
-        "--tls-key",
-        &path(&certs.server.key),
-        "--ca",
-        &path(&certs.ca.cert),
-    ]));
-    args.extend(s(&["--require-client-cert", "--authkey", key]));
-    let mut py = PyTls::spawn(&args);
-    let addr = py.wait_line("listening ");
-    let conn =
-        sockserv::connect(&format!("tls://{addr}"), &client_config(&certs, true, true)).unwrap();
-    assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
-    for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
-        let data = frame_bytes(size, seed);
-        conn.send(&data).unwrap();
-        let back = conn.recv_with(|f| f.to_vec()).unwrap();
-        assert!(back == data, "the echo of {size} bytes differs");
+    // Over IPv4 and IPv6: the client checks the certificate for the
+    // address's host, 127.0.0.1 or ::1.
+    for listen in ["127.0.0.1:0", "[::1]:0"] {
+        let mut args = s(&["listener", listen, "--cert", &path(&certs.server.cert)]);
+        args.extend(s(&[
+            "--tls-key",
+            &path(&certs.server.key),
+            "--ca",
+            &path(&certs.ca.cert),
+        ]));
+        args.extend(s(&["--require-client-cert", "--authkey", key]));
+        let mut py = PyTls::spawn(&args);
+        let addr = py.wait_line("listening ");
+        let conn = sockserv::connect(&format!("tls://{addr}"), &client_config(&certs, true, true))
+            .unwrap_or_else(|e| panic!("{listen}: {e}"));
+        assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
+        for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
+            let data = frame_bytes(size, seed);
+            conn.send(&data).unwrap();
+            let back = conn.recv_with(|f| f.to_vec()).unwrap();
+            assert!(back == data, "the echo of {size} bytes differs");
+        }
+        drop(conn);
+        let said = py.expect_ok();
+        assert!(
+            said.contains(&"peer organizationName=sockserv tests,commonName=client".into()),
+            "{said:?}"
+        );
+        assert!(
+            said.contains(&format!("echoed {} frames", OPENSSL_SIZES.len())),
+            "{said:?}"
+        );
     }
-    drop(conn);
-    let said = py.expect_ok();
-    assert!(
-        said.contains(&"peer organizationName=sockserv tests,commonName=client".into()),
-        "{said:?}"
-    );
-    assert!(
-        said.contains(&format!("echoed {} frames", OPENSSL_SIZES.len())),
-        "{said:?}"
-    );
 }
