@@ -1,9 +1,9 @@
 //! HAProxy in front of sockserv with TLS, the two ways docs/ describe:
 //! terminating TLS (`bind ... ssl crt`) with plaintext + `send-proxy-v2`
 //! to the backends, and passing TLS through (`mode tcp`, the PROXY header
-//! before TLS). Clients are tests/py/tls_peer.py (Python's `ssl`, the
-//! {sha256} handshake inside), sending acknowledged frames and
-//! reconnecting; two backends, each a child process (this test binary
+//! before TLS). Clients are a sockserv TLS client, then
+//! tests/py/tls_peer.py (Python's `ssl`, the {sha256} handshake inside),
+//! sending acknowledged frames and reconnecting; two backends, each a child process (this test binary
 //! again), one killed with SIGKILL mid-run as in tests/c_api's HAProxy
 //! test. Each backend greets a connection with the client address it
 //! learnt from the PROXY header and its own name.
@@ -275,6 +275,29 @@ fn clients_through(front: u16, certs: &Certs, mut backends: Vec<ChildGuard>) {
     drop(backends);
 }
 
+/// A sockserv TLS client through HAProxy on `front`: greeted with its own
+/// address by a backend, then an echo.
+fn sockserv_client_through(front: u16, certs: &Certs) {
+    let mut config = config_with_key(KEY);
+    config.set_tls_ca_file(&certs.ca.cert).unwrap();
+    let conn = sockserv::connect(&format!("tls://127.0.0.1:{front}"), &config).unwrap();
+    conn.set_timeout(Some(Duration::from_secs(10)));
+    assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
+    let greeting = String::from_utf8(conn.recv_with(|f| f.to_vec()).unwrap()).unwrap();
+    let seen = greeting.split(' ').next().unwrap();
+    let local = conn
+        .local_addr()
+        .trim_start_matches("tcp://")
+        .trim_start_matches("tls://");
+    assert_eq!(
+        seen.trim_start_matches("tcp://")
+            .trim_start_matches("tls://"),
+        local,
+        "{greeting}"
+    );
+    roundtrip(&conn, b"through haproxy");
+}
+
 /// HAProxy terminates TLS (TLS 1.3, the fixture's server certificate)
 /// and sends plaintext with a PROXY v2 header to the backends, one
 /// threaded, one event-mode.
@@ -301,6 +324,7 @@ fn haproxy_terminating_tls_in_front_of_plaintext_backends() {
         combined.display()
     );
     let _haproxy = haproxy(certs.dir.path(), front, &bind, &[&a0, &a1]);
+    sockserv_client_through(front, &certs);
     clients_through(front, &certs, vec![b0, b1]);
 }
 
@@ -325,5 +349,6 @@ fn haproxy_passing_tls_through_to_tls_backends() {
     let front = free_port();
     let bind = format!("bind 127.0.0.1:{front}");
     let _haproxy = haproxy(certs.dir.path(), front, &bind, &[&a0, &a1]);
+    sockserv_client_through(front, &certs);
     clients_through(front, &certs, vec![b0, b1]);
 }
