@@ -242,7 +242,9 @@ fn tls_relay_rewriting_a_byte_is_refused_and_nothing_altered_arrives() {
 const STRANGERS: usize = 200;
 /// Newcomers timed while they sit.
 const NEWCOMERS: usize = 30;
-/// A newcomer (connect + TLS + HMAC + one echo) slower than this fails.
+/// A newcomer (connect + TLS + HMAC + one echo) slower than this fails
+/// (times [`time_scale`]; measured on a loaded 2-core machine, debug
+/// build: at most 0.4 s).
 const NEWCOMER_LIMIT: Duration = Duration::from_secs(2);
 
 /// A real ClientHello (rustls, TLS 1.3) for 127.0.0.1, as the first bytes
@@ -294,7 +296,8 @@ fn tls_slow_handshakes_and_floods_are_bounded() {
             strangers.push(s);
         }
         let mut client = tls_client_config(&certs);
-        client.set_handshake_timeout(NEWCOMER_LIMIT).unwrap();
+        let limit = NEWCOMER_LIMIT * time_scale();
+        client.set_handshake_timeout(limit).unwrap();
         let mut times = Vec::new();
         for i in 0..NEWCOMERS {
             let t = Instant::now();
@@ -305,7 +308,7 @@ fn tls_slow_handshakes_and_floods_are_bounded() {
         }
         let slowest = *times.iter().max().unwrap();
         assert!(
-            slowest < NEWCOMER_LIMIT,
+            slowest < limit,
             "{mode:?}: a newcomer took {slowest:?} among {} strangers",
             strangers.len()
         );
@@ -318,7 +321,7 @@ fn tls_slow_handshakes_and_floods_are_bounded() {
         }
         let all_closed_after = started.elapsed();
         assert!(
-            all_closed_after < Duration::from_secs(8),
+            all_closed_after < Duration::from_secs(8) * time_scale(),
             "{mode:?}: the strangers were closed only after {all_closed_after:?}"
         );
         assert!(
