@@ -255,13 +255,32 @@ fn every_certificate_failure_is_named_on_both_sides_and_the_rest_goes_on() {
         report.push(format!(
             "{mode:?}: plaintext frame to TLS\n    server: {said}"
         ));
-        // A sockserv plaintext client on the TLS port: refused too.
-        let plain = sockserv::connect(&good.local_addr().replace("tls://", "tcp://"), &keyed());
+        // A sockserv plaintext client on a TLS port: it waits for the
+        // challenge, the server for a ClientHello, until the server's
+        // handshake deadline (0.5 s here) ends it. Refused, and counted.
+        let mut impatient_config = server_config(&certs, &certs.server);
+        impatient_config
+            .set_handshake_timeout(Duration::from_millis(500))
+            .unwrap();
+        let impatient = started(&impatient_config, mode, tls);
+        let before = log.lock().unwrap().len();
+        let t = Instant::now();
+        let plain = sockserv::connect(
+            &impatient.local_addr().replace("tls://", "tcp://"),
+            &keyed(),
+        );
         let e = plain
             .err()
             .expect("a plaintext client got in on a TLS port");
+        assert!(t.elapsed() < Duration::from_secs(5), "{e}");
+        assert!(wait_until(Duration::from_secs(5), || impatient
+            .stats()
+            .handshake_failures
+            == 1));
+        let said = log.lock().unwrap().get(before).cloned();
         report.push(format!(
-            "{mode:?}: plaintext client to TLS\n    client: {:?}: {}",
+            "{mode:?}: plaintext client to TLS (after {:?})\n    client: {:?}: {}\n    server: {said:?}",
+            t.elapsed(),
             e.kind(),
             e.detail()
         ));
