@@ -199,8 +199,10 @@ fn python_peer_speaks_tls13_and_the_handshake_with_itself() {
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Mode;
-use sockserv::{Config, Connection, EventConn, EventHandler, Server, TlsClientAuth, TlsInfo};
+use common::{wait_until, Mode};
+use sockserv::{
+    Config, Connection, EventConn, EventHandler, Server, TlsClientAuth, TlsInfo, TlsVersion,
+};
 
 /// A TLS server config with the fixture's server certificate; with
 /// `auth` other than None, client certificates checked against the CA.
@@ -249,7 +251,7 @@ fn identity(info: Option<&TlsInfo>) -> String {
     let Some(info) = info else {
         return "no TLS".into();
     };
-    match &info.peer_cert {
+    let mut line = match &info.peer_cert {
         Some(p) => format!(
             "version {:04x} peer {} {}",
             info.version,
@@ -257,7 +259,11 @@ fn identity(info: Option<&TlsInfo>) -> String {
             p.subject
         ),
         None => format!("version {:04x} peer none", info.version),
+    };
+    if let Some(alpn) = &info.alpn {
+        line.push_str(&format!(" alpn {}", String::from_utf8_lossy(alpn)));
     }
+    line
 }
 
 struct IdentityEvents;
@@ -501,5 +507,69 @@ fn sockserv_client_against_python_tls_listener() {
             said.contains(&format!("echoed {} frames", OPENSSL_SIZES.len())),
             "{said:?}"
         );
+    }
+}
+
+/// What `openssl s_client` meets at a sockserv server in `mode` with
+/// `config`: `Ok` with the identity line, or `Err` with its stderr when
+/// refused (the server then counted a handshake failure, handled none).
+fn s_client_meets(
+    certs: &Certs,
+    config: &Config,
+    mode: Mode,
+    flag: &str,
+    extra: &[&str],
+) -> Result<String, String> {
+    let server = identity_server(config, mode);
+    let mut client = OpensslPeer::client_version(port_of(&server), &certs.ca.cert, flag, extra);
+    match client.recv_frame() {
+        Some(seen) => {
+            client.send_frame(b"negotiated");
+            assert_eq!(client.recv_frame().as_deref(), Some(&b"negotiated"[..]));
+            Ok(String::from_utf8(seen).unwrap())
+        }
+        None => {
+            assert!(
+                wait_until(Duration::from_secs(10), || server
+                    .stats()
+                    .handshake_failures
+                    == 1),
+                "{mode:?}: the refusal was not counted"
+            );
+            assert_eq!(server.stats().handled, 0);
+            Err(client.stderr())
+        }
+    }
+}
+
+/// Versions and ALPN against `openssl s_client`, both modes: TLS 1.2 is
+/// refused by default (1.3 only) and spoken when allowed; an ALPN
+/// protocol in common is agreed and seen by the server, none in common
+/// refused.
+#[test]
+fn versions_and_alpn_with_openssl() {
+    let Some(certs) = Certs::make("versions_and_alpn_with_openssl") else {
+        return;
+    };
+    for mode in [Mode::Threaded, Mode::Event] {
+        let config = server_config(&certs, TlsClientAuth::None, false);
+        let said = s_client_meets(&certs, &config, mode, "-tls1_2", &[]).unwrap_err();
+        assert!(said.contains("protocol version"), "{mode:?}: {said}");
+
+        let mut tls12 = config.clone();
+        tls12.set_tls_min_version(TlsVersion::Tls12);
+        let seen = s_client_meets(&certs, &tls12, mode, "-tls1_2", &[]).unwrap();
+        assert_eq!(seen, "version 0303 peer none", "{mode:?}");
+        let seen = s_client_meets(&certs, &tls12, mode, "-tls1_3", &[]).unwrap();
+        assert_eq!(seen, "version 0304 peer none", "{mode:?}");
+
+        let mut alpn = config.clone();
+        alpn.add_tls_alpn(b"sockserv/1").unwrap();
+        alpn.add_tls_alpn(b"other/2").unwrap();
+        let seen =
+            s_client_meets(&certs, &alpn, mode, "-tls1_3", &["-alpn", "x,sockserv/1"]).unwrap();
+        assert_eq!(seen, "version 0304 peer none alpn sockserv/1", "{mode:?}");
+        let said = s_client_meets(&certs, &alpn, mode, "-tls1_3", &["-alpn", "x"]).unwrap_err();
+        assert!(said.contains("no application protocol"), "{mode:?}: {said}");
     }
 }

@@ -99,10 +99,16 @@ impl OpensslPeer {
     /// the server against `ca` for the IP 127.0.0.1 (and failing the
     /// handshake when that fails), plus `extra`.
     pub fn client(port: u16, ca: &Path, extra: &[&str]) -> OpensslPeer {
+        OpensslPeer::client_version(port, ca, "-tls1_3", extra)
+    }
+
+    /// As [`OpensslPeer::client`], speaking only the version `flag` names
+    /// (`-tls1_2`, `-tls1_3`).
+    pub fn client_version(port: u16, ca: &Path, flag: &str, extra: &[&str]) -> OpensslPeer {
         let mut args: Vec<String> = [
             "s_client",
             "-quiet",
-            "-tls1_3",
+            flag,
             "-connect",
             &format!("127.0.0.1:{port}"),
             "-CAfile",
