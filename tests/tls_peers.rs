@@ -200,6 +200,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{wait_until, Mode};
+use sockserv::Role;
 use sockserv::{
     Config, Connection, EventConn, EventHandler, Server, TlsClientAuth, TlsInfo, TlsVersion,
 };
@@ -572,4 +573,59 @@ fn versions_and_alpn_with_openssl() {
         let said = s_client_meets(&certs, &alpn, mode, "-tls1_3", &["-alpn", "x"]).unwrap_err();
         assert!(said.contains("no application protocol"), "{mode:?}: {said}");
     }
+}
+
+/// Connections made from a socket the application opened
+/// (`Connection::establish`, what `sockserv_conn_from_fd` runs) with TLS
+/// on, in both roles: a client to `openssl s_server` (checking the
+/// certificate for the socket's peer address), a server for
+/// `openssl s_client`; frames both ways.
+#[test]
+fn established_sockets_speak_tls_with_openssl_in_both_roles() {
+    let Some(certs) = Certs::make("established_sockets_speak_tls_with_openssl_in_both_roles")
+    else {
+        return;
+    };
+    let socket_to = |port: u16| {
+        let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.connect(&target.into()).unwrap();
+        socket
+    };
+    // The client role.
+    let (mut server, port) = OpensslPeer::server(&certs.server, &[]);
+    let mut config = client_config(&certs, false, false);
+    config.set_tls(true);
+    let conn = Connection::establish(socket_to(port), &config, Role::Client)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
+    conn.send(b"from an established client").unwrap();
+    assert_eq!(
+        server.recv_frame().as_deref(),
+        Some(&b"from an established client"[..])
+    );
+    server.send_frame(b"from s_server");
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"from s_server");
+    drop(conn);
+
+    // The server role.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut client = OpensslPeer::client(port, &certs.ca.cert, &[]);
+    let (accepted, _) = listener.accept().unwrap();
+    let mut config = server_config(&certs, TlsClientAuth::None, false);
+    config.set_tls(true);
+    let conn = Connection::establish(socket2::Socket::from(accepted), &config, Role::Server)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(conn.tls_info().map(|i| i.version), Some(0x0304));
+    client.send_frame(b"from s_client");
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"from s_client");
+    conn.send(b"from an established server").unwrap();
+    assert_eq!(
+        client.recv_frame().as_deref(),
+        Some(&b"from an established server"[..])
+    );
 }
