@@ -392,3 +392,63 @@ fn tls_slow_handshakes_and_floods_are_bounded() {
         );
     }
 }
+
+/// One deadline covers the whole preamble: PROXY header, TLS handshake
+/// and HMAC handshake. A peer that waits 0.3 s before its PROXY header
+/// and 0.3 s more before its TLS handshake (each well inside a 1 s
+/// handshake timeout), then never answers the challenge, is cut off 1 s
+/// after it connected, not 1 s after its last step. Both modes.
+#[test]
+fn one_deadline_covers_proxy_header_tls_and_handshake() {
+    let Some(certs) = Certs::make("one_deadline_covers_proxy_header_tls_and_handshake") else {
+        return;
+    };
+    const DEADLINE: Duration = Duration::from_secs(1);
+    const PAUSE: Duration = Duration::from_millis(300);
+    for mode in [Mode::Threaded, Mode::Event] {
+        let mut config = tls_server_config(&certs);
+        config.set_proxy_protocol(sockserv::ProxyMode::Required);
+        config.set_handshake_timeout(DEADLINE).unwrap();
+        let (server, got) = keeping_server("tls://127.0.0.1:0", &config, mode);
+        let target = server.local_addr().trim_start_matches("tls://").to_string();
+        let mut tcp = std::net::TcpStream::connect(&target).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let connected = Instant::now();
+        std::thread::sleep(PAUSE);
+        tcp.write_all(b"PROXY TCP4 192.0.2.7 192.0.2.8 4321 80\r\n")
+            .unwrap();
+        std::thread::sleep(PAUSE);
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = rustls::ClientConnection::new(
+            common::tunnel::rustls_client_config(&certs.ca.cert),
+            name,
+        )
+        .unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        let tls_done = connected.elapsed();
+        // The server's challenge arrives inside TLS; the answer never does.
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let mut header = [0u8; 4];
+        stream.read_exact(&mut header).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        let cut_off = connected.elapsed();
+        assert!(
+            tls_done >= 2 * PAUSE && tls_done < DEADLINE,
+            "{mode:?}: TLS done after {tls_done:?}"
+        );
+        assert!(
+            cut_off >= DEADLINE - Duration::from_millis(50)
+                && cut_off < DEADLINE + PAUSE * time_scale(),
+            "{mode:?}: cut off {cut_off:?} after connecting (deadline {DEADLINE:?})"
+        );
+        assert!(wait_until(Duration::from_secs(5), || server
+            .stats()
+            .handshake_failures
+            == 1));
+        assert_eq!(got.opened(), 0);
+        eprintln!("{mode:?}: PROXY + TLS done after {tls_done:?}, cut off after {cut_off:?}");
+    }
+}
