@@ -452,3 +452,77 @@ fn one_deadline_covers_proxy_header_tls_and_handshake() {
         eprintln!("{mode:?}: PROXY + TLS done after {tls_done:?}, cut off after {cut_off:?}");
     }
 }
+
+/// Sends `BURST` small frames for each frame it gets.
+struct Burst;
+
+const BURST: usize = 2000;
+
+impl EventHandler for Burst {
+    fn on_open(&self, _: &Arc<EventConn>) {}
+    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]) {
+        for i in 0..BURST {
+            let mut out = frame.to_vec();
+            out.extend_from_slice(&(i as u32).to_be_bytes());
+            if conn.send(&out).is_err() {
+                return;
+            }
+        }
+    }
+    fn on_close(&self, _: &Arc<EventConn>, _: Option<&Error>) {}
+}
+
+/// The TLS records in a recorded stream: (content type, length) each.
+fn records(mut stream: &[u8]) -> Vec<(u8, usize)> {
+    let mut found = Vec::new();
+    while stream.len() >= 5 {
+        let len = u16::from_be_bytes([stream[3], stream[4]]) as usize;
+        found.push((stream[0], len));
+        stream = &stream[(5 + len).min(stream.len())..];
+    }
+    found
+}
+
+/// Event mode packs many frames into each TLS record: a burst of 2,000
+/// frames of 10 bytes sent from one `on_frame` crosses the relay in a
+/// handful of records (application data: type 23), not one each.
+#[test]
+fn event_mode_packs_many_frames_per_tls_record() {
+    let Some(certs) = Certs::make("event_mode_packs_many_frames_per_tls_record") else {
+        return;
+    };
+    let server = event_server(
+        "tls://127.0.0.1:0",
+        &tls_server_config(&certs),
+        Arc::new(Burst),
+    );
+    let relay = Relay::start(server.local_addr().trim_start_matches("tls://"));
+    let conn = sockserv::connect(
+        &format!("tls://{}", relay.addr()),
+        &tls_client_config(&certs),
+    )
+    .unwrap();
+    conn.set_timeout(Some(Duration::from_secs(10)));
+    let (_, before) = relay.recorded();
+    conn.send(b"burst!").unwrap();
+    for i in 0..BURST {
+        let frame = conn.recv_with(|f| f.to_vec()).unwrap();
+        assert_eq!(&frame[6..], &(i as u32).to_be_bytes());
+    }
+    let (_, down) = relay.recorded();
+    drop(conn);
+    let burst: Vec<(u8, usize)> = records(&down[before.len()..])
+        .into_iter()
+        .filter(|(kind, _)| *kind == 23)
+        .collect();
+    let bytes: usize = burst.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "event mode: {BURST} frames of 10 bytes in {} TLS records ({bytes} bytes of records)",
+        burst.len()
+    );
+    assert!(
+        !burst.is_empty() && burst.len() * 20 <= BURST,
+        "{BURST} frames took {} records",
+        burst.len()
+    );
+}
