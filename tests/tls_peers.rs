@@ -629,3 +629,63 @@ fn established_sockets_speak_tls_with_openssl_in_both_roles() {
         Some(&b"from an established server"[..])
     );
 }
+
+/// A stock Python 3.12+ as the peer: the stdlib's own deliver_challenge /
+/// answer_challenge (multiprocessing.connection) over TLS, both
+/// directions, against an event-mode server and a sockserv client.
+#[test]
+fn stock_python312_handshake_over_tls_both_ways() {
+    let test = "stock_python312_handshake_over_tls_both_ways";
+    let Some(python) = modern_python() else {
+        return common::skip::required(
+            test,
+            "no Python 3.12+ with ssl (python3.12..3.14 on PATH, or SOCKSERV_PYTHON312)",
+        );
+    };
+    let Some(certs) = Certs::make(test) else {
+        return;
+    };
+    let key = std::str::from_utf8(common::KEY).unwrap();
+    let ca = path(&certs.ca.cert);
+    let server = common::event_server(
+        "tls://127.0.0.1:0",
+        &server_config(&certs, TlsClientAuth::None, true),
+        Arc::new(common::EventEcho::default()),
+    );
+    let target = server.local_addr().trim_start_matches("tls://").to_string();
+    let said = PyTls::spawn_with(
+        &python,
+        &s(&["client", &target, "--ca", &ca, "--authkey", key]),
+    )
+    .expect_ok();
+    assert!(said.contains(&"handshake stdlib".into()), "{said:?}");
+    assert!(said.contains(&"checked 211 echoes".into()), "{said:?}");
+
+    let mut args = s(&[
+        "listener",
+        "127.0.0.1:0",
+        "--cert",
+        &path(&certs.server.cert),
+    ]);
+    args.extend(s(&[
+        "--tls-key",
+        &path(&certs.server.key),
+        "--authkey",
+        key,
+    ]));
+    let mut py = PyTls::spawn_with(&python, &args);
+    let addr = py.wait_line("listening ");
+    let conn = sockserv::connect(
+        &format!("tls://{addr}"),
+        &client_config(&certs, false, true),
+    )
+    .unwrap();
+    for (seed, &size) in OPENSSL_SIZES.iter().enumerate() {
+        let data = frame_bytes(size, seed);
+        conn.send(&data).unwrap();
+        assert!(conn.recv_with(|f| f == data.as_slice()).unwrap(), "{size}");
+    }
+    drop(conn);
+    let said = py.expect_ok();
+    assert!(said.contains(&"handshake stdlib".into()), "{said:?}");
+}

@@ -189,8 +189,13 @@ pub struct PyTls {
 
 impl PyTls {
     pub fn spawn(args: &[String]) -> PyTls {
+        PyTls::spawn_with(&super::python(), args)
+    }
+
+    /// As [`PyTls::spawn`], under the interpreter `python`.
+    pub fn spawn_with(python: &str, args: &[String]) -> PyTls {
         let script = proc::root().join("tests/py/tls_peer.py");
-        let mut cmd = Command::new(super::python());
+        let mut cmd = Command::new(python);
         // -B: no __pycache__ in the tree; -u: lines as printed; -E -s: no
         // PYTHON* variables or user site-packages.
         cmd.args(["-B", "-u", "-E", "-s"])
@@ -260,4 +265,34 @@ impl PyTls {
         }
         &self.seen
     }
+}
+
+/// A Python 3.12+ with `ssl` (whose stdlib speaks the {sha256}
+/// handshake): `SOCKSERV_PYTHON312`, else python3.12, python3.13 or
+/// python3.14 on PATH, else a pyenv version (as tests/python_interop.rs
+/// searches).
+pub fn modern_python() -> Option<String> {
+    let asked = std::env::var("SOCKSERV_PYTHON312").ok();
+    let code = "import ssl, sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)";
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+    let mut versions: Vec<String> = pyenv
+        .and_then(|p| std::fs::read_dir(p.join("versions")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/python3").display().to_string())
+        .collect();
+    versions.sort();
+    asked
+        .into_iter()
+        .chain(["python3.12", "python3.13", "python3.14"].map(String::from))
+        .chain(versions)
+        .find(|p| {
+            Command::new(p)
+                .args(["-E", "-s", "-c", code])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }

@@ -262,6 +262,8 @@ def main():
     GREETING = args.greeting
     faulthandler.dump_traceback_later(args.timeout, exit=True)
     print(f"python {sys.version.split()[0]} {ssl.OPENSSL_VERSION}", flush=True)
+    if args.authkey:
+        print(f"handshake {'stdlib' if handshake_module() is mpc else 'mp_handshake'}", flush=True)
     if args.acked:
         acked(args)
         print("ok", flush=True)
