@@ -526,3 +526,49 @@ fn event_mode_packs_many_frames_per_tls_record() {
         burst.len()
     );
 }
+
+/// TLS 1.3 key updates from the client mid-stream (rustls asking the
+/// server to update too), in both modes: frames before and after each of
+/// several updates echo intact, in both directions.
+#[test]
+fn key_updates_mid_stream_are_followed() {
+    let Some(certs) = Certs::make("key_updates_mid_stream_are_followed") else {
+        return;
+    };
+    let mut config = Config::default();
+    config
+        .set_tls_cert_files(&certs.server.cert, &certs.server.key)
+        .unwrap();
+    for mode in [Mode::Threaded, Mode::Event] {
+        let (server, got) = keeping_server("tls://127.0.0.1:0", &config, mode);
+        let target = server.local_addr().trim_start_matches("tls://").to_string();
+        let tcp = std::net::TcpStream::connect(&target).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = rustls::ClientConnection::new(
+            common::tunnel::rustls_client_config(&certs.ca.cert),
+            name,
+        )
+        .unwrap();
+        let mut stream = rustls::StreamOwned::new(tls, tcp);
+        let echo = |stream: &mut rustls::StreamOwned<_, std::net::TcpStream>, payload: &[u8]| {
+            let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(payload);
+            stream.write_all(&bytes).unwrap();
+            stream.flush().unwrap();
+            let mut back = vec![0u8; bytes.len()];
+            stream
+                .read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("{mode:?}: no echo of {payload:?}: {e}"));
+            assert_eq!(back, bytes, "{mode:?}");
+        };
+        echo(&mut stream, b"before any update");
+        for round in 0..3u8 {
+            stream.conn.refresh_traffic_keys().unwrap();
+            echo(&mut stream, &[b'k', round]);
+            echo(&mut stream, &vec![round; 40_000]);
+        }
+        assert_eq!(got.frames().len(), 7, "{mode:?}");
+        assert!(got.errors().is_empty(), "{mode:?}: {:?}", got.errors());
+    }
+}
