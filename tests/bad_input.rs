@@ -1,6 +1,9 @@
 //! Every bad input the core issue lists, thrown at one running server while
 //! a canary connection keeps exchanging frames: each case gets its clear
-//! error, and the canary and the server never notice.
+//! error, and the canary and the server never notice. In both modes,
+//! plaintext and over TLS (issue 11): there the raw peers' bytes go
+//! inside TLS through a tunnel (tests/common/tunnel.rs), so each case
+//! reaches the same layer behind the TLS one.
 
 mod common;
 
@@ -40,24 +43,97 @@ fn read_to_close(s: &mut std::net::TcpStream) -> Vec<u8> {
 
 #[test]
 fn threaded_every_bad_input_gets_its_error_and_the_rest_goes_on() {
-    bad_inputs(Mode::Threaded);
+    bad_inputs(Mode::Threaded, false);
 }
 
 #[test]
 fn event_every_bad_input_gets_its_error_and_the_rest_goes_on() {
-    bad_inputs(Mode::Event);
+    bad_inputs(Mode::Event, false);
 }
 
-fn bad_inputs(mode: Mode) {
-    let config = hostile_config();
-    let (server, errors) = recording_echo_server(&config, mode);
+#[test]
+fn threaded_every_bad_input_inside_tls_gets_its_error_and_the_rest_goes_on() {
+    bad_inputs(Mode::Threaded, true);
+}
+
+#[test]
+fn event_every_bad_input_inside_tls_gets_its_error_and_the_rest_goes_on() {
+    bad_inputs(Mode::Event, true);
+}
+
+/// A raw TCP socket to `entry` (the server, or the tunnel into its TLS).
+fn raw_to(entry: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(entry).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// A raw socket to `entry` past the handshake with the test's key.
+fn authenticated_to(entry: &str) -> std::net::TcpStream {
+    let target: std::net::SocketAddr = entry.parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.connect(&target.into()).unwrap();
+    let conn = sockserv::Connection::establish(
+        socket,
+        &hostile_config(),
+        sockserv::proto::handshake::Role::Client,
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    let stream: std::net::TcpStream = conn.into_socket().into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+fn bad_inputs(mode: Mode, tls: bool) {
+    let certs = if tls {
+        match common::certs::Certs::make("bad_inputs inside TLS") {
+            Some(certs) => Some(certs),
+            None => return,
+        }
+    } else {
+        None
+    };
+    // With TLS: the server's certificate, and the CA for the clients.
+    let with_tls = |mut c: Config| {
+        if let Some(certs) = &certs {
+            c.set_tls_cert_files(&certs.server.cert, &certs.server.key)
+                .unwrap();
+            c.set_tls_ca_file(&certs.ca.cert).unwrap();
+        }
+        c
+    };
+    let config = with_tls(hostile_config());
+    let addr = if tls {
+        "tls://127.0.0.1:0"
+    } else {
+        "tcp://127.0.0.1:0"
+    };
+    let (server, errors) = recording_echo_server_on(addr, &config, mode);
+    let hostport = server
+        .local_addr()
+        .trim_start_matches("tcp://")
+        .trim_start_matches("tls://")
+        .to_string();
+    let _tunnel;
+    let entry = match &certs {
+        Some(certs) => {
+            let tunnel = common::tunnel::Tunnel::start(&hostport, &certs.ca.cert);
+            let entry = tunnel.entry.clone();
+            _tunnel = tunnel;
+            entry
+        }
+        None => hostport,
+    };
     let canary = Canary::start(&server, &config);
     let failures = |s: &Server| s.stats().handshake_failures;
 
     // A length header over the maximum: refused before any allocation,
     // both sizes named, connection closed.
     let before = errors.lock().unwrap().len();
-    let mut s = authenticated_raw(&server, &config);
+    let mut s = authenticated_to(&entry);
     s.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
         .unwrap();
     let e = next_error(&errors, before);
@@ -71,7 +147,7 @@ fn bad_inputs(mode: Mode) {
 
     // The long form declaring 4 GiB.
     let before = errors.lock().unwrap().len();
-    let mut s = authenticated_raw(&server, &config);
+    let mut s = authenticated_to(&entry);
     let mut long = vec![0xff; 4];
     long.extend_from_slice(&(4u64 << 30).to_be_bytes());
     s.write_all(&long).unwrap();
@@ -79,7 +155,7 @@ fn bad_inputs(mode: Mode) {
 
     // A negative length other than -1.
     let before = errors.lock().unwrap().len();
-    let mut s = authenticated_raw(&server, &config);
+    let mut s = authenticated_to(&entry);
     s.write_all(&(-2i32).to_be_bytes()).unwrap();
     let e = next_error(&errors, before);
     assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
@@ -88,7 +164,7 @@ fn bad_inputs(mode: Mode) {
     // A peer that closes mid-header, then one that closes mid-payload.
     for partial in [vec![0u8, 0], vec![0, 0, 0, 10, 1, 2, 3]] {
         let before = errors.lock().unwrap().len();
-        let mut s = authenticated_raw(&server, &config);
+        let mut s = authenticated_to(&entry);
         s.write_all(&partial).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let e = next_error(&errors, before);
@@ -97,15 +173,18 @@ fn bad_inputs(mode: Mode) {
 
     // A clean close between frames is not an error of the peer's making.
     let before = errors.lock().unwrap().len();
-    drop(authenticated_raw(&server, &config));
+    drop(authenticated_to(&entry));
     assert_eq!(next_error(&errors, before).kind(), ErrorKind::Closed);
 
     // A wrong key: refused on both sides, and never reaches the handler.
     let handled = server.stats().handled;
     let f = failures(&server);
-    let e = connect(server.local_addr(), &config_with_key(b"wrong key"))
-        .err()
-        .unwrap();
+    let e = connect(
+        server.local_addr(),
+        &with_tls(config_with_key(b"wrong key")),
+    )
+    .err()
+    .unwrap();
     assert_eq!(e.kind(), ErrorKind::AuthFailed, "{e}");
     assert!(wait_until(Duration::from_secs(5), || failures(&server) == f + 1));
     assert_eq!(server.stats().handled, handled);
@@ -113,7 +192,7 @@ fn bad_inputs(mode: Mode) {
     // An MD5 response, and the legacy unprefixed MD5 one: #FAILURE#.
     for response in [[b"{md5}".as_slice(), &[0u8; 16]].concat(), vec![0u8; 16]] {
         let f = failures(&server);
-        let mut s = raw(&server);
+        let mut s = raw_to(&entry);
         let challenge = raw_read_frame(&mut s).unwrap();
         assert!(challenge.starts_with(CHALLENGE));
         raw_write_frame(&mut s, &response);
@@ -125,7 +204,7 @@ fn bad_inputs(mode: Mode) {
     // A handshake frame over 256 bytes, then a 4 GiB one.
     for header in [257u32.to_be_bytes().to_vec(), long.clone()] {
         let f = failures(&server);
-        let mut s = raw(&server);
+        let mut s = raw_to(&entry);
         raw_read_frame(&mut s).unwrap();
         s.write_all(&header).unwrap();
         assert!(read_to_close(&mut s).is_empty());
@@ -134,7 +213,7 @@ fn bad_inputs(mode: Mode) {
 
     // A peer that connects and says nothing: timed out, its slot freed.
     let f = failures(&server);
-    let mut s = raw(&server);
+    let mut s = raw_to(&entry);
     let started = Instant::now();
     raw_read_frame(&mut s).unwrap();
     assert!(read_to_close(&mut s).is_empty());
@@ -167,7 +246,10 @@ fn bad_inputs(mode: Mode) {
     assert!(exchanged > 0);
     let fresh = connect(server.local_addr(), &config).unwrap();
     roundtrip(&fresh, b"still serving");
-    eprintln!("{mode:?}: the canary exchanged {exchanged} frames during the bad inputs");
+    eprintln!(
+        "{mode:?}{}: the canary exchanged {exchanged} frames during the bad inputs",
+        if tls { " over TLS" } else { "" }
+    );
 }
 
 /// Connects a keyed client to a fake server that opens with `challenge`;

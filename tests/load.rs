@@ -14,6 +14,11 @@
 //!     SOCKSERV_LOAD=200x5000 cargo test --release --test load -- --nocapture
 //!
 //! (CLIENTSxFRAMES; figures of one full run are in docs/RELIABILITY.md).
+//!
+//! The same over TLS 1.3 (issue 11), certificates made at test time: by
+//! default half the clients with half the frames each (a quarter of the
+//! bytes, so the TLS cases add little to the run), or
+//! `SOCKSERV_LOAD_TLS=CLIENTSxFRAMES`.
 
 mod common;
 
@@ -27,8 +32,13 @@ use sockserv::{connect, Config, Connection, Error, EventConn, EventHandler, Serv
 
 const MAX_SIZE: usize = 256 * 1024;
 
-fn profile() -> (u32, u32) {
-    let spec = std::env::var("SOCKSERV_LOAD").unwrap_or_else(|_| "24x150".into());
+fn profile(tls: bool) -> (u32, u32) {
+    let (var, default) = if tls {
+        ("SOCKSERV_LOAD_TLS", "12x75")
+    } else {
+        ("SOCKSERV_LOAD", "24x150")
+    };
+    let spec = std::env::var(var).unwrap_or_else(|_| default.into());
     let (c, f) = spec
         .split_once('x')
         .unwrap_or_else(|| panic!("SOCKSERV_LOAD={spec}: expected CLIENTSxFRAMES"));
@@ -109,9 +119,9 @@ impl EventHandler for EventCheck {
     }
 }
 
-fn start(mode: Mode, config: &Config) -> (Server, Arc<EventCheck>) {
+fn start(mode: Mode, config: &Config, addr: &str) -> (Server, Arc<EventCheck>) {
     let check = Arc::new(EventCheck::default());
-    let server = Server::bind("tcp://127.0.0.1:0", config).unwrap();
+    let server = Server::bind(addr, config).unwrap();
     match mode {
         Mode::Threaded => {
             let check = check.clone();
@@ -136,23 +146,51 @@ fn start(mode: Mode, config: &Config) -> (Server, Arc<EventCheck>) {
 
 #[test]
 fn threaded_load_loses_corrupts_and_reorders_nothing() {
-    load(Mode::Threaded);
+    load(Mode::Threaded, false);
 }
 
 #[test]
 fn event_load_loses_corrupts_and_reorders_nothing() {
-    load(Mode::Event);
+    load(Mode::Event, false);
 }
 
-fn load(mode: Mode) {
-    let (clients, frames) = profile();
+#[test]
+fn threaded_tls_load_loses_corrupts_and_reorders_nothing() {
+    load(Mode::Threaded, true);
+}
+
+#[test]
+fn event_tls_load_loses_corrupts_and_reorders_nothing() {
+    load(Mode::Event, true);
+}
+
+fn load(mode: Mode, tls: bool) {
+    let (clients, frames) = profile(tls);
+    let certs = if tls {
+        match common::certs::Certs::make("tls_load") {
+            Some(certs) => Some(certs),
+            None => return,
+        }
+    } else {
+        None
+    };
     let mut config = config_with_key(KEY);
+    let mut addr = "tcp://127.0.0.1:0";
+    if let Some(certs) = &certs {
+        // One config for both ends: the server's certificate, the
+        // clients' CA.
+        config
+            .set_tls_cert_files(&certs.server.cert, &certs.server.key)
+            .unwrap();
+        config.set_tls_ca_file(&certs.ca.cert).unwrap();
+        addr = "tls://127.0.0.1:0";
+    }
     config.set_max_frame_size(MAX_SIZE as u64).unwrap();
     config.set_max_connections(clients as usize + 8).unwrap();
     config
         .set_handshake_timeout(Duration::from_secs(60))
         .unwrap();
-    let (server, check) = start(mode, &config);
+    let (server, check) = start(mode, &config, addr);
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let echoed = Arc::new(AtomicU64::new(0));
@@ -173,7 +211,7 @@ fn load(mode: Mode) {
                     let conn = Arc::new(connect(&addr, &config).expect("connect"));
                     slowest_connect
                         .fetch_max(connecting.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    conn.set_timeout(Some(Duration::from_secs(120)));
+                    conn.set_timeout(Some(Duration::from_secs(if tls { 30 } else { 120 })));
                     // The first frame names the client (echoed like the rest).
                     roundtrip(&conn, &client.to_be_bytes());
                     // Send on a thread of its own while this one reads the
@@ -222,9 +260,10 @@ fn load(mode: Mode) {
         c.bad.load(Ordering::SeqCst),
     );
     let report = format!(
-        "{mode:?}: {clients} clients x {frames} frames in {elapsed:.1?}: sent {}, server got {got} \
+        "{mode:?}{}: {clients} clients x {frames} frames in {elapsed:.1?}: sent {}, server got {got} \
          right ({:.1} MiB, {:.0} MiB/s each way), {bad} wrong, {} echoes refused; clients got {} \
          echoes right, {} wrong; slowest connect + handshake {} ms; server stats {stats:?}",
+        if tls { " over TLS" } else { "" },
         sent.load(Ordering::SeqCst),
         bytes as f64 / (1 << 20) as f64,
         bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64(),

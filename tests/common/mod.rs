@@ -2,8 +2,12 @@
 //! echo handler, raw peers for hostile input, bounded waits.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod proc;
+pub mod relay;
 pub mod skip;
+pub mod tls;
+pub mod tunnel;
 
 #[allow(unused_imports)]
 pub use proc::{ChildGuard, TempDir};
@@ -150,8 +154,13 @@ impl sockserv::EventHandler for RecordingEvents {
 /// An echo server in `mode` that records the error each connection ended
 /// with.
 pub fn recording_echo_server(config: &Config, mode: Mode) -> (Server, Errors) {
+    recording_echo_server_on("tcp://127.0.0.1:0", config, mode)
+}
+
+/// [`recording_echo_server`] on `addr` (e.g. a `tls://` one).
+pub fn recording_echo_server_on(addr: &str, config: &Config, mode: Mode) -> (Server, Errors) {
     let errors: Errors = Arc::default();
-    let server = Server::bind("tcp://127.0.0.1:0", config).unwrap();
+    let server = Server::bind(addr, config).unwrap();
     let seen = errors.clone();
     match mode {
         Mode::Threaded => server
