@@ -1,16 +1,20 @@
-/* The client for bench/servers/nng_echo.c: one PAIR1 socket per connection
- * dialing tls+tcp://, verifying the server's certificate against --tls-ca
- * (name "localhost"). --churn: socket, dial, TLS handshake, one echo,
- * close. The scenarios and checks are client.h's. */
+/* The client for bench/servers/nng_echo.c: one raw REQ socket per
+ * connection dialing tls+tcp:// (raw, so that many requests can be in
+ * flight on it: each carries a request id of our own in its header),
+ * verifying the server's certificate against --tls-ca (name localhost).
+ * --churn: a cooked REQ socket, dial, TLS handshake, one request and its
+ * reply, close. The scenarios and checks are client.h's. */
 #include "client.h"
 
 #include <nng/nng.h>
-#include <nng/protocol/pair1/pair.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <nng/supplemental/tls/tls.h>
 
 struct conn {
     nng_socket s;
     nng_dialer d;
+    int raw;
+    uint32_t next_id;
 };
 
 static nng_tls_config *tls;
@@ -33,9 +37,9 @@ static void *open_conn(const struct copts *o, int id, char *err, size_t errlen) 
     nng_duration timeout = (nng_duration)(o->drain_timeout * 1000);
     (void)id;
     if (!c) return snprintf(err, errlen, "out of memory"), NULL;
-    if ((rv = nng_pair1_open(&c->s))) {
+    if ((rv = (c->raw = !o->churn) ? nng_req0_open_raw(&c->s) : nng_req0_open(&c->s))) {
         free(c);
-        return snprintf(err, errlen, "nng_pair1_open: %s", nng_strerror(rv)), NULL;
+        return snprintf(err, errlen, "nng_req0_open: %s", nng_strerror(rv)), NULL;
     }
     if ((rv = nng_socket_set_size(c->s, NNG_OPT_RECVMAXSZ, 0)) ||
         (rv = nng_socket_set_ms(c->s, NNG_OPT_RECVTIMEO, timeout)) ||
@@ -55,7 +59,9 @@ static int send_frame(void *h, const uint8_t *buf, size_t len, char *err, size_t
     int rv;
     if ((rv = nng_msg_alloc(&m, len))) return snprintf(err, errlen, "nng_msg_alloc: %s", nng_strerror(rv)), -1;
     memcpy(nng_msg_body(m), buf, len);
-    if ((rv = nng_sendmsg(c->s, m, 0))) {
+    /* A raw REQ socket leaves the request id to us (high bit set). */
+    if ((c->raw && (rv = nng_msg_header_append_u32(m, 0x80000000u | (c->next_id++ & 0x7fffffffu)))) ||
+        (rv = nng_sendmsg(c->s, m, 0))) {
         nng_msg_free(m);
         return snprintf(err, errlen, "%s", nng_strerror(rv)), -1;
     }
@@ -77,7 +83,10 @@ static void release(void *msg) { nng_msg_free(msg); }
 
 static void close_conn(void *h) {
     struct conn *c = h;
-    nng_dialer_close(c->d);
+    /* nng 1.5.2's nng_close of a raw REQ socket over TLS hangs now and then
+     * (in its reaper, after every reply has come): the steady scenarios'
+     * sockets are left to the process's exit. */
+    if (c->raw) return;
     nng_close(c->s);
     free(c);
 }

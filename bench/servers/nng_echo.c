@@ -1,16 +1,16 @@
 /* nng's echo server over tls+tcp:// (Debian's libnng 1.5, whose TLS engine
- * is mbedtls 2.28: TLS 1.2): a polyamorous PAIR1 socket, so one loop serves
- * every connection with many messages in flight on each: nng_recvmsg, then
- * nng_sendmsg of the same message (no copy), which goes back on the pipe it
- * came from. nng does the I/O and TLS on its own threads. (A raw REP socket
- * with raw REQ clients was tried first: nng_close of the client socket hung
- * now and then in nng 1.5.2's reaper, which the churn scenario cannot
- * live with.) No HMAC handshake (-k is ignored: the runner marks it "no
- * auth"). Its client is bench/clients/nng_client.c. */
+ * is mbedtls 2.28: TLS 1.2): a raw REP socket, so that every request's
+ * routing header comes back with its reply and one loop serves every
+ * connection with many requests in flight on each: nng_recvmsg, then
+ * nng_sendmsg of the same message (no copy). nng does the I/O and TLS on
+ * its own threads. (PAIR1 in polyamorous mode was tried too: it drops a
+ * message when a pipe's 2-deep send queue is full, which the loadgen's
+ * checks caught.) No HMAC handshake (-k is ignored: the runner marks it
+ * "no auth"). Its client is bench/clients/nng_client.c. */
 #include "common.h"
 
 #include <nng/nng.h>
-#include <nng/protocol/pair1/pair.h>
+#include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/tls/tls.h>
 
 static nng_socket sock;
@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     raise_nofile();
-    if ((rv = nng_pair1_open_poly(&sock))) fail("nng_pair1_open_poly", rv);
+    if ((rv = nng_rep0_open_raw(&sock))) fail("nng_rep0_open_raw", rv);
     if ((rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, 0))) fail("recv-size-max", rv); /* 1 MiB frames */
     snprintf(url, sizeof url, "tls+tcp://127.0.0.1:%d", o.port);
     if ((rv = nng_listener_create(&l, sock, url))) fail("nng_listener_create", rv);
