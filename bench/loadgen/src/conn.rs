@@ -168,6 +168,14 @@ impl Conn {
             || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
+    /// Ends TLS politely (close_notify) before the socket is closed.
+    pub fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = Self::flush_tls(&mut self.stream, tls);
+        }
+    }
+
     /// Reads plaintext: from the socket, or out of TLS (reading and
     /// decrypting records until some plaintext or WouldBlock).
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -240,6 +240,7 @@ fn reconnect(
 ) -> Result<(), String> {
     let (id, active) = (conns[slot].id, conns[slot].active);
     let mut old = std::mem::replace(&mut conns[slot], Conn::connect(id, active, o.addr, tls)?);
+    old.close_tls();
     let _ = poll.registry().deregister(&mut old.stream);
     drop(old);
     poll.registry()
