@@ -122,7 +122,19 @@ typedef enum sockserv_result {
      * (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
      * received one was discarded. The detail gives both sizes.
      */
-    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20
+    SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
+    /**
+     * The TLS layer failed: the peer does not speak TLS (plaintext to a
+     * TLS end, or the reverse), a record was corrupted or forged, a fatal
+     * alert, no common version, cipher suite or ALPN protocol.
+     */
+    SOCKSERV_ERR_TLS = 21,
+    /**
+     * A certificate was refused: unknown issuer, expired or not yet
+     * valid, name mismatch, a required client certificate missing, a bad
+     * chain. The detail names the reason.
+     */
+    SOCKSERV_ERR_CERTIFICATE = 22
 } sockserv_result;
 
 /**
@@ -583,6 +595,160 @@ enum sockserv_result sockserv_config_set_idle_timeout_ms(struct sockserv_config 
  * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
  */
 enum sockserv_result sockserv_config_set_proxy_protocol(struct sockserv_config *config, int mode);
+
+/**
+ * Sets the certificate chain (PEM, leaf first) and private key (PEM:
+ * PKCS#8, PKCS#1 or SEC1) this end presents over TLS: a server's
+ * certificate, or a client's for mutual TLS. Both are copied and checked
+ * now: bad PEM or a key that does not belong to the leaf certificate is
+ * refused, the config unchanged.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or a buffer is NULL
+ * with a non-zero length.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT bad PEM, no certificate, no key, or
+ * the key does not match the certificate; the detail says which.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_cert(struct sockserv_config *config,
+                                                  const char *chain_pem,
+                                                  size_t chain_len,
+                                                  const char *key_pem,
+                                                  size_t key_len);
+
+/**
+ * As `sockserv_config_set_tls_cert`, reading the chain and the key from
+ * PEM files (read now; the files are not needed afterwards).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config`, `chain_path` or `key_path` is NULL.
+ * @retval SOCKSERV_ERR_IO a file cannot be read; the detail names it.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT a path is not UTF-8, bad PEM, or the
+ * key does not match the certificate; the detail names the file and why.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_cert_files(struct sockserv_config *config,
+                                                        const char *chain_path,
+                                                        const char *key_path);
+
+/**
+ * Sets the trust anchors (PEM, one or more CA certificates) the peer's
+ * certificate must chain to: a client checks the server with them, a
+ * server checks client certificates (see
+ * `sockserv_config_set_tls_client_auth`). Copied; replaces any set before.
+ * There are no system roots: a TLS client needs this.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `ca_pem` is NULL with
+ * a non-zero `len`.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT bad PEM, no certificate, or one that
+ * is no usable CA; the config is unchanged.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_ca(struct sockserv_config *config,
+                                                const char *ca_pem,
+                                                size_t len);
+
+/**
+ * As `sockserv_config_set_tls_ca`, reading a PEM file (read now).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `path` is NULL.
+ * @retval SOCKSERV_ERR_IO the file cannot be read; the detail names it.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT the path is not UTF-8, or bad PEM.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_ca_file(struct sockserv_config *config,
+                                                     const char *path);
+
+/**
+ * The name a TLS client checks the server's certificate for: a DNS name
+ * or an IP address. By default the host of the address connected to
+ * (`tls://db.example:5000` checks "db.example"); a descriptor adopted
+ * with `sockserv_conn_from_fd` checks its peer's IP address. Copied.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `name` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT not a DNS name or IP address.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_server_name(struct sockserv_config *config,
+                                                         const char *name);
+
+/**
+ * `sockserv_config_set_tls_client_auth`: a TLS server asks for no client
+ * certificate (the default).
+ */
+#define SOCKSERV_TLS_CLIENT_AUTH_NONE 0
+
+/**
+ * A client may present a certificate; one that does must chain to the CA.
+ */
+#define SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL 1
+
+/**
+ * A client must present a certificate that chains to the CA (mutual TLS).
+ */
+#define SOCKSERV_TLS_CLIENT_AUTH_REQUIRED 2
+
+/**
+ * Whether a TLS server asks clients for certificates
+ * (`SOCKSERV_TLS_CLIENT_AUTH_*`). Other than NONE needs a CA
+ * (`sockserv_config_set_tls_ca`); without one `sockserv_server_new` fails.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT none of the `SOCKSERV_TLS_CLIENT_AUTH_*` modes.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_client_auth(struct sockserv_config *config, int mode);
+
+/**
+ * Adds an ALPN protocol name ("h2", "myproto/1"), in order of
+ * preference. A server with ALPN protocols refuses a client offering
+ * none of them (`SOCKSERV_ERR_TLS`); the agreed one is in
+ * `sockserv_conn_tls_info`. Copied.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `protocol` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT empty, or longer than 255 bytes.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_add_tls_alpn(struct sockserv_config *config,
+                                                  const char *protocol);
+
+/**
+ * `sockserv_config_set_tls_min_version`: TLS 1.2 (and 1.3).
+ */
+#define SOCKSERV_TLS_VERSION_1_2 771
+
+/**
+ * TLS 1.3 only (the default).
+ */
+#define SOCKSERV_TLS_VERSION_1_3 772
+
+/**
+ * The lowest TLS version accepted: `SOCKSERV_TLS_VERSION_1_3` (the
+ * default) or `SOCKSERV_TLS_VERSION_1_2`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_ARGUMENT neither version.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls_min_version(struct sockserv_config *config,
+                                                         int version);
+
+/**
+ * TLS on connections made with `sockserv_conn_from_fd` (either role):
+ * `tls://` addresses imply it, so servers and `sockserv_connect` need
+ * no call. Default off.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_config_set_tls(struct sockserv_config *config, bool on);
 
 /**
  * `sockserv_config_set_max_datagram_size`: the largest maximum datagram
@@ -1104,6 +1270,56 @@ enum sockserv_result sockserv_conn_local_addr(const struct sockserv_conn *conn,
                                               char *buf,
                                               size_t len,
                                               size_t *needed);
+
+/**
+ * Writes the SHA-256 fingerprint of the peer's TLS certificate (its DER
+ * encoding) to `out`: 32 bytes. Known from `on_open` and in the handler
+ * (the TLS handshake is done by then).
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `out` is NULL.
+ * @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS, or the
+ * peer presented no certificate (a client, without client auth).
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_peer_cert_sha256(const struct sockserv_conn *conn, uint8_t *out);
+
+/**
+ * Writes the subject of the peer's TLS certificate, RFC 4514 style
+ * ("CN=client,O=Example": the last relative name first), NUL-terminated,
+ * like `sockserv_conn_peer_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+ * @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS, or the
+ * peer presented no certificate.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_peer_cert_subject(const struct sockserv_conn *conn,
+                                                     char *buf,
+                                                     size_t len,
+                                                     size_t *needed);
+
+/**
+ * What the TLS handshake negotiated: `*version` (0x0304 for TLS 1.3,
+ * 0x0303 for 1.2: `SOCKSERV_TLS_VERSION_*`) and the ALPN protocol agreed
+ * on, NUL-terminated in `alpn_buf` (empty when none), like
+ * `sockserv_conn_peer_addr`.
+ *
+ * @retval SOCKSERV_OK done.
+ * @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `version` or `needed`, or `alpn_buf`
+ * with a non-zero `len` is NULL.
+ * @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small for the ALPN
+ * protocol; `*needed` was written (`*version` is not).
+ * @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS.
+ * @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+ */
+enum sockserv_result sockserv_conn_tls_info(const struct sockserv_conn *conn,
+                                            int *version,
+                                            char *alpn_buf,
+                                            size_t len,
+                                            size_t *needed);
 
 /**
  * The socket's file descriptor, for poll/select or options sockserv does

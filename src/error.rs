@@ -48,11 +48,18 @@ pub enum ErrorKind {
     WouldBlock,
     /// A datagram is larger than the maximum datagram size.
     DatagramTooLarge,
+    /// The TLS layer failed: the peer does not speak TLS (or speaks it to
+    /// a plaintext end), a record was corrupted or forged, a fatal alert,
+    /// no common version, cipher suite or ALPN protocol.
+    Tls,
+    /// A certificate was refused: unknown issuer, expired or not yet
+    /// valid, name mismatch, a required client certificate missing.
+    Certificate,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of their C codes.
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::NullParameter,
         ErrorKind::InvalidArgument,
         ErrorKind::InvalidAddress,
@@ -73,6 +80,8 @@ impl ErrorKind {
         ErrorKind::Panic,
         ErrorKind::WouldBlock,
         ErrorKind::DatagramTooLarge,
+        ErrorKind::Tls,
+        ErrorKind::Certificate,
     ];
 
     /// Static text for the kind; the detail of one failure is in [`Error`].
@@ -99,6 +108,12 @@ impl ErrorKind {
             ErrorKind::WouldBlock => "the operation would block: try again later",
             ErrorKind::DatagramTooLarge => {
                 "a datagram is larger than the maximum datagram size: not sent, or discarded"
+            }
+            ErrorKind::Tls => {
+                "the TLS layer failed: not TLS, a corrupted record, a fatal alert or nothing in common"
+            }
+            ErrorKind::Certificate => {
+                "a certificate was refused: unknown issuer, expired, wrong name or missing"
             }
         }
     }

@@ -57,12 +57,13 @@ mod stream;
 mod sys;
 mod util;
 
-pub use config::{Config, DatagramConfig, WhenFull};
+pub use config::{Config, DatagramConfig, TlsClientAuth, TlsVersion, WhenFull};
 pub use datagram::server::{DgramHandler, DgramServer};
 pub use datagram::{DgramSocket, DgramStats, RecvFrom, Take};
 pub use error::{set_refusal_log, Error, ErrorKind, Refusal, RefusalLog, Result};
 pub use proto::handshake::{Keys, Role};
 pub use proto::proxy::ProxyMode;
+pub use proto::tls::{PeerCert, TlsInfo};
 pub use server::event::{EventConn, EventHandler};
 pub use server::{Handler, Server, Stats, Verify};
 pub use stream::client::connect;

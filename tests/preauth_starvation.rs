@@ -215,6 +215,7 @@ fn handshake_but_the_last_word(server: &Server) -> (TcpStream, Vec<u8>) {
             proxy: sockserv::ProxyMode::Off,
             max_frame_size: 1 << 20,
             preamble_timeout: Duration::from_secs(10),
+            tls: None,
         },
         "server".into(),
         Instant::now(),

@@ -39,6 +39,7 @@ fn params(role: Role, key: Option<&[u8]>, proxy: ProxyMode) -> SessionParams {
         proxy,
         max_frame_size: MAX_FRAME,
         preamble_timeout: Duration::from_secs(10),
+        tls: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Addresses as strings: `tcp://127.0.0.1:9000`, `tcp://[::1]:0`,
-//! `tcp://localhost:9000`, `unix:///run/app.sock`, `unix://relative.sock`.
+//! `tcp://localhost:9000`, `unix:///run/app.sock`, `unix://relative.sock`,
+//! and `tls://HOST:PORT` (TCP with TLS: the same host forms as `tcp://`).
 //! The same form is used to report peer and local addresses. Servers also
 //! take sockets they inherit: `fd://3` (a listening descriptor, as inetd
 //! passes) and `systemd://`, `systemd://1` or `systemd://NAME` (socket
@@ -22,6 +23,13 @@ pub enum Address {
     /// A host name or IP literal (IPv6 without brackets) and a port.
     Tcp {
         /// The host name or IP literal.
+        host: String,
+        /// The port (0: any free one).
+        port: u16,
+    },
+    /// `tls://HOST:PORT`: TCP, speaking TLS.
+    Tls {
+        /// The host name or IP literal (a client's default TLS server name).
         host: String,
         /// The port (0: any free one).
         port: u16,
@@ -52,6 +60,9 @@ impl Address {
         if let Some(rest) = text.strip_prefix("tcp://") {
             let (host, port) = parse_host_port(rest, "tcp", &bad)?;
             Ok(Address::Tcp { host, port })
+        } else if let Some(rest) = text.strip_prefix("tls://") {
+            let (host, port) = parse_host_port(rest, "tls", &bad)?;
+            Ok(Address::Tls { host, port })
         } else if let Some(path) = text.strip_prefix("unix://") {
             if path.is_empty() {
                 return Err(bad("the socket path is empty"));
@@ -82,7 +93,22 @@ impl Address {
         } else if text.starts_with("udp://") || text.starts_with("unixgram://") {
             Err(bad("datagram addresses are not stream addresses; sockserv's stream servers and clients take tcp:// or unix:// (datagrams: sockserv_dgram_*)"))
         } else {
-            Err(bad("expected tcp://HOST:PORT or unix://PATH"))
+            Err(bad(
+                "expected tcp://HOST:PORT, tls://HOST:PORT or unix://PATH",
+            ))
+        }
+    }
+
+    /// Whether connections at this address speak TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Address::Tls { .. })
+    }
+
+    /// The host of a TCP or TLS address.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Address::Tcp { host, .. } | Address::Tls { host, .. } => Some(host),
+            _ => None,
         }
     }
 
@@ -90,7 +116,7 @@ impl Address {
     /// several, e.g. both ::1 and 127.0.0.1 for localhost).
     pub fn resolve(&self) -> Result<Vec<SockAddr>> {
         match self {
-            Address::Tcp { host, port } => {
+            Address::Tcp { host, port } | Address::Tls { host, port } => {
                 let found = (host.as_str(), *port).to_socket_addrs().map_err(|e| {
                     Error::new(
                         ErrorKind::InvalidAddress,
@@ -155,6 +181,8 @@ impl fmt::Display for Address {
         match self {
             Address::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
             Address::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Address::Tls { host, port } if host.contains(':') => write!(f, "tls://[{host}]:{port}"),
+            Address::Tls { host, port } => write!(f, "tls://{host}:{port}"),
             Address::Unix(path) => write!(f, "unix://{}", path.display()),
             Address::Fd(fd) => write!(f, "fd://{fd}"),
             Address::Systemd(SystemdSocket::Index(i)) => write!(f, "systemd://{i}"),
@@ -219,6 +247,8 @@ mod tests {
         for text in [
             "tcp://127.0.0.1:9000",
             "tcp://[::1]:0",
+            "tls://127.0.0.1:9000",
+            "tls://[::1]:0",
             "unix:///tmp/x.sock",
         ] {
             assert_eq!(Address::parse(text).unwrap().to_string(), text);
@@ -248,6 +278,9 @@ mod tests {
             "fd://",
             "fd://-1",
             "fd://x",
+            "tls://",
+            "tls://host",
+            "tls://::1:80",
         ] {
             let err = Address::parse(text).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidAddress, "{text}");

@@ -13,8 +13,10 @@ use crate::proto::handshake::Keys;
 use crate::proto::proxy::ProxyMode;
 
 pub mod datagram;
+pub mod tls;
 
 pub use datagram::DatagramConfig;
+pub use tls::{TlsClientAuth, TlsVersion};
 
 /// The default and the largest accepted maximum frame size.
 pub const DEFAULT_MAX_FRAME_SIZE: u64 = 64 << 20;
@@ -101,6 +103,8 @@ pub struct Config {
     pub(crate) proxy_protocol: ProxyMode,
     /// Datagram sockets and servers (udp://, unixgram://).
     pub(crate) datagram: DatagramConfig,
+    /// TLS: certificates, trust anchors, versions (see `config::tls`).
+    pub(crate) tls: tls::TlsSettings,
 }
 
 impl Default for Config {
@@ -127,6 +131,7 @@ impl Default for Config {
             idle_timeout: None,
             proxy_protocol: ProxyMode::Off,
             datagram: DatagramConfig::default(),
+            tls: tls::TlsSettings::default(),
         }
     }
 }

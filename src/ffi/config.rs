@@ -2,11 +2,11 @@
 //! when created, so it may be changed or freed afterwards. A config is not
 //! locked: do not change one from two threads at once.
 
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
-use super::{arg_mut, bytes, free_box, from_ms, guard, out, sockserv_result};
-use crate::config::{Config, WhenFull};
+use super::{arg_mut, bytes, c_str, free_box, from_ms, guard, out, sockserv_result};
+use crate::config::{Config, TlsClientAuth, TlsVersion, WhenFull};
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::proxy::ProxyMode;
 
@@ -486,6 +486,234 @@ pub unsafe extern "C" fn sockserv_config_set_proxy_protocol(
                 ))
             }
         });
+        Ok(())
+    })
+}
+
+/// Sets the certificate chain (PEM, leaf first) and private key (PEM:
+/// PKCS#8, PKCS#1 or SEC1) this end presents over TLS: a server's
+/// certificate, or a client's for mutual TLS. Both are copied and checked
+/// now: bad PEM or a key that does not belong to the leaf certificate is
+/// refused, the config unchanged.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or a buffer is NULL
+/// with a non-zero length.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT bad PEM, no certificate, no key, or
+/// the key does not match the certificate; the detail says which.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_cert(
+    config: *mut sockserv_config,
+    chain_pem: *const c_char,
+    chain_len: usize,
+    key_pem: *const c_char,
+    key_len: usize,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: each buffer has its length in bytes.
+        let chain = unsafe { bytes(chain_pem.cast(), chain_len, "chain_pem") }?;
+        // SAFETY: as above.
+        let key = unsafe { bytes(key_pem.cast(), key_len, "key_pem") }?;
+        c.set_tls_cert_pem(chain, key)
+    })
+}
+
+/// As `sockserv_config_set_tls_cert`, reading the chain and the key from
+/// PEM files (read now; the files are not needed afterwards).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config`, `chain_path` or `key_path` is NULL.
+/// @retval SOCKSERV_ERR_IO a file cannot be read; the detail names it.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT a path is not UTF-8, bad PEM, or the
+/// key does not match the certificate; the detail names the file and why.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_cert_files(
+    config: *mut sockserv_config,
+    chain_path: *const c_char,
+    key_path: *const c_char,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: NUL-terminated strings.
+        let chain = unsafe { c_str(chain_path, "chain_path") }?;
+        // SAFETY: as above.
+        let key = unsafe { c_str(key_path, "key_path") }?;
+        c.set_tls_cert_files(chain, key)
+    })
+}
+
+/// Sets the trust anchors (PEM, one or more CA certificates) the peer's
+/// certificate must chain to: a client checks the server with them, a
+/// server checks client certificates (see
+/// `sockserv_config_set_tls_client_auth`). Copied; replaces any set before.
+/// There are no system roots: a TLS client needs this.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL, or `ca_pem` is NULL with
+/// a non-zero `len`.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT bad PEM, no certificate, or one that
+/// is no usable CA; the config is unchanged.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_ca(
+    config: *mut sockserv_config,
+    ca_pem: *const c_char,
+    len: usize,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: `ca_pem` has `len` readable bytes.
+        let pem = unsafe { bytes(ca_pem.cast(), len, "ca_pem") }?;
+        c.set_tls_ca_pem(pem)
+    })
+}
+
+/// As `sockserv_config_set_tls_ca`, reading a PEM file (read now).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `path` is NULL.
+/// @retval SOCKSERV_ERR_IO the file cannot be read; the detail names it.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT the path is not UTF-8, or bad PEM.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_ca_file(
+    config: *mut sockserv_config,
+    path: *const c_char,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: a NUL-terminated string.
+        let path = unsafe { c_str(path, "path") }?;
+        c.set_tls_ca_file(path)
+    })
+}
+
+/// The name a TLS client checks the server's certificate for: a DNS name
+/// or an IP address. By default the host of the address connected to
+/// (`tls://db.example:5000` checks "db.example"); a descriptor adopted
+/// with `sockserv_conn_from_fd` checks its peer's IP address. Copied.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `name` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT not a DNS name or IP address.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_server_name(
+    config: *mut sockserv_config,
+    name: *const c_char,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: a NUL-terminated string.
+        let name = unsafe { c_str(name, "name") }?;
+        c.set_tls_server_name(name)
+    })
+}
+
+/// `sockserv_config_set_tls_client_auth`: a TLS server asks for no client
+/// certificate (the default).
+pub const SOCKSERV_TLS_CLIENT_AUTH_NONE: c_int = 0;
+/// A client may present a certificate; one that does must chain to the CA.
+pub const SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL: c_int = 1;
+/// A client must present a certificate that chains to the CA (mutual TLS).
+pub const SOCKSERV_TLS_CLIENT_AUTH_REQUIRED: c_int = 2;
+
+/// Whether a TLS server asks clients for certificates
+/// (`SOCKSERV_TLS_CLIENT_AUTH_*`). Other than NONE needs a CA
+/// (`sockserv_config_set_tls_ca`); without one `sockserv_server_new` fails.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT none of the `SOCKSERV_TLS_CLIENT_AUTH_*` modes.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_client_auth(
+    config: *mut sockserv_config,
+    mode: c_int,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.set_tls_client_auth(match mode {
+            SOCKSERV_TLS_CLIENT_AUTH_NONE => TlsClientAuth::None,
+            SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL => TlsClientAuth::Optional,
+            SOCKSERV_TLS_CLIENT_AUTH_REQUIRED => TlsClientAuth::Required,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("TLS client auth mode {other} is none of SOCKSERV_TLS_CLIENT_AUTH_NONE, _OPTIONAL, _REQUIRED"),
+                ))
+            }
+        });
+        Ok(())
+    })
+}
+
+/// Adds an ALPN protocol name ("h2", "myproto/1"), in order of
+/// preference. A server with ALPN protocols refuses a client offering
+/// none of them (`SOCKSERV_ERR_TLS`); the agreed one is in
+/// `sockserv_conn_tls_info`. Copied.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` or `protocol` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT empty, or longer than 255 bytes.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_add_tls_alpn(
+    config: *mut sockserv_config,
+    protocol: *const c_char,
+) -> sockserv_result {
+    with_config(config, |c| {
+        // SAFETY: caller contract: a NUL-terminated string.
+        let protocol = unsafe { c_str(protocol, "protocol") }?;
+        c.add_tls_alpn(protocol.as_bytes())
+    })
+}
+
+/// `sockserv_config_set_tls_min_version`: TLS 1.2 (and 1.3).
+pub const SOCKSERV_TLS_VERSION_1_2: c_int = 0x0303;
+/// TLS 1.3 only (the default).
+pub const SOCKSERV_TLS_VERSION_1_3: c_int = 0x0304;
+
+/// The lowest TLS version accepted: `SOCKSERV_TLS_VERSION_1_3` (the
+/// default) or `SOCKSERV_TLS_VERSION_1_2`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_ARGUMENT neither version.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls_min_version(
+    config: *mut sockserv_config,
+    version: c_int,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.set_tls_min_version(match version {
+            SOCKSERV_TLS_VERSION_1_2 => TlsVersion::Tls12,
+            SOCKSERV_TLS_VERSION_1_3 => TlsVersion::Tls13,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "TLS version {other:#06x} is neither SOCKSERV_TLS_VERSION_1_2 nor _1_3"
+                    ),
+                ))
+            }
+        });
+        Ok(())
+    })
+}
+
+/// TLS on connections made with `sockserv_conn_from_fd` (either role):
+/// `tls://` addresses imply it, so servers and `sockserv_connect` need
+/// no call. Default off.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `config` is NULL.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_config_set_tls(
+    config: *mut sockserv_config,
+    on: bool,
+) -> sockserv_result {
+    with_config(config, |c| {
+        c.set_tls(on);
         Ok(())
     })
 }

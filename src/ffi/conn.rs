@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Role;
+use crate::proto::tls::{PeerCert, TlsInfo};
 use crate::server::event::conn::EventConn;
 use crate::stream::connection::{Connection, RecvInto};
 use crate::sys::sockopt::{self, SockOpt};
@@ -128,6 +129,30 @@ impl sockserv_conn {
             ConnKind::Blocking(conn) => conn.local_addr(),
             ConnKind::Event(conn) => conn.local_addr(),
         }
+    }
+
+    /// What the TLS handshake negotiated; `INVALID_STATE` without TLS.
+    fn tls_info(&self) -> Result<&TlsInfo> {
+        let info = match &self.kind {
+            ConnKind::Blocking(conn) => conn.tls_info(),
+            ConnKind::Event(conn) => conn.tls_info(),
+        };
+        info.ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("the connection with {} does not use TLS", self.peer_addr()),
+            )
+        })
+    }
+
+    /// The peer's certificate; `INVALID_STATE` without TLS or without one.
+    fn peer_cert(&self) -> Result<&PeerCert> {
+        self.tls_info()?.peer_cert.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidState,
+                format!("{} presented no certificate", self.peer_addr()),
+            )
+        })
     }
 }
 
@@ -453,6 +478,87 @@ pub unsafe extern "C" fn sockserv_conn_local_addr(
     // SAFETY: caller contract: `buf` has `len` writable bytes.
     with_conn(conn, |c| unsafe {
         copy_str(c.local_addr(), buf, len, needed)
+    })
+}
+
+/// Writes the SHA-256 fingerprint of the peer's TLS certificate (its DER
+/// encoding) to `out`: 32 bytes. Known from `on_open` and in the handler
+/// (the TLS handshake is done by then).
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `out` is NULL.
+/// @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS, or the
+/// peer presented no certificate (a client, without client auth).
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_peer_cert_sha256(
+    conn: *const sockserv_conn,
+    out: *mut u8,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        if out.is_null() {
+            return Err(Error::new(ErrorKind::NullParameter, "out is NULL"));
+        }
+        let sha = c.peer_cert()?.sha256;
+        // SAFETY: caller contract: `out` has 32 writable bytes.
+        unsafe { std::ptr::copy_nonoverlapping(sha.as_ptr(), out, sha.len()) };
+        Ok(())
+    })
+}
+
+/// Writes the subject of the peer's TLS certificate, RFC 4514 style
+/// ("CN=client,O=Example": the last relative name first), NUL-terminated,
+/// like `sockserv_conn_peer_addr`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn` or `needed`, or `buf` with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small; `*needed` was written.
+/// @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS, or the
+/// peer presented no certificate.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_peer_cert_subject(
+    conn: *const sockserv_conn,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        let subject = &c.peer_cert()?.subject;
+        // SAFETY: caller contract: `buf` has `len` writable bytes.
+        unsafe { copy_str(subject, buf, len, needed) }
+    })
+}
+
+/// What the TLS handshake negotiated: `*version` (0x0304 for TLS 1.3,
+/// 0x0303 for 1.2: `SOCKSERV_TLS_VERSION_*`) and the ALPN protocol agreed
+/// on, NUL-terminated in `alpn_buf` (empty when none), like
+/// `sockserv_conn_peer_addr`.
+///
+/// @retval SOCKSERV_OK done.
+/// @retval SOCKSERV_ERR_NULL_PARAMETER `conn`, `version` or `needed`, or `alpn_buf`
+/// with a non-zero `len` is NULL.
+/// @retval SOCKSERV_ERR_INSUFFICIENT_SIZE `len` is too small for the ALPN
+/// protocol; `*needed` was written (`*version` is not).
+/// @retval SOCKSERV_ERR_INVALID_STATE the connection does not use TLS.
+/// @retval SOCKSERV_ERR_PANIC an internal error (a bug) was caught.
+#[no_mangle]
+pub unsafe extern "C" fn sockserv_conn_tls_info(
+    conn: *const sockserv_conn,
+    version: *mut c_int,
+    alpn_buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sockserv_result {
+    with_conn(conn, |c| {
+        // SAFETY: caller contract (see the module docs of ffi).
+        let version = unsafe { out(version, "version") }?;
+        let info = c.tls_info()?;
+        let alpn = String::from_utf8_lossy(info.alpn.as_deref().unwrap_or_default());
+        // SAFETY: caller contract: `alpn_buf` has `len` writable bytes.
+        unsafe { copy_str(&alpn, alpn_buf, len, needed) }?;
+        version.put(c_int::from(info.version));
+        Ok(())
     })
 }
 

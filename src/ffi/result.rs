@@ -73,6 +73,14 @@ pub enum sockserv_result {
     /// (`sockserv_config_set_max_datagram_size`): a send sent nothing; a
     /// received one was discarded. The detail gives both sizes.
     SOCKSERV_ERR_DATAGRAM_TOO_LARGE = 20,
+    /// The TLS layer failed: the peer does not speak TLS (plaintext to a
+    /// TLS end, or the reverse), a record was corrupted or forged, a fatal
+    /// alert, no common version, cipher suite or ALPN protocol.
+    SOCKSERV_ERR_TLS = 21,
+    /// A certificate was refused: unknown issuer, expired or not yet
+    /// valid, name mismatch, a required client certificate missing, a bad
+    /// chain. The detail names the reason.
+    SOCKSERV_ERR_CERTIFICATE = 22,
 }
 
 pub(crate) fn result_of(kind: ErrorKind) -> sockserv_result {
@@ -98,6 +106,8 @@ pub(crate) fn result_of(kind: ErrorKind) -> sockserv_result {
         ErrorKind::Panic => SOCKSERV_ERR_PANIC,
         ErrorKind::WouldBlock => SOCKSERV_ERR_WOULD_BLOCK,
         ErrorKind::DatagramTooLarge => SOCKSERV_ERR_DATAGRAM_TOO_LARGE,
+        ErrorKind::Tls => SOCKSERV_ERR_TLS,
+        ErrorKind::Certificate => SOCKSERV_ERR_CERTIFICATE,
     }
 }
 

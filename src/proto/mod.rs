@@ -8,6 +8,8 @@
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a load balancer sends.
 //! - [`handshake`]: the challenge-response handshake, either role.
 //! - [`sealed`]: sealed datagrams (tag, freshness window, replay memory).
+//! - [`tls`]: the TLS layer (rustls's sans-IO connection) a session runs
+//!   between the PROXY header and the handshake.
 //! - [`session`]: the whole life of a stream connection over the pieces
 //!   above: PROXY header, verify, handshake, frames, end of stream.
 //!
@@ -20,3 +22,4 @@ pub mod proxy;
 pub mod recv_buffer;
 pub mod sealed;
 pub mod session;
+pub mod tls;

@@ -24,17 +24,17 @@
 //! Frames are handed out as ranges of the driver's buffer, so delivering
 //! one copies and allocates nothing.
 //!
-//! Where TLS goes (not built yet): between the PROXY header and the
-//! handshake, inside this machine. On the way in, `poll` would feed the
-//! bytes after the PROXY header to the TLS state and decode frames from
-//! the plaintext it yields (a buffer of the session's own, so `Frame`
-//! ranges would index that one); on the way out, `take_transmit` already
-//! carries the session's own wire bytes, and the drivers' frame writers
-//! (the event I/O thread's `write_queued`, the blocking connection's send
-//! path) would pass the application's encoded frames through the session
-//! before the socket. The drivers keep feeding socket bytes in and writing
-//! what comes out; neither gains a second copy of the sequence.
+//! TLS goes between the PROXY header and the handshake, inside this
+//! machine ([`crate::proto::tls`]): the bytes after the PROXY header feed
+//! rustls, and frames are decoded from the plaintext it yields, a buffer
+//! of the session's own ([`Session::frame`] gives a [`Step::Frame`]'s bytes
+//! from whichever buffer holds them). On the way out, [`Session::take_transmit`]
+//! carries TLS records (the TLS handshake, then the handshake frames
+//! sealed), and the drivers seal the application's encoded frames with
+//! [`Session::sealer`] before the socket. Without TLS nothing changes:
+//! frames are ranges of the driver's buffer and cost no copy.
 
+use std::io::IoSlice;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ use crate::proto::frame::{self, encode_header};
 use crate::proto::handshake::{Handshake, Keys, Role, MAX_HANDSHAKE_FRAME, NONCE_LEN};
 use crate::proto::proxy::{self, Parsed, ProxyMode};
 use crate::proto::recv_buffer::{Decoded, RecvBuffer};
+use crate::proto::tls::{looks_like_tls, Sealer, Tls, TlsInfo, TlsParams};
 
 /// What a session is made of; the drivers fill it from the config.
 #[derive(Clone, Debug)]
@@ -57,6 +58,8 @@ pub struct SessionParams {
     pub max_frame_size: u64,
     /// The one deadline of the whole preamble.
     pub preamble_timeout: Duration,
+    /// TLS, between the PROXY header and the handshake; `None`: plaintext.
+    pub tls: Option<TlsParams>,
 }
 
 /// Where a session is; a driver counts a failure by the stage it ended in.
@@ -66,6 +69,8 @@ pub enum Stage {
     Proxy,
     /// The PROXY header named the client: waiting for [`Session::verified`].
     Verify,
+    /// Running the TLS handshake.
+    Tls,
     /// Running the handshake (an optional PROXY header may still come).
     Handshake,
     /// The preamble is over; [`Step::Open`] not yet reported.
@@ -119,6 +124,14 @@ pub struct Session {
     opened: bool,
     /// The stage a failure happened in.
     failed_in: Option<Stage>,
+    /// The TLS layer; its plaintext buffer is where frames come from.
+    tls: Option<Tls>,
+    sealer: Option<Sealer>,
+    /// A TLS layer that could not be made: the first poll reports it.
+    tls_error: Option<Error>,
+    /// A frame (handshake or application) came in: a later bad header is
+    /// no TLS hello sent to a plaintext end.
+    frames_seen: bool,
 }
 
 impl Session {
@@ -135,7 +148,13 @@ impl Session {
             (Role::Client, _) | (_, ProxyMode::Off) => None,
             (Role::Server, mode) => Some(mode),
         };
-        let has_preamble = proxy.is_some() || !params.keys.is_empty();
+        let has_preamble = proxy.is_some() || !params.keys.is_empty() || params.tls.is_some();
+        let (tls, tls_error) = match params.tls.as_ref().map(Tls::new) {
+            Some(Ok(tls)) => (Some(tls), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
+        let sealer = tls.as_ref().map(Tls::sealer);
         let mut session = Session {
             stage: Stage::Opening,
             role: params.role,
@@ -150,14 +169,66 @@ impl Session {
             transmit: Vec::new(),
             opened: false,
             failed_in: None,
+            tls,
+            sealer,
+            tls_error,
+            frames_seen: false,
         };
         if proxy == Some(ProxyMode::Required) {
             // Everything waits for the header (and verify on its address).
             session.stage = Stage::Proxy;
         } else {
-            session.start_handshake();
+            session.start_secure();
         }
         session
+    }
+
+    /// Whether the session speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// With TLS: what encrypts the application's frames (the driver passes
+    /// its encoded frames through it on their way to the socket).
+    pub fn sealer(&self) -> Option<&Sealer> {
+        self.sealer.as_ref()
+    }
+
+    /// What the TLS handshake negotiated, once it is done.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref().and_then(Tls::info)
+    }
+
+    /// The bytes of a [`Step::Frame`]: `buf` is the driver's buffer, the
+    /// one given to [`Session::poll`] (with TLS they are in the session's).
+    pub fn frame<'a>(&'a self, buf: &'a RecvBuffer, frame: Range<usize>) -> &'a [u8] {
+        self.frame_buffer(buf).bytes(frame)
+    }
+
+    /// The buffer frames are decoded from: the session's plaintext with
+    /// TLS, else the driver's `buf`.
+    pub fn frame_buffer<'a>(&'a self, buf: &'a RecvBuffer) -> &'a RecvBuffer {
+        match &self.tls {
+            Some(tls) => &tls.plain,
+            None => buf,
+        }
+    }
+
+    /// As [`Session::frame_buffer`], to give a frame back
+    /// ([`RecvBuffer::unconsume`]).
+    pub fn frame_buffer_mut<'a>(&'a mut self, buf: &'a mut RecvBuffer) -> &'a mut RecvBuffer {
+        match &mut self.tls {
+            Some(tls) => &mut tls.plain,
+            None => buf,
+        }
+    }
+
+    /// Frees the session's own buffer when it holds nothing and is larger
+    /// than `keep` (an idle connection keeps little).
+    pub fn release_if_idle(&mut self, keep: usize) {
+        if let Some(tls) = &mut self.tls {
+            tls.plain.release_if_idle(keep);
+        }
     }
 
     /// Where the session is now.
@@ -186,7 +257,7 @@ impl Session {
     /// is none).
     pub fn deadline(&self) -> Option<Instant> {
         match self.stage {
-            Stage::Proxy | Stage::Verify | Stage::Handshake => self.deadline,
+            Stage::Proxy | Stage::Verify | Stage::Tls | Stage::Handshake => self.deadline,
             _ => None,
         }
     }
@@ -200,6 +271,7 @@ impl Session {
         let ms = self.timeout.as_millis();
         let what = match self.stage {
             Stage::Proxy => "waiting for the PROXY protocol header from",
+            Stage::Tls => "TLS handshake with",
             _ => "handshake with",
         };
         Some(Error::new(
@@ -235,7 +307,7 @@ impl Session {
             return;
         }
         if ok {
-            self.start_handshake();
+            self.start_secure();
         } else {
             self.set_failed();
         }
@@ -258,10 +330,18 @@ impl Session {
                 self.opened = true;
                 return Ok(Step::Open);
             }
-            Stage::Proxy | Stage::Handshake | Stage::Open => {}
+            Stage::Proxy | Stage::Tls | Stage::Handshake | Stage::Open => {}
+        }
+        if let Some(e) = self.tls_error.take() {
+            return Err(self.fail(e));
         }
         if self.proxy.is_some() {
             if let Some(step) = self.take_proxy_header(buf)? {
+                return Ok(step);
+            }
+        }
+        if self.tls.is_some() {
+            if let Some(step) = self.run_tls(buf)? {
                 return Ok(step);
             }
         }
@@ -270,15 +350,34 @@ impl Session {
         } else {
             self.max_frame_size
         };
-        let frame = match buf.next_frame(max) {
+        let frames = match &mut self.tls {
+            Some(tls) => &mut tls.plain,
+            None => &mut *buf,
+        };
+        let frame = match frames.next_frame(max) {
             Ok(Decoded::Frame(frame)) => frame,
             Ok(Decoded::NeedMore(n)) => return Ok(Step::NeedMore(n)),
-            Err(e) => return Err(self.fail(e)),
+            Err(e) => {
+                let e = if !self.frames_seen && looks_like_tls(frames.pending()) {
+                    Error::new(
+                        ErrorKind::Tls,
+                        format!("{} speaks TLS and this end does not: use tls:// on both ends (or on neither)", self.peer),
+                    )
+                } else {
+                    e
+                };
+                return Err(self.fail(e));
+            }
         };
+        self.frames_seen = true;
         let Some(hs) = &mut self.handshake else {
             return Ok(Step::Frame(frame));
         };
-        let step = hs.receive(buf.bytes(frame));
+        let frames = match &self.tls {
+            Some(tls) => &tls.plain,
+            None => &*buf,
+        };
+        let step = hs.receive(frames.bytes(frame));
         self.queue_handshake_frames();
         if let Err(e) = step {
             return Err(self.fail(e));
@@ -293,12 +392,47 @@ impl Session {
         self.poll(buf)
     }
 
+    /// Feeds the bytes in `buf` to the TLS layer and, while its handshake
+    /// runs, sends what it answers: `Some(step)` when the driver must hear
+    /// of it (more bytes needed, or the connection open).
+    fn run_tls(&mut self, buf: &mut RecvBuffer) -> Result<Option<Step>> {
+        let tls = self.tls.as_mut().expect("a TLS session");
+        let received = tls.receive(buf);
+        if let Err(e) = received {
+            // The alert rustls has for the peer goes out before the close.
+            tls.write_tls(&mut self.transmit);
+            return Err(self.fail(e));
+        }
+        if self.stage != Stage::Tls {
+            return Ok(None);
+        }
+        tls.write_tls(&mut self.transmit);
+        if tls.is_handshaking() {
+            return Ok(Some(Step::NeedMore(1)));
+        }
+        tls.finish_handshake();
+        self.start_handshake();
+        if self.stage == Stage::Opening {
+            self.stage = Stage::Open;
+            self.opened = true;
+            return Ok(Some(Step::Open));
+        }
+        Ok(None)
+    }
+
     /// The close reason for an end of stream with `buf` holding what is
     /// left: a clean close, or one in the middle of a frame (or of the
     /// preamble).
     pub fn end_of_stream(&self, buf: &RecvBuffer) -> Error {
-        let have = buf.pending().len();
         let peer = &self.peer;
+        if self.stage == Stage::Tls {
+            return Error::new(
+                ErrorKind::Tls,
+                format!("TLS handshake with {peer}: it closed the connection (does it speak TLS? a plaintext end closes on a TLS hello)"),
+            );
+        }
+        let buf = self.frame_buffer(buf);
+        let have = buf.pending().len();
         let e = if have == 0 {
             Error::new(ErrorKind::Closed, format!("{peer} closed the connection"))
         } else {
@@ -323,6 +457,20 @@ impl Session {
         }
     }
 
+    /// After the PROXY header: the TLS handshake first (a client's hello
+    /// is ready to send), or the handshake at once.
+    fn start_secure(&mut self) {
+        if let Some(tls) = &self.tls {
+            self.stage = Stage::Tls;
+            tls.write_tls(&mut self.transmit);
+        } else if self.tls_error.is_some() {
+            // Reported by the next poll.
+            self.stage = Stage::Tls;
+        } else {
+            self.start_handshake();
+        }
+    }
+
     fn start_handshake(&mut self) {
         if self.keys.is_empty() {
             self.stage = Stage::Opening;
@@ -338,10 +486,19 @@ impl Session {
         let Some(hs) = &mut self.handshake else {
             return;
         };
+        let Some(sealer) = &self.sealer else {
+            while let Some(msg) = hs.poll_transmit() {
+                self.transmit
+                    .extend_from_slice(encode_header(msg.len() as u64).as_bytes());
+                self.transmit.extend_from_slice(&msg);
+            }
+            return;
+        };
         while let Some(msg) = hs.poll_transmit() {
-            self.transmit
-                .extend_from_slice(encode_header(msg.len() as u64).as_bytes());
-            self.transmit.extend_from_slice(&msg);
+            let header = encode_header(msg.len() as u64);
+            let parts = [IoSlice::new(header.as_bytes()), IoSlice::new(&msg)];
+            // A failed TLS session has its error reported by the next poll.
+            let _ = sealer.seal(&parts, &mut self.transmit);
         }
     }
 
@@ -406,6 +563,7 @@ impl Session {
     fn in_context(&self, e: Error) -> Error {
         match self.stage {
             Stage::Handshake => e.context(format!("handshake with {}", self.peer)),
+            Stage::Tls => e.context(format!("TLS handshake with {}", self.peer)),
             Stage::Proxy => e,
             _ => e.context(format!("receiving from {}", self.peer)),
         }
@@ -425,6 +583,7 @@ mod tests {
             proxy,
             max_frame_size: 1 << 20,
             preamble_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

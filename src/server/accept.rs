@@ -29,6 +29,7 @@ use socket2::Socket;
 use crate::addr::stream::{format_sockaddr, Address};
 use crate::config::{Config, WhenFull};
 use crate::error::{log_refusal, Error, ErrorKind, Result};
+use crate::proto::handshake::Role;
 use crate::server::driver::{Context, Driver};
 pub use crate::server::driver::{Handler, Stats, Verify};
 use crate::server::event::engine::EventEngine;
@@ -78,7 +79,14 @@ impl Server {
     /// [`Server::local_addr`] tells.
     pub fn bind(addr: &str, config: &Config) -> Result<Server> {
         let addr = Address::parse(addr)?;
-        let listener = Listener::bind(&addr, config)?;
+        // TLS settings are checked (a certificate is needed) and built
+        // once, for every connection of this server.
+        let mut config = config.clone();
+        if addr.is_tls() {
+            config.set_tls(true);
+        }
+        config.prepare_tls(Role::Server, None)?;
+        let listener = Listener::bind(&addr, &config)?;
         let (wake_tx, wake_rx) =
             UnixStream::pair().map_err(|e| Error::io("creating the wake-up socket pair", &e))?;
         for end in [&wake_tx, &wake_rx] {
@@ -87,7 +95,7 @@ impl Server {
         }
         Ok(Server {
             shared: Arc::new(Shared {
-                context: Arc::new(Context::new(config.clone(), wake_tx)),
+                context: Arc::new(Context::new(config, wake_tx)),
                 listener,
                 mode: Mutex::new(Mode::Threaded(None)),
                 driver: OnceLock::new(),

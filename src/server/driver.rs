@@ -121,7 +121,9 @@ impl Context {
     /// Whether connections have a preamble to run (a PROXY header or a
     /// handshake) before they open.
     pub fn has_preamble(&self) -> bool {
-        !self.config.keys.is_empty() || self.config.proxy_protocol != ProxyMode::Off
+        !self.config.keys.is_empty()
+            || self.config.proxy_protocol != ProxyMode::Off
+            || self.config.tls.on
     }
 
     /// Wakes the accept loop (a connection ended, or shutdown).

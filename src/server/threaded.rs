@@ -281,7 +281,7 @@ impl Shared {
             let refused = |stage: Stage, peer: &str, e: &Error| {
                 let counter = match stage {
                     Stage::Proxy => &self.context.proxy_failures,
-                    Stage::Handshake => &self.context.handshake_failures,
+                    Stage::Tls | Stage::Handshake => &self.context.handshake_failures,
                     _ => return,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,5 @@
 //! The connecting side: resolve, connect within the connect timeout, then
-//! the handshake when the config has keys.
+//! TLS for a `tls://` address and the handshake when the config has keys.
 
 use socket2::{Domain, Socket, Type};
 
@@ -13,6 +13,14 @@ use crate::stream::connection::Connection;
 /// address is tried in turn; the error of the last one is reported.
 pub fn connect(addr: &str, config: &Config) -> Result<Connection> {
     let addr = Address::parse(addr)?;
+    // TLS is checked (trust anchors are needed) and built once per
+    // connect; the server name defaults to the host connected to.
+    let mut prepared = config.clone();
+    if addr.is_tls() {
+        prepared.set_tls(true);
+    }
+    prepared.prepare_tls(Role::Client, addr.host())?;
+    let config = &prepared;
     let mut last_error = None;
     for target in addr.resolve()? {
         let domain = if target.is_unix() {

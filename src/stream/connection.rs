@@ -22,6 +22,7 @@ use crate::proto::frame::{self, encode_header};
 use crate::proto::handshake::{Role, NONCE_LEN};
 use crate::proto::recv_buffer::RecvBuffer;
 use crate::proto::session::{Session, SessionParams, Stage, Step};
+use crate::proto::tls::{Sealer, TlsInfo};
 use crate::sys::random;
 use crate::sys::sockopt;
 use crate::sys::{self, Interest};
@@ -84,12 +85,17 @@ pub struct Connection {
     /// Set by a server that is shutting down before it closes the socket, so
     /// the calls it interrupts say so.
     closing: AtomicBool,
+    /// With TLS: encrypts what is sent (shared with the session, which
+    /// decrypts what is received).
+    sealer: Option<Sealer>,
+    /// What the TLS handshake negotiated, once done.
+    tls_info: OnceLock<TlsInfo>,
 }
 
 impl Connection {
     /// Wraps a connected stream socket and applies the config's options.
-    /// No handshake: see [`Connection::establish`]. A PROXY header is read
-    /// before the first frame if the config expects one.
+    /// No handshake and no TLS: see [`Connection::establish`]. A PROXY
+    /// header is read before the first frame if the config expects one.
     pub fn new(socket: Socket, config: &Config) -> Result<Connection> {
         Connection::wrap(socket, config, Role::Server, false).map_err(|(e, _)| e)
     }
@@ -156,6 +162,18 @@ impl Connection {
             Err(e) => return Err((e, socket)),
         };
         let socket_peer = format_sockaddr(&peer);
+        // A client's default TLS server name, when the config was not
+        // prepared for an address: the peer's IP (an adopted descriptor).
+        let peer_ip = peer.as_socket().map(|a| a.ip().to_string());
+        let tls = if handshake {
+            config.session_tls(role, peer_ip.as_deref())
+        } else {
+            Ok(None)
+        };
+        let tls = match tls {
+            Ok(tls) => tls,
+            Err(e) => return Err((e, socket)),
+        };
         let session = Session::new(
             SessionParams {
                 role,
@@ -163,6 +181,7 @@ impl Connection {
                 proxy: config.proxy_protocol,
                 max_frame_size: config.max_frame_size,
                 preamble_timeout: config.handshake_timeout,
+                tls,
             },
             socket_peer.clone(),
             Instant::now(),
@@ -203,12 +222,16 @@ impl Connection {
             .map_err(|e| Error::io("cannot read the socket's local address", &e))?;
         let mut buf = RecvBuffer::with_capacity(RECV_BUFFER_SIZE.max(received.len()));
         buf.extend(received);
+        let tls_info = session.tls_info().cloned();
         let receiver = Receiver { buf, session };
         let socket_peer = format_sockaddr(&socket_peer);
         let proxied = (peer != socket_peer).then_some(peer);
         let conn = Connection::from_parts(socket, config, receiver, socket_peer, &local);
         if let Some(peer) = proxied {
             let _ = conn.proxied_peer.set(peer);
+        }
+        if let Some(info) = tls_info {
+            let _ = conn.tls_info.set(info);
         }
         *lock(&conn.send_lock) = unsent;
         Ok(conn)
@@ -221,6 +244,7 @@ impl Connection {
         socket_peer: String,
         local: &socket2::SockAddr,
     ) -> Connection {
+        let sealer = receiver.session.sealer().cloned();
         let conn = Connection {
             socket_peer,
             proxied_peer: OnceLock::new(),
@@ -234,6 +258,8 @@ impl Connection {
             timeout: TimeoutCell::default(),
             broken: OnceLock::new(),
             closing: AtomicBool::new(false),
+            sealer,
+            tls_info: OnceLock::new(),
         };
         conn.set_timeout(config.io_timeout);
         conn
@@ -278,6 +304,9 @@ impl Connection {
             }
             match rx.session.poll(&mut rx.buf) {
                 Ok(Step::Open) | Ok(Step::Frame(_)) => {
+                    if let Some(info) = rx.session.tls_info() {
+                        let _ = self.tls_info.set(info.clone());
+                    }
                     // A client's last word (#WELCOME#) goes before its first frame.
                     return self
                         .send_transmit(&mut rx.session, wait)
@@ -382,7 +411,7 @@ impl Connection {
         let Ok(rx) = self.recv.try_lock() else {
             return false;
         };
-        let buf = &rx.buf;
+        let buf = rx.session.frame_buffer(&rx.buf);
         match frame::decode_header(buf.pending(), self.max_frame_size) {
             Ok(Some(h)) => buf.pending().len() as u64 >= h.frame_len(),
             Ok(None) => false,
@@ -427,6 +456,12 @@ impl Connection {
         &self.local
     }
 
+    /// What the TLS handshake negotiated (the peer's certificate among
+    /// it); `None` without TLS or before the handshake is done.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.get()
+    }
+
     /// Sets the timeout of each later send and receive (`None`: for ever).
     pub fn set_timeout(&self, timeout: Option<Duration>) {
         self.timeout.set(timeout);
@@ -467,6 +502,14 @@ impl Connection {
     /// Closes the stream in both directions from any thread, waking a thread
     /// blocked on it; later calls fail with `Broken`.
     pub fn close(&self) {
+        if let Some(sealer) = &self.sealer {
+            // A clean TLS end (close_notify), if it goes at once.
+            let mut pending = lock(&self.send_lock);
+            if pending.is_empty() && self.usable().is_ok() {
+                sealer.close_notify(&mut pending);
+                let _ = self.write_pending(&mut pending, Wait::Never);
+            }
+        }
         self.break_stream(format!(
             "the connection with {} was closed locally",
             self.peer_addr()
@@ -559,6 +602,9 @@ impl Connection {
         let header = encode_header(payload.len() as u64);
         let header = header.as_bytes();
         let total = header.len() + payload.len();
+        if let Some(sealer) = &self.sealer {
+            return self.send_sealed(sealer, &mut pending, header, payload, wait);
+        }
         if self.coalesce && wait != Wait::Never && pending.len() + total <= COALESCE_LIMIT {
             pending.extend_from_slice(header);
             pending.extend_from_slice(payload);
@@ -602,6 +648,36 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Sends one frame over TLS: sealed into records behind what is
+    /// pending, then written. A record is all or nothing, so what the
+    /// kernel does not take stays pending (written first next time).
+    fn send_sealed(
+        &self,
+        sealer: &Sealer,
+        pending: &mut Vec<u8>,
+        header: &[u8],
+        payload: &[u8],
+        wait: Wait,
+    ) -> Result<()> {
+        let total = header.len() + payload.len();
+        let coalescing =
+            self.coalesce && wait != Wait::Never && pending.len() + total <= COALESCE_LIMIT;
+        if !coalescing {
+            // The tail of an earlier send first: if even that does not go,
+            // this frame is not taken (WouldBlock).
+            self.write_pending(pending, wait)?;
+        }
+        sealer.seal(&[IoSlice::new(header), IoSlice::new(payload)], pending)?;
+        if coalescing && self.frame_waiting() {
+            return Ok(());
+        }
+        match self.write_pending(pending, wait) {
+            // Sealed and kept: the frame is taken.
+            Err(e) if wait == Wait::Never && e.kind() == ErrorKind::WouldBlock => Ok(()),
+            other => other,
+        }
     }
 
     /// Writes `pending` (the tail of an earlier frame) as `wait` allows.
@@ -655,9 +731,16 @@ impl Connection {
         let rx = &mut *rx;
         loop {
             let missing = match rx.session.poll(&mut rx.buf) {
-                Ok(Step::Frame(frame)) => return Ok(f(&mut rx.buf, frame)),
+                Ok(Step::Frame(frame)) => {
+                    return Ok(f(rx.session.frame_buffer_mut(&mut rx.buf), frame))
+                }
                 Ok(Step::NeedMore(n)) => n,
-                Ok(Step::Open) => continue,
+                Ok(Step::Open) => {
+                    if let Some(info) = rx.session.tls_info() {
+                        let _ = self.tls_info.set(info.clone());
+                    }
+                    continue;
+                }
                 // A connection made with `new`: no verify.
                 Ok(Step::Proxy { peer, verify }) => {
                     if let Some(peer) = peer {
@@ -669,6 +752,8 @@ impl Connection {
                     continue;
                 }
                 Err(e) => {
+                    // A TLS alert for the peer, if the session has one.
+                    let _ = self.send_transmit(&mut rx.session, Wait::Never);
                     // The rest of the stream cannot be found again: close it.
                     self.break_stream(if rx.session.failure_stage() == Stage::Open {
                         format!(

@@ -28,6 +28,12 @@ impl Listener {
     pub fn bind(addr: &Address, config: &Config) -> Result<Listener> {
         let bound = match addr {
             Address::Tcp { .. } => bind_tcp(addr, config)?,
+            Address::Tls { .. } => {
+                // The same socket; the address says TLS is spoken on it.
+                let mut bound = bind_tcp(addr, config)?;
+                bound.local = bound.local.replacen("tcp://", "tls://", 1);
+                bound
+            }
             Address::Unix(path) => bind_unix(path, addr, config)?,
             Address::Fd(fd) => inherit(*fd, addr)?,
             Address::Systemd(which) => inherit(systemd::find(which)?, addr)?,

@@ -318,6 +318,25 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_config_set_idle_timeout_ms(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_config_set_proxy_protocol(NULL, SOCKSERV_PROXY_OFF),
               SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert(NULL, "x", 1, "y", 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert(config, NULL, 1, "y", 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert(config, "x", 1, NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert_files(NULL, "a", "b"), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert_files(config, NULL, "b"), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_cert_files(config, "a", NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_ca(NULL, "x", 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_ca(config, NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_ca_file(NULL, "a"), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_ca_file(config, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_server_name(NULL, "a"), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_server_name(config, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_client_auth(NULL, SOCKSERV_TLS_CLIENT_AUTH_NONE),
+              SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_add_tls_alpn(NULL, "x"), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_add_tls_alpn(config, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls_min_version(NULL, SOCKSERV_TLS_VERSION_1_3),
+              SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_config_set_tls(NULL, true), SOCKSERV_ERR_NULL_PARAMETER);
 
     /* Clients; outputs stay untouched on failure. */
     sockserv_conn *conn = UNTOUCHED;
@@ -343,6 +362,11 @@ static void test_null_parameters(void)
     EXPECT_RC(sockserv_conn_peer_addr(NULL, text, sizeof text, &size),
               SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_local_addr(NULL, text, sizeof text, &size),
+              SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_peer_cert_sha256(NULL, mac), SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_peer_cert_subject(NULL, text, sizeof text, &size),
+              SOCKSERV_ERR_NULL_PARAMETER);
+    EXPECT_RC(sockserv_conn_tls_info(NULL, &fd, text, sizeof text, &size),
               SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_fd(NULL, &fd), SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_set_timeout_ms(NULL, 1), SOCKSERV_ERR_NULL_PARAMETER);
@@ -467,6 +491,31 @@ static void test_config_setters(void)
     EXPECT_RC(sockserv_config_set_proxy_protocol(c, 3), SOCKSERV_ERR_INVALID_ARGUMENT);
     EXPECT_RC(sockserv_config_set_proxy_protocol(c, SOCKSERV_PROXY_OFF), SOCKSERV_OK);
     EXPECT_RC(sockserv_config_set_close_when_backed_up(c, true), SOCKSERV_OK);
+    /* TLS settings are checked when set. */
+    EXPECT_RC(sockserv_config_set_tls_cert(c, "junk", 4, "junk", 4),
+              SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_DETAIL("no certificate");
+    EXPECT_RC(sockserv_config_set_tls_cert_files(c, "/nonexistent/cert.pem", "/nonexistent/key.pem"),
+              SOCKSERV_ERR_IO);
+    EXPECT_DETAIL("/nonexistent/cert.pem");
+    EXPECT_RC(sockserv_config_set_tls_ca(c, "junk", 4), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_tls_ca_file(c, "/nonexistent/ca.pem"), SOCKSERV_ERR_IO);
+    EXPECT_RC(sockserv_config_set_tls_server_name(c, ""), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_tls_server_name(c, "db.example"), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_server_name(c, "::1"), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_client_auth(c, 3), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_tls_client_auth(c, SOCKSERV_TLS_CLIENT_AUTH_OPTIONAL),
+              SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_client_auth(c, SOCKSERV_TLS_CLIENT_AUTH_REQUIRED),
+              SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_client_auth(c, SOCKSERV_TLS_CLIENT_AUTH_NONE), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_add_tls_alpn(c, ""), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_add_tls_alpn(c, "sockserv/1"), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_min_version(c, 0x0302), SOCKSERV_ERR_INVALID_ARGUMENT);
+    EXPECT_RC(sockserv_config_set_tls_min_version(c, SOCKSERV_TLS_VERSION_1_2), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls_min_version(c, SOCKSERV_TLS_VERSION_1_3), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls(c, true), SOCKSERV_OK);
+    EXPECT_RC(sockserv_config_set_tls(c, false), SOCKSERV_OK);
     sockserv_config_free(c);
 }
 
@@ -682,6 +731,21 @@ static void test_exchange(const char *listen_addr)
               SOCKSERV_ERR_NULL_PARAMETER);
     EXPECT_RC(sockserv_conn_local_addr(conn, tiny, sizeof tiny, NULL),
               SOCKSERV_ERR_NULL_PARAMETER);
+    /* No TLS here: no certificate and no TLS details, said so. */
+    {
+        uint8_t fingerprint[32];
+        int version = 0;
+        EXPECT_RC(sockserv_conn_peer_cert_sha256(conn, NULL), SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_conn_peer_cert_sha256(conn, fingerprint), SOCKSERV_ERR_INVALID_STATE);
+        EXPECT_DETAIL("does not use TLS");
+        EXPECT_RC(sockserv_conn_peer_cert_subject(conn, tiny, sizeof tiny, &len),
+                  SOCKSERV_ERR_INVALID_STATE);
+        EXPECT_RC(sockserv_conn_tls_info(conn, NULL, tiny, sizeof tiny, &len),
+                  SOCKSERV_ERR_NULL_PARAMETER);
+        EXPECT_RC(sockserv_conn_tls_info(conn, &version, tiny, sizeof tiny, &len),
+                  SOCKSERV_ERR_INVALID_STATE);
+        CHECK(version == 0);
+    }
 
     /* poll: nothing pending, then a frame on its way. */
     flag = true;

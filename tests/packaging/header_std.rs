@@ -127,7 +127,7 @@ fn header_compiles_as_c89_and_cxx98_with_pedantic_errors() {
     let bad = dir.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     for broken in [
-        header.replacen(" = 20\n}", " = 20,\n}", 1),
+        header.replacen(" = 22\n}", " = 22,\n}", 1),
         header.replacen("#endif  /* SOCKSERV_H */", "#endif  // SOCKSERV_H", 1),
     ] {
         assert_ne!(broken, header, "the edit did not apply");

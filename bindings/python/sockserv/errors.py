@@ -35,6 +35,8 @@ class Code(enum.IntEnum):
     PANIC = 18
     WOULD_BLOCK = 19
     DATAGRAM_TOO_LARGE = 20
+    TLS = 21
+    CERTIFICATE = 22
 
 
 class SockservError(Exception):
@@ -107,8 +109,9 @@ FAMILIES: Dict[Type[SockservError], Tuple[Code, ...]] = {
         Code.FRAME_TOO_LARGE,
         Code.PROTOCOL,
         Code.DATAGRAM_TOO_LARGE,
+        Code.TLS,
     ),
-    AuthenticationError: (Code.AUTH_FAILED, Code.AUTH_PROTOCOL),
+    AuthenticationError: (Code.AUTH_FAILED, Code.AUTH_PROTOCOL, Code.CERTIFICATE),
     InternalError: (Code.PANIC,),
 }
 _CLASS_OF: Dict[int, Type[SockservError]] = {

@@ -10,6 +10,7 @@ use socket2::Socket;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::proto::frame::encode_header;
+use crate::proto::tls::TlsInfo;
 use crate::server::event::inbox::Inbox;
 use crate::util::sync::lock;
 
@@ -51,6 +52,11 @@ pub struct EventConn {
     close_requested: AtomicBool,
     /// A word for the embedding layer (the C API keeps its handle here).
     pub(crate) slot: AtomicUsize,
+    /// The connection speaks TLS: sends are sealed by the I/O thread, so
+    /// none goes to the socket directly.
+    tls: bool,
+    /// What its TLS handshake negotiated, set before `on_open`.
+    tls_info: std::sync::OnceLock<TlsInfo>,
 }
 
 pub(crate) struct EventConnParts {
@@ -62,6 +68,7 @@ pub(crate) struct EventConnParts {
     pub socket: Socket,
     pub max_queued: usize,
     pub when_backed_up: WhenBackedUp,
+    pub tls: bool,
 }
 
 impl EventConn {
@@ -82,7 +89,19 @@ impl EventConn {
             closed: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
             slot: AtomicUsize::new(0),
+            tls: p.tls,
+            tls_info: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What the TLS handshake negotiated (the peer's certificate among
+    /// it); `None` without TLS.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls_info.get()
+    }
+
+    pub(crate) fn set_tls_info(&self, info: TlsInfo) {
+        let _ = self.tls_info.set(info);
     }
 
     /// Queues one frame; the I/O thread writes it. Never blocks. Past the
@@ -112,7 +131,7 @@ impl EventConn {
         // to write; later ones ride along.
         let first = out.is_empty();
         let mut sent = 0;
-        if queued == 0 && payload.len() >= DIRECT_SEND_MIN {
+        if queued == 0 && payload.len() >= DIRECT_SEND_MIN && !self.tls {
             // Nothing queued and nothing being written (the lock keeps it so):
             // a large frame goes straight from the caller's buffer, saving
             // the copy; a small one waits to share a system call.

@@ -61,12 +61,18 @@ pub(super) fn dispatch(
                 continue;
             }
             Ok(Step::Open) if shared.hand_over.is_some() => {
+                // (The threaded connection takes the TLS details from the
+                // session it is handed.)
                 // A preamble stage: nothing more is read or delivered
                 // here; the I/O thread hands the connection over.
                 conn.read_paused = true;
                 return Ok(());
             }
             Ok(Step::Open) => {
+                if let Some(info) = conn.session.tls_info() {
+                    // Known in on_open: a service can decide by identity.
+                    conn.handle.set_tls_info(info.clone());
+                }
                 let handler = &shared.handler;
                 let handle = &conn.handle;
                 callback(|| handler.on_open(handle))?;
@@ -76,7 +82,7 @@ pub(super) fn dispatch(
                 budget.bytes = budget.bytes.saturating_sub(frame.len() + MIN_HEADER_LEN);
                 let handler = &shared.handler;
                 let handle = &conn.handle;
-                let payload = buf.bytes(frame);
+                let payload = conn.session.frame(buf, frame);
                 callback(|| handler.on_frame(handle, payload))?;
             }
             Err(e) => return Err(Some(e)),
@@ -88,9 +94,12 @@ pub(super) fn dispatch(
 }
 
 /// Moves what the session has to send (handshake frames, already encoded)
-/// to the connection's send queue.
+/// to the connection's send queue; with TLS (records, already encrypted)
+/// straight behind what is being written, as the queue holds plaintext.
 fn queue_transmit(conn: &mut Conn) {
-    if conn.session.wants_transmit() {
+    if conn.session.is_tls() {
+        conn.session.take_transmit(&mut conn.writing);
+    } else if conn.session.wants_transmit() {
         let mut bytes = Vec::new();
         conn.session.take_transmit(&mut bytes);
         conn.handle.queue_encoded(&bytes);

@@ -161,6 +161,7 @@ impl IoThread {
                 proxy: config.proxy_protocol,
                 max_frame_size: config.max_frame_size,
                 preamble_timeout: config.handshake_timeout,
+                tls: config.session_tls(Role::Server, None)?,
             },
             peer.clone(),
             now,
@@ -186,6 +187,7 @@ impl IoThread {
             local: format_sockaddr(&local),
             socket,
             max_queued: config.max_queued_bytes,
+            tls: session.is_tls(),
             when_backed_up: if config.close_when_backed_up {
                 WhenBackedUp::Close
             } else {
@@ -197,6 +199,7 @@ impl IoThread {
             recv: RecvBuffer::default(),
             session,
             writing: Vec::new(),
+            sealing: Vec::new(),
             written: 0,
             last_activity: now,
             read_paused: false,
@@ -269,7 +272,12 @@ impl IoThread {
         let mut more = false;
         // Before the handshake a frame is at most a few hundred bytes: a
         // partial one must not cost a full read's worth of buffer.
-        let read_size = if was_open { 16 * 1024 } else { PREAMBLE_READ };
+        // (A TLS handshake's messages are larger: a certificate chain.)
+        let read_size = if was_open || conn.session.is_tls() {
+            16 * 1024
+        } else {
+            PREAMBLE_READ
+        };
         // No reading once its share is spent on what was buffered.
         let reads = if outcome.is_ok() && budget.left() && !conn.read_paused {
             READS_PER_TURN
@@ -319,6 +327,7 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
+        conn.session.release_if_idle(KEEP_IDLE_BUFFER);
         let handed_over = self.shared.hand_over.is_some()
             && outcome.is_ok()
             && conn.session.was_opened()
@@ -388,7 +397,13 @@ impl IoThread {
         let mut unsent = conn.writing.split_off(conn.written);
         let mut queued = Vec::new();
         conn.handle.take_queued(&mut queued);
-        unsent.extend_from_slice(&queued);
+        match conn.session.sealer() {
+            // With TLS the queue holds plaintext.
+            Some(sealer) if !queued.is_empty() => {
+                let _ = sealer.seal(&[io::IoSlice::new(&queued)], &mut unsent);
+            }
+            _ => unsent.extend_from_slice(&queued),
+        }
         // A descriptor of its own: the handle (and its socket) goes with the
         // I/O thread's record, without a shutdown.
         let socket = conn.handle.socket().try_clone();
@@ -417,6 +432,21 @@ impl IoThread {
         let context = &self.shared.context;
         // Before the peer sees the end.
         count_refusal(context, &mut conn, reason.as_ref());
+        let all_written = conn.written == conn.writing.len();
+        if let Some(sealer) = conn
+            .session
+            .sealer()
+            .filter(|_| conn.session.was_opened() && all_written)
+        {
+            // A clean end the peer can tell from a cut one, if the socket
+            // takes it at once (one small record).
+            let mut notify = Vec::new();
+            sealer.close_notify(&mut notify);
+            let _ = conn
+                .handle
+                .socket()
+                .send_with_flags(&notify, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        }
         // Handles may outlive the connection (and keep the descriptor
         // open): the peer must see the end now.
         conn.handle.mark_closed();
@@ -450,7 +480,7 @@ fn count_refusal(context: &Context, conn: &mut Conn, reason: Option<&Error>) {
     }
     let counter = match conn.session.failure_stage() {
         Stage::Proxy => &context.proxy_failures,
-        Stage::Handshake => &context.handshake_failures,
+        Stage::Tls | Stage::Handshake => &context.handshake_failures,
         _ => return,
     };
     conn.refusal_counted = true;

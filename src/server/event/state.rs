@@ -50,8 +50,11 @@ pub(super) struct Conn {
     pub(super) recv: RecvBuffer,
     /// The protocol: PROXY header, handshake, frames, end of stream.
     pub(super) session: Session,
-    /// Frames taken from the handle's queue, being written.
+    /// Frames taken from the handle's queue, being written (with TLS:
+    /// the records they were sealed into).
     pub(super) writing: Vec<u8>,
+    /// With TLS: the plaintext frames taken from the queue, being sealed.
+    pub(super) sealing: Vec<u8>,
     pub(super) written: usize,
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,

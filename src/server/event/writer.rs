@@ -23,6 +23,9 @@ impl IoThread {
         if conn.writing.capacity() > KEEP_IDLE_BUFFER {
             conn.writing = Vec::new();
         }
+        if conn.sealing.capacity() > KEEP_IDLE_BUFFER {
+            conn.sealing = Vec::new();
+        }
         if conn.closing_since.is_some() {
             let reason = conn.close_reason.take();
             return self.close(token, reason);
@@ -62,7 +65,20 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
         if conn.written == conn.writing.len() {
             conn.writing.clear();
             conn.written = 0;
-            conn.handle.take_queued(&mut conn.writing);
+            match conn.session.sealer() {
+                None => conn.handle.take_queued(&mut conn.writing),
+                Some(sealer) => {
+                    // One batch per flush: every frame queued since the
+                    // last one, many per TLS record and per send().
+                    conn.handle.take_queued(&mut conn.sealing);
+                    if !conn.sealing.is_empty() {
+                        let parts = [io::IoSlice::new(&conn.sealing)];
+                        sealer.seal(&parts, &mut conn.writing)?;
+                        conn.sealing.clear();
+                        conn.handle.written(conn.writing.len());
+                    }
+                }
+            }
             if conn.writing.is_empty() {
                 return Ok(true);
             }
