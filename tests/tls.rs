@@ -308,3 +308,355 @@ fn adopted_descriptors_speak_tls_in_both_roles() {
     conn.send(&frame).unwrap();
     assert_eq!(client_side.join().unwrap(), "CN=server,O=Example");
 }
+
+/// Every refusal in this test binary, as (peer, kind, detail).
+fn refusals() -> &'static Mutex<Vec<(String, ErrorKind, String)>> {
+    static LOG: std::sync::OnceLock<Mutex<Vec<(String, ErrorKind, String)>>> =
+        std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        sockserv::set_refusal_log(Some(Arc::new(|r: &sockserv::Refusal<'_>| {
+            refusals()
+                .lock()
+                .unwrap()
+                .push((r.peer.to_string(), r.kind, r.detail.to_string()));
+        })));
+        Mutex::new(Vec::new())
+    })
+}
+
+/// A TLS connection attempt from a socket whose port is known, so the
+/// server's refusal of it can be found in the log: the client's outcome
+/// and the server's reason.
+fn attempt(
+    server: &Server,
+    config: &Config,
+) -> (sockserv::Result<Connection>, (ErrorKind, String)) {
+    refusals();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let peer = format!(
+        "tcp://{}",
+        socket.local_addr().unwrap().as_socket().unwrap()
+    );
+    let target: std::net::SocketAddr = server
+        .local_addr()
+        .strip_prefix("tls://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    socket.connect(&target.into()).unwrap();
+    let mut config = config.clone();
+    config.set_tls(true);
+    let client = Connection::establish(socket, &config, Role::Client).map_err(|(e, _)| e);
+    // With no key a client may be open before the server's verdict: its
+    // first receive hears it.
+    let client = match client {
+        Ok(conn) => conn.recv_with(|_| ()).map(|()| conn),
+        Err(e) => Err(e),
+    };
+    let mut found = None;
+    assert!(
+        wait_until(LIMIT, || {
+            found = refusals()
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|r| r.0 == peer)
+                .map(|r| (r.1, r.2.clone()));
+            found.is_some()
+        }),
+        "the server logged no refusal of {peer}"
+    );
+    (client, found.unwrap())
+}
+
+#[track_caller]
+fn expect(
+    what: &str,
+    (client, server): (sockserv::Result<Connection>, (ErrorKind, String)),
+    client_kind: ErrorKind,
+    client_text: &str,
+    server_kind: ErrorKind,
+    server_text: &str,
+) {
+    let e = kind_err(client);
+    assert_eq!(e.kind(), client_kind, "{what}: client: {e}");
+    assert!(e.detail().contains(client_text), "{what}: client: {e}");
+    assert_eq!(server.0, server_kind, "{what}: server: {}", server.1);
+    assert!(
+        server.1.contains(server_text),
+        "{what}: server: {}",
+        server.1
+    );
+    assert!(
+        server.1.contains("TLS handshake with"),
+        "{what}: server: {}",
+        server.1
+    );
+}
+
+fn certificate_failures(mode: Mode, key: Option<&[u8]>) {
+    let p = pki();
+    let what = |case: &str| format!("{mode:?} key={}: {case}", key.is_some());
+    // A client trusting another CA.
+    let (server, _) = tls_server(&server_config(key), mode);
+    let mut other = client_config(key);
+    other
+        .set_tls_ca_pem(Ca::new("another CA").pem.as_bytes())
+        .unwrap();
+    expect(
+        &what("unknown CA"),
+        attempt(&server, &other),
+        ErrorKind::Certificate,
+        "unknown issuer",
+        ErrorKind::Certificate,
+        "does not trust our certificate",
+    );
+    // The wrong name.
+    let mut named = client_config(key);
+    named.set_tls_server_name("db.example").unwrap();
+    expect(
+        &what("name mismatch"),
+        attempt(&server, &named),
+        ErrorKind::Certificate,
+        "name mismatch (wanted db.example",
+        ErrorKind::Certificate,
+        "refused our certificate",
+    );
+    server.shutdown();
+
+    // An expired server certificate, one not valid yet.
+    for (valid, client_text, server_text) in [
+        ((2000, 2001), "expired", "expired"),
+        ((2090, 2091), "not yet valid", "refused our certificate"),
+    ] {
+        let cert = p.ca.issue(&["127.0.0.1"], "server", Some(valid));
+        let mut config = server_config(key);
+        config
+            .set_tls_cert_pem(cert.chain.as_bytes(), cert.key.as_bytes())
+            .unwrap();
+        let (server, _) = tls_server(&config, mode);
+        expect(
+            &what(client_text),
+            attempt(&server, &client_config(key)),
+            ErrorKind::Certificate,
+            client_text,
+            ErrorKind::Certificate,
+            server_text,
+        );
+        server.shutdown();
+    }
+
+    // A required client certificate: missing, then from another CA.
+    let mut config = server_config(key);
+    config.set_tls_client_auth(TlsClientAuth::Required);
+    let (server, seen) = tls_server(&config, mode);
+    expect(
+        &what("no client certificate"),
+        attempt(&server, &client_config(key)),
+        ErrorKind::Certificate,
+        "requires a client certificate",
+        ErrorKind::Certificate,
+        "the client sent no certificate, which this server requires",
+    );
+    let stranger = Ca::new("stranger CA").issue(&["client.example"], "mallory", None);
+    let mut config = client_config(key);
+    config
+        .set_tls_cert_pem(stranger.chain.as_bytes(), stranger.key.as_bytes())
+        .unwrap();
+    expect(
+        &what("client certificate from another CA"),
+        attempt(&server, &config),
+        ErrorKind::Certificate,
+        "does not trust our certificate",
+        ErrorKind::Certificate,
+        "unknown issuer",
+    );
+    // None of them was let in.
+    assert!(seen.subjects.lock().unwrap().is_empty());
+    assert!(seen.frames.lock().unwrap().is_empty());
+    assert!(server.stats().handshake_failures >= 2);
+    server.shutdown();
+}
+
+#[test]
+fn threaded_certificate_failures_have_clear_codes_on_both_sides() {
+    certificate_failures(Mode::Threaded, None);
+    certificate_failures(Mode::Threaded, Some(b"k"));
+}
+
+#[test]
+fn event_certificate_failures_have_clear_codes_on_both_sides() {
+    certificate_failures(Mode::Event, None);
+    certificate_failures(Mode::Event, Some(b"k"));
+}
+
+/// Plaintext to a TLS server, and TLS to a plaintext one: both ends say
+/// what happened.
+#[test]
+fn plaintext_and_tls_crossed_give_clear_codes() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        // A plaintext client on a TLS port.
+        let (server, _) = tls_server(&server_config(None), mode);
+        refusals();
+        let plain_addr = server.local_addr().replacen("tls://", "tcp://", 1);
+        let mut plain = Config::default();
+        plain.set_io_timeout(Some(LIMIT));
+        let conn = connect(&plain_addr, &plain).unwrap();
+        let local = conn.local_addr().to_string();
+        let _ = conn.send(b"hello in the clear");
+        let e = kind_err(conn.recv_with(|_| ()));
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?}: {e}");
+        assert!(
+            e.detail().contains("speaks TLS and this end does not"),
+            "{e}"
+        );
+        assert!(wait_until(LIMIT, || refusals().lock().unwrap().iter().any(
+            |r| r.0 == local && r.1 == ErrorKind::Tls && r.2.contains("not TLS")
+        )));
+        server.shutdown();
+
+        // A TLS client on a plaintext port.
+        let plain_server = Server::bind("tcp://127.0.0.1:0", &Config::default()).unwrap();
+        let errors: Arc<Mutex<Vec<sockserv::Error>>> = Arc::default();
+        match mode {
+            Mode::Threaded => {
+                let seen = errors.clone();
+                plain_server
+                    .set_handler(Arc::new(move |conn: &Arc<Connection>| {
+                        if let Err(e) = conn.recv_with(|_| ()) {
+                            seen.lock().unwrap().push(e);
+                        }
+                    }))
+                    .unwrap();
+            }
+            Mode::Event => {
+                let seen = Arc::new(Seen::default());
+                plain_server
+                    .set_event_handler(Arc::new(Events(seen.clone())))
+                    .unwrap();
+                let errors = errors.clone();
+                std::thread::spawn(move || {
+                    if wait_until(LIMIT, || !seen.errors.lock().unwrap().is_empty()) {
+                        errors
+                            .lock()
+                            .unwrap()
+                            .extend(seen.errors.lock().unwrap().drain(..));
+                    }
+                });
+            }
+        }
+        plain_server.start().unwrap();
+        let tls_addr = plain_server.local_addr().replacen("tcp://", "tls://", 1);
+        let e = kind_err(connect(&tls_addr, &client_config(None)));
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?}: {e}");
+        assert!(e.detail().contains("TLS handshake with"), "{e}");
+        assert!(wait_until(LIMIT, || !errors.lock().unwrap().is_empty()));
+        let e = errors.lock().unwrap()[0].clone();
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?} server: {e}");
+        assert!(
+            e.detail().contains("speaks TLS and this end does not"),
+            "{e}"
+        );
+        plain_server.shutdown();
+    }
+}
+
+/// A relay between client and server that records what passes and, once
+/// armed, flips one bit of the next chunk from the client.
+struct Relay {
+    addr: String,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    recorded: Arc<Mutex<Vec<u8>>>,
+}
+
+fn relay(server: &Server) -> Relay {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("tls://{}", listener.local_addr().unwrap());
+    let target = server
+        .local_addr()
+        .strip_prefix("tls://")
+        .unwrap()
+        .to_string();
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorded: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let (armed2, recorded2) = (armed.clone(), recorded.clone());
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let upstream = TcpStream::connect(target).unwrap();
+        for s in [&client, &upstream] {
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+        }
+        let (mut c_in, mut u_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        let back = std::thread::spawn(move || {
+            let (mut u_in, mut c_out) = (upstream, client);
+            let _ = std::io::copy(&mut u_in, &mut c_out);
+            let _ = c_out.shutdown(std::net::Shutdown::Both);
+        });
+        let mut buf = [0u8; 16384];
+        loop {
+            let n = match std::io::Read::read(&mut c_in, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            recorded2.lock().unwrap().extend_from_slice(&buf[..n]);
+            if armed2.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                // Inside the record, past its 5-byte header.
+                buf[n / 2 + 2] ^= 0x01;
+            }
+            if std::io::Write::write_all(&mut u_out, &buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = u_out.shutdown(std::net::Shutdown::Both);
+        let _ = back.join();
+    });
+    Relay {
+        addr,
+        armed,
+        recorded,
+    }
+}
+
+/// A relay flipping one bit after the handshake: the server closes the
+/// connection with a TLS error, the handler never sees the altered frame,
+/// and the recorded stream holds none of the plaintext.
+#[test]
+fn a_flipped_bit_after_the_handshake_closes_with_a_tls_error() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        let (server, seen) = tls_server(&server_config(Some(b"k")), mode);
+        let relay = relay(&server);
+        let mut config = client_config(Some(b"k"));
+        config.set_tls_server_name("127.0.0.1").unwrap();
+        let conn = connect(&relay.addr, &config).unwrap();
+        roundtrip(&conn, b"pay alice 100");
+        relay.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        conn.send(b"pay alice 200").unwrap();
+        let e = kind_err(conn.recv_with(|f| f.to_vec()));
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?} client: {e}");
+        assert!(wait_until(LIMIT, || !seen
+            .errors
+            .lock()
+            .unwrap()
+            .is_empty()));
+        let e = seen.errors.lock().unwrap()[0].clone();
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?} server: {e}");
+        assert!(e.detail().contains("bad record MAC"), "{e}");
+        assert_eq!(
+            *seen.frames.lock().unwrap(),
+            vec![b"pay alice 100".to_vec()],
+            "{mode:?}: only the untouched frame arrived"
+        );
+        let recorded = relay.recorded.lock().unwrap();
+        assert!(recorded.len() > 100);
+        for plain in [&b"pay alice"[..], b"#CHALLENGE#", b"{sha256}"] {
+            assert!(
+                !recorded.windows(plain.len()).any(|w| w == plain),
+                "{mode:?}: the relay read {:?}",
+                String::from_utf8_lossy(plain)
+            );
+        }
+        server.shutdown();
+    }
+}

@@ -700,4 +700,164 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(e.detail().contains("sent no PROXY protocol header"), "{e}");
     }
+
+    /// TLS configs for a server with a certificate for "localhost" and a
+    /// client trusting its CA (self-signed here).
+    fn tls_pair() -> (TlsParams, TlsParams) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            TlsParams::Server(Arc::new(server)),
+            TlsParams::Client(
+                Arc::new(client),
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            ),
+        )
+    }
+
+    fn tls_session(role: Role, tls: TlsParams, keys: &[&[u8]], proxy: ProxyMode) -> Session {
+        let mut p = params(keys, proxy);
+        p.role = role;
+        p.tls = Some(tls);
+        Session::new(
+            p,
+            format!("{role:?}"),
+            Instant::now(),
+            [role as u8; NONCE_LEN],
+        )
+    }
+
+    /// Moves what `from` has to send into `to_buf` and polls `to` until it
+    /// needs more; the steps it reported.
+    fn pump(from: &mut Session, to: &mut Session, to_buf: &mut RecvBuffer) -> Result<Vec<Step>> {
+        let mut wire = Vec::new();
+        from.take_transmit(&mut wire);
+        to_buf.extend(&wire);
+        let mut steps = Vec::new();
+        for _ in 0..100 {
+            match to.poll(to_buf)? {
+                Step::NeedMore(_) => return Ok(steps),
+                step => steps.push(step),
+            }
+        }
+        panic!("the session never asked for more")
+    }
+
+    /// A client and a server session over memory: PROXY header, TLS, the
+    /// HMAC handshake inside it, then frames both ways, sealed.
+    #[test]
+    fn a_client_and_a_server_speak_tls_and_hmac_through_memory() {
+        let (server_tls, client_tls) = tls_pair();
+        let mut server = tls_session(Role::Server, server_tls, &[b"k"], ProxyMode::Optional);
+        let mut client = tls_session(Role::Client, client_tls, &[b"k"], ProxyMode::Off);
+        assert_eq!(server.stage(), Stage::Tls);
+        assert!(client.deadline().is_some());
+        let (mut sbuf, mut cbuf) = (RecvBuffer::default(), RecvBuffer::default());
+        // A PROXY header before the TLS hello.
+        sbuf.extend(b"PROXY TCP4 9.9.9.9 1.2.3.4 1000 5\r\n");
+        let mut opened = (false, false);
+        for _ in 0..10 {
+            for step in pump(&mut client, &mut server, &mut sbuf).unwrap() {
+                opened.0 |= step == Step::Open;
+            }
+            for step in pump(&mut server, &mut client, &mut cbuf).unwrap() {
+                opened.1 |= step == Step::Open;
+            }
+            if opened == (true, true) {
+                break;
+            }
+        }
+        assert_eq!(opened, (true, true));
+        assert_eq!(server.peer_addr(), "tcp://9.9.9.9:1000");
+        assert_eq!(server.tls_info().unwrap().version, 0x0304);
+        assert!(server.tls_info().unwrap().peer_cert.is_none());
+        assert!(client.tls_info().unwrap().peer_cert.is_some());
+        // Frames, many in one seal: they come out one by one.
+        let mut plain = Vec::new();
+        for payload in [&b"one"[..], b"two", b"three"] {
+            plain.extend_from_slice(&framed(payload));
+        }
+        let mut wire = Vec::new();
+        client
+            .sealer()
+            .unwrap()
+            .seal(&[IoSlice::new(&plain)], &mut wire)
+            .unwrap();
+        assert!(!wire.windows(3).any(|w| w == b"two"), "sealed");
+        sbuf.extend(&wire);
+        let mut got = Vec::new();
+        while let Step::Frame(r) = server.poll(&mut sbuf).unwrap() {
+            got.push(server.frame(&sbuf, r).to_vec());
+        }
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        // One flipped bit: a TLS error, and an alert to send.
+        let mut wire = Vec::new();
+        client
+            .sealer()
+            .unwrap()
+            .seal(&[IoSlice::new(&framed(b"four"))], &mut wire)
+            .unwrap();
+        let mid = wire.len() / 2;
+        wire[mid] ^= 1;
+        sbuf.extend(&wire);
+        let e = server.poll(&mut sbuf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert!(e.detail().contains("bad record MAC"), "{e}");
+        assert!(server.wants_transmit(), "the alert");
+    }
+
+    #[test]
+    fn a_tls_handshake_past_the_deadline_says_so() {
+        let (server_tls, _) = tls_pair();
+        let now = Instant::now();
+        let s = tls_session(Role::Server, server_tls, &[], ProxyMode::Off);
+        assert_eq!(s.stage(), Stage::Tls);
+        let e = s.timed_out(now + Duration::from_secs(2)).unwrap();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert!(e.detail().starts_with("TLS handshake with Server"), "{e}");
+        let e = s.end_of_stream(&RecvBuffer::default());
+        assert_eq!(e.kind(), ErrorKind::Tls);
+    }
+
+    #[test]
+    fn plaintext_to_a_tls_server_and_a_tls_hello_to_a_plaintext_one() {
+        let (server_tls, client_tls) = tls_pair();
+        let mut server = tls_session(Role::Server, server_tls, &[], ProxyMode::Off);
+        let mut buf = RecvBuffer::default();
+        buf.extend(&framed(b"hello"));
+        let e = server.poll(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert!(e.detail().contains("not TLS"), "{e}");
+        // A plaintext server receiving a client hello.
+        let mut client = tls_session(Role::Client, client_tls, &[], ProxyMode::Off);
+        let mut plain = session(&[], ProxyMode::Off);
+        let mut buf = RecvBuffer::default();
+        assert_eq!(plain.poll(&mut buf).unwrap(), Step::Open);
+        let e = pump(&mut client, &mut plain, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls);
+        assert!(
+            e.detail().contains("speaks TLS and this end does not"),
+            "{e}"
+        );
+    }
 }

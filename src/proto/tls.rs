@@ -446,10 +446,10 @@ fn attribute_name(oid: &[u8]) -> String {
 fn dotted(oid: &[u8]) -> String {
     let mut arcs: Vec<u64> = Vec::new();
     let mut value: u64 = 0;
-    for (i, b) in oid.iter().enumerate() {
+    for b in oid {
         value = value << 7 | u64::from(b & 0x7f);
         if b & 0x80 == 0 {
-            if arcs.is_empty() && i < oid.len() {
+            if arcs.is_empty() {
                 let first = (value / 40).min(2);
                 arcs.push(first);
                 arcs.push(value - first * 40);
@@ -491,4 +491,50 @@ fn escape(value: &str) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_read_last_relative_name_first_and_escaped() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x.example".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CountryName, "NL");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_of(cert.der()).unwrap(),
+            "CN=client,O=Example\\, Inc.,C=NL"
+        );
+        // Garbage is no subject, and no panic.
+        assert_eq!(subject_of(&[0x30, 0x03, 0x02, 0x01]), None);
+        assert_eq!(subject_of(&[]), None);
+    }
+
+    #[test]
+    fn oids_without_a_short_name_are_dotted() {
+        assert_eq!(
+            dotted(&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d]),
+            "1.2.840.113549"
+        );
+        assert_eq!(attribute_name(&[0x55, 0x04, 0x03]), "CN");
+    }
+
+    #[test]
+    fn tls_records_are_recognised() {
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(looks_like_tls(&[0x15, 0x03, 0x03]));
+        assert!(!looks_like_tls(&[0x00, 0x00, 0x00, 0x05]));
+        assert!(!looks_like_tls(b"PROXY TCP4"));
+    }
 }
