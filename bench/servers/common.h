@@ -30,6 +30,7 @@ struct opts {
     int threads;     /* 0: the server's default */
     int coalesce;    /* -c: a server's own batching option, where it has one */
     const char *tls_cert, *tls_key; /* -C, -K: PEM files; NULL: no TLS */
+    const char *fault; /* -x flip|drop: spoil the 100th message (the self-check of a baseline's own client) */
 };
 
 static inline void die(const char *what) {
@@ -40,7 +41,7 @@ static inline void die(const char *what) {
 static inline void parse_opts(int argc, char **argv, struct opts *o) {
     int c;
     memset(o, 0, sizeof *o);
-    while ((c = getopt(argc, argv, "p:k:t:cC:K:")) != -1) {
+    while ((c = getopt(argc, argv, "p:k:t:cC:K:x:")) != -1) {
         switch (c) {
         case 'p': o->port = atoi(optarg); break;
         case 'k': o->key = optarg[0] ? optarg : NULL; break;
@@ -48,6 +49,7 @@ static inline void parse_opts(int argc, char **argv, struct opts *o) {
         case 'c': o->coalesce = 1; break;
         case 'C': o->tls_cert = optarg; break;
         case 'K': o->tls_key = optarg; break;
+        case 'x': o->fault = optarg; break;
         default:
             fprintf(stderr, "usage: %s [-p PORT] [-k KEY] [-t THREADS] [-c] [-C CERT.pem -K KEY.pem]\n", argv[0]);
             exit(2);

@@ -14,6 +14,7 @@
 #include <nng/supplemental/tls/tls.h>
 
 static nng_socket sock;
+static const char *fault; /* -x: flip a byte of, or drop, the 100th message */
 
 static void fail(const char *what, int rv) {
     fprintf(stderr, "%s: %s\n", what, nng_strerror(rv));
@@ -21,12 +22,20 @@ static void fail(const char *what, int rv) {
 }
 
 static void *echo(void *arg) {
+    unsigned long count = 0;
     (void)arg;
     for (;;) {
         nng_msg *m;
         int rv = nng_recvmsg(sock, &m, 0);
         if (rv == NNG_ECLOSED) return NULL;
         if (rv) fail("nng_recvmsg", rv);
+        if (fault && ++count == 100 && nng_msg_len(m) > 20) {
+            if (!strcmp(fault, "drop")) {
+                nng_msg_free(m);
+                continue;
+            }
+            ((uint8_t *)nng_msg_body(m))[20] ^= 1;
+        }
         if ((rv = nng_sendmsg(sock, m, 0))) {
             nng_msg_free(m);
             if (rv == NNG_ECLOSED) return NULL;
@@ -44,6 +53,7 @@ int main(int argc, char **argv) {
     char url[64];
     int rv, port;
     parse_opts(argc, argv, &o);
+    fault = o.fault;
     if (!o.tls_cert) {
         fprintf(stderr, "%s: TLS only: -C CERT.pem -K KEY.pem\n", argv[0]);
         return 2;

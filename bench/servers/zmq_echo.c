@@ -16,14 +16,20 @@ static void fail(const char *what) {
 }
 
 static void *sock;
+static const char *fault; /* -x: flip a byte of, or drop, the 100th message */
 
 static void *echo(void *arg) {
     zmq_msg_t id, frame;
+    unsigned long count = 0;
     (void)arg;
     zmq_msg_init(&id);
     zmq_msg_init(&frame);
     for (;;) {
         if (zmq_msg_recv(&id, sock, 0) < 0 || zmq_msg_recv(&frame, sock, 0) < 0) break;
+        if (fault && ++count == 100 && zmq_msg_size(&frame) > 20) {
+            if (!strcmp(fault, "drop")) continue;
+            ((uint8_t *)zmq_msg_data(&frame))[20] ^= 1;
+        }
         if (zmq_msg_send(&id, sock, ZMQ_SNDMORE) < 0 || zmq_msg_send(&frame, sock, 0) < 0) break;
     }
     if (zmq_errno() != ETERM) fail("echo");
@@ -42,6 +48,7 @@ int main(int argc, char **argv) {
     size_t eplen = sizeof ep;
     int one = 1, zero = 0, hwm = 100000;
     parse_opts(argc, argv, &o);
+    fault = o.fault;
     raise_nofile();
     if (zmq_curve_keypair(pub, sec)) fail("zmq_curve_keypair (libzmq without CURVE?)");
     block_term(&sigs); /* before ZeroMQ's threads: they inherit the mask */
