@@ -130,13 +130,17 @@ impl Conn {
         let stream = TcpStream::connect(addr)
             .map_err(|e| format!("connection {id}: connect to {addr}: {e}"))?;
         let tls = match tls {
-            Some(cfg) => Some(Box::new(
-                ClientConnection::new(
+            Some(cfg) => {
+                let mut c = ClientConnection::new(
                     cfg.clone(),
                     ServerName::try_from("localhost").expect("a name"),
                 )
-                .map_err(|e| format!("connection {id}: TLS: {e}"))?,
-            )),
+                .map_err(|e| format!("connection {id}: TLS: {e}"))?;
+                // As much sealed data per write as a plaintext batch
+                // (rustls's default is 64 KiB).
+                c.set_buffer_limit(Some(WRITE_BATCH));
+                Some(Box::new(c))
+            }
             None => None,
         };
         Ok(Conn {
