@@ -280,6 +280,37 @@ public:
     config &set_proxy_protocol(int mode) {
         return set(sockserv_config_set_proxy_protocol(get(), mode), "sockserv_config_set_proxy_protocol");
     }
+    // TLS (minimal: the C functions, one each).
+    config &set_tls_cert(std::string_view chain_pem, std::string_view key_pem) {
+        return set(sockserv_config_set_tls_cert(get(), chain_pem.data(), chain_pem.size(), key_pem.data(),
+                                                key_pem.size()),
+                   "sockserv_config_set_tls_cert");
+    }
+    config &set_tls_cert_files(const char *chain_path, const char *key_path) {
+        return set(sockserv_config_set_tls_cert_files(get(), chain_path, key_path),
+                   "sockserv_config_set_tls_cert_files");
+    }
+    config &set_tls_ca(std::string_view ca_pem) {
+        return set(sockserv_config_set_tls_ca(get(), ca_pem.data(), ca_pem.size()), "sockserv_config_set_tls_ca");
+    }
+    config &set_tls_ca_file(const char *path) {
+        return set(sockserv_config_set_tls_ca_file(get(), path), "sockserv_config_set_tls_ca_file");
+    }
+    config &set_tls_server_name(const char *name) {
+        return set(sockserv_config_set_tls_server_name(get(), name), "sockserv_config_set_tls_server_name");
+    }
+    /// SOCKSERV_TLS_CLIENT_AUTH_NONE, _OPTIONAL or _REQUIRED.
+    config &set_tls_client_auth(int mode) {
+        return set(sockserv_config_set_tls_client_auth(get(), mode), "sockserv_config_set_tls_client_auth");
+    }
+    config &add_tls_alpn(const char *protocol) {
+        return set(sockserv_config_add_tls_alpn(get(), protocol), "sockserv_config_add_tls_alpn");
+    }
+    /// SOCKSERV_TLS_VERSION_1_2 or _1_3.
+    config &set_tls_min_version(int version) {
+        return set(sockserv_config_set_tls_min_version(get(), version), "sockserv_config_set_tls_min_version");
+    }
+    config &set_tls(bool on) { return set(sockserv_config_set_tls(get(), on), "sockserv_config_set_tls"); }
     config &set_max_datagram_size(std::size_t b) {
         return set(sockserv_config_set_max_datagram_size(get(), b), "sockserv_config_set_max_datagram_size");
     }
@@ -381,6 +412,30 @@ public:
     std::string peer_addr() const { return address(sockserv_conn_peer_addr, "sockserv_conn_peer_addr"); }
     /// This end's address.
     std::string local_addr() const { return address(sockserv_conn_local_addr, "sockserv_conn_local_addr"); }
+    /// TLS (minimal): the peer certificate's SHA-256 and subject, the version.
+    std::array<std::uint8_t, 32> peer_cert_sha256() const {
+        std::array<std::uint8_t, 32> sha{};
+        detail::check(sockserv_conn_peer_cert_sha256(conn_, sha.data()), "sockserv_conn_peer_cert_sha256");
+        return sha;
+    }
+    std::string peer_cert_subject() const {
+        std::size_t needed = 0;
+        sockserv_result rc = sockserv_conn_peer_cert_subject(conn_, nullptr, 0, &needed);
+        if (rc != SOCKSERV_ERR_INSUFFICIENT_SIZE)
+            detail::check(rc, "sockserv_conn_peer_cert_subject");
+        std::string subject(needed, '\0');
+        detail::check(sockserv_conn_peer_cert_subject(conn_, &subject[0], needed, &needed),
+                      "sockserv_conn_peer_cert_subject");
+        subject.resize(needed - 1);
+        return subject;
+    }
+    int tls_version() const {
+        int version = 0;
+        char alpn[256];
+        std::size_t needed = 0;
+        detail::check(sockserv_conn_tls_info(conn_, &version, alpn, sizeof alpn, &needed), "sockserv_conn_tls_info");
+        return version;
+    }
     /// The socket, still owned by the connection: never read, write or close it.
     int fd() const {
         int fd = -1;

@@ -660,3 +660,109 @@ fn a_flipped_bit_after_the_handshake_closes_with_a_tls_error() {
         server.shutdown();
     }
 }
+
+/// What is missing is said before any connection: a TLS server without a
+/// certificate, a client without trust anchors, client certificates asked
+/// for with no CA to check them.
+#[test]
+fn missing_settings_are_refused_up_front() {
+    let e = kind_err(Server::bind("tls://127.0.0.1:0", &Config::default()));
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.detail().contains("needs a certificate"), "{e}");
+    let mut config = server_config(None);
+    config.set_tls_client_auth(TlsClientAuth::Required);
+    let mut no_ca = Config::default();
+    let p = pki();
+    no_ca
+        .set_tls_cert_pem(p.server.chain.as_bytes(), p.server.key.as_bytes())
+        .unwrap();
+    no_ca.set_tls_client_auth(TlsClientAuth::Optional);
+    let e = kind_err(Server::bind("tls://127.0.0.1:0", &no_ca));
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.detail().contains("no CA"), "{e}");
+    let (server, _) = tls_server(&config, Mode::Event);
+    let e = kind_err(connect(server.local_addr(), &Config::default()));
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.detail()
+            .contains("no trust anchors: set one with sockserv_config_set_tls_ca"),
+        "{e}"
+    );
+    server.shutdown();
+    // A key that is not the certificate's.
+    let mut c = Config::default();
+    let e = c
+        .set_tls_cert_pem(p.server.chain.as_bytes(), p.client.key.as_bytes())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(e.detail().contains("does not belong"), "{e}");
+}
+
+/// ALPN: the agreed protocol is visible on both ends; none in common is a
+/// TLS error.
+#[test]
+fn alpn_is_agreed_or_refused() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        let mut config = server_config(None);
+        config.add_tls_alpn(b"sockserv/2").unwrap();
+        config.add_tls_alpn(b"sockserv/1").unwrap();
+        let (server, _) = tls_server(&config, mode);
+        let mut client = client_config(None);
+        client.add_tls_alpn(b"sockserv/1").unwrap();
+        let conn = connect(server.local_addr(), &client).unwrap();
+        roundtrip(&conn, b"x");
+        assert_eq!(
+            conn.tls_info().unwrap().alpn.as_deref(),
+            Some(&b"sockserv/1"[..])
+        );
+        let mut other = client_config(None);
+        other.add_tls_alpn(b"h2").unwrap();
+        let e = kind_err(
+            connect(server.local_addr(), &other).and_then(|c| c.recv_with(|_| ()).map(|()| c)),
+        );
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode:?}: {e}");
+        assert!(e.detail().contains("ALPN"), "{e}");
+        server.shutdown();
+    }
+}
+
+/// TLS 1.2 when asked for: a server allowing it still negotiates 1.3 with
+/// a client that offers both.
+#[test]
+fn min_version_twelve_still_prefers_thirteen() {
+    let mut config = server_config(Some(b"k"));
+    config.set_tls_min_version(sockserv::TlsVersion::Tls12);
+    let (server, _) = tls_server(&config, Mode::Event);
+    let mut client = client_config(Some(b"k"));
+    client.set_tls_min_version(sockserv::TlsVersion::Tls12);
+    let conn = connect(server.local_addr(), &client).unwrap();
+    roundtrip(&conn, b"x");
+    assert_eq!(conn.tls_info().unwrap().version, 0x0304);
+    server.shutdown();
+}
+
+/// Thousands of small frames sent without waiting: more than a turn's
+/// share at once, so some wait decrypted in the session for the next turn
+/// (a reader thread drains the echoes meanwhile).
+#[test]
+fn pipelined_small_frames_all_come_back() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        let (server, _) = tls_server(&server_config(None), mode);
+        let conn = Arc::new(connect(server.local_addr(), &client_config(None)).unwrap());
+        let count = 20_000u32;
+        let reader = {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                for i in 0..count {
+                    let got = conn.recv_with(|f| f.to_vec()).unwrap();
+                    assert_eq!(got, i.to_be_bytes(), "frame {i}");
+                }
+            })
+        };
+        for i in 0..count {
+            conn.send(&i.to_be_bytes()).unwrap();
+        }
+        reader.join().unwrap();
+        server.shutdown();
+    }
+}

@@ -21,8 +21,8 @@
 //! One deadline covers the whole preamble (PROXY header, verify and the
 //! handshake): a peer cannot take a full timeout for each part.
 //!
-//! Frames are handed out as ranges of the driver's buffer, so delivering
-//! one copies and allocates nothing.
+//! Frames are handed out as ranges of the driver's buffer (with TLS, of
+//! the decrypted bytes), so delivering one copies and allocates nothing.
 //!
 //! TLS goes between the PROXY header and the handshake, inside this
 //! machine ([`crate::proto::tls`]): the bytes after the PROXY header feed
@@ -98,7 +98,8 @@ pub enum Step {
     },
     /// The preamble is done: the connection is open. Reported once.
     Open,
-    /// One whole frame's payload, a range of the driver's buffer.
+    /// One whole frame's payload, a range of the driver's buffer (with
+    /// TLS, of the session's: read it with [`Session::frame`]).
     Frame(Range<usize>),
 }
 
@@ -221,6 +222,14 @@ impl Session {
             Some(tls) => &mut tls.plain,
             None => buf,
         }
+    }
+
+    /// Whether decrypted bytes wait in the session (frames a driver left
+    /// for a later turn: the socket has nothing more to say about them).
+    pub fn holds_plaintext(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| !t.plain.pending().is_empty())
     }
 
     /// Frees the session's own buffer when it holds nothing and is larger

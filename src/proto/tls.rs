@@ -80,11 +80,21 @@ impl Sealer {
             // rustls accepts up to its buffer limit (64 KiB) a call: move
             // what it encrypted out and give it the rest.
             if done < total {
-                let rest = skip(parts, done);
-                let n = conn
-                    .writer()
-                    .write_vectored(&rest)
-                    .map_err(|e| broken_by(&e))?;
+                let n = if done == 0 {
+                    conn.writer().write_vectored(parts)
+                } else {
+                    // Past rustls's limit (a large frame): the rest.
+                    conn.writer().write_vectored(&skip(parts, done))
+                };
+                let n = n.map_err(|e| broken_by(&e))?;
+                if n == 0 && !conn.wants_write() {
+                    // Nothing taken and nothing to drain: rustls holds
+                    // plaintext it cannot send yet (no handshake done).
+                    return Err(Error::new(
+                        ErrorKind::InvalidState,
+                        "the TLS session cannot take more data before its handshake is done",
+                    ));
+                }
                 done += n;
             }
             write_tls(&mut conn, out);

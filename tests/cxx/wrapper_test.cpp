@@ -190,6 +190,10 @@ static void test_threaded_server() {
         CHECK(sockserv::bytes(room).as_string_view() == "0123456789");
         CHECK(c.peer_addr() == addr);
         CHECK(contains(c.local_addr(), "tcp://127.0.0.1:"));
+        // No TLS on this connection.
+        EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.peer_cert_sha256());
+        EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.peer_cert_subject());
+        EXPECT_ERROR(SOCKSERV_ERR_INVALID_STATE, c.tls_version());
         CHECK(c.fd() >= 0);
         CHECK(c.timeout_ms() == 10000);
         c.set_nodelay(false);
@@ -460,6 +464,16 @@ static void test_config_setters_and_errors() {
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_max_datagram_size(SOCKSERV_MAX_DATAGRAM_SIZE + 1));
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_datagram_window_ms(0));
     EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_datagram_replay_capacity(0));
+    // TLS settings: checked when set (minimal; no TLS peer here).
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_tls_cert("junk", "junk"));
+    EXPECT_ERROR(SOCKSERV_ERR_IO, cfg.set_tls_cert_files("/nonexistent/c.pem", "/nonexistent/k.pem"));
+    EXPECT_ERROR(SOCKSERV_ERR_INVALID_ARGUMENT, cfg.set_tls_ca("junk"));
+    EXPECT_ERROR(SOCKSERV_ERR_IO, cfg.set_tls_ca_file("/nonexistent/ca.pem"));
+    cfg.set_tls_server_name("db.example")
+        .set_tls_client_auth(SOCKSERV_TLS_CLIENT_AUTH_NONE)
+        .add_tls_alpn("sockserv/1")
+        .set_tls_min_version(SOCKSERV_TLS_VERSION_1_3)
+        .set_tls(false);
     // clear_error forgets the detail of the last failure.
     CHECK(!sockserv::last_error().empty());
     sockserv::clear_error();

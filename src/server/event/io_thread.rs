@@ -263,7 +263,9 @@ impl IoThread {
         let shared = &self.shared;
         let mut budget = Budget::per_turn();
         // Frames left over from the last turn go first.
-        let mut outcome = if buf.pending().is_empty() {
+        // (With TLS they wait decrypted in the session, the socket's
+        // bytes all taken.)
+        let mut outcome = if buf.pending().is_empty() && !conn.session.holds_plaintext() {
             Ok(())
         } else {
             dispatch(shared, conn, buf, &mut budget)
@@ -327,7 +329,9 @@ impl IoThread {
         }
         own.release_if_idle(KEEP_IDLE_BUFFER);
         conn.recv = own;
-        conn.session.release_if_idle(KEEP_IDLE_BUFFER);
+        // Decrypted bytes pass through the session's own buffer: an idle
+        // connection keeps none of it beyond a small one.
+        conn.session.release_if_idle(SMALL_PARTIAL * 4);
         let handed_over = self.shared.hand_over.is_some()
             && outcome.is_ok()
             && conn.session.was_opened()
