@@ -54,9 +54,10 @@ SYSROOT := $(shell rustc --print sysroot 2>/dev/null)
 REMAP := --remap-path-prefix=$(ROOT)=/usr/src/sockserv-$(VERSION) \
 	--remap-path-prefix=$(CARGO_HOME_DIR)=/cargo \
 	$(if $(SYSROOT),--remap-path-prefix=$(SYSROOT)=/rust)
-# The same for the C that ring (rustls's crypto provider) compiles with cc:
-# its debug information names its sources under cargo's registry and its
-# build directory.
+# The same for the C that ring (rustls's crypto provider) compiles with cc,
+# whose flags are fixed here: flags from the environment (dpkg-buildflags'
+# hardening CFLAGS under dpkg-buildpackage) would change its code, so a
+# package build and a plain `make build` would differ.
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),$(ROOT)/target))
 CREMAP := -ffile-prefix-map=$(ROOT)=/usr/src/sockserv-$(VERSION) \
 	-ffile-prefix-map=$(CARGO_HOME_DIR)=/cargo \
@@ -111,7 +112,7 @@ EXAMPLES := echo_server.c echo_client.c raii_client.cpp cxx_echo.cpp
 .PHONY: build install install-strip uninstall docs
 
 build:
-	cd $(ROOT) && CFLAGS="$(strip $(CFLAGS) $(CREMAP))" CARGO_ENCODED_RUSTFLAGS="$(subst $(space),$(shell printf '\037'),$(strip $(RUSTFLAGS) $(REMAP)))" \
+	cd $(ROOT) && CFLAGS="$(strip $(CREMAP))" CARGO_ENCODED_RUSTFLAGS="$(subst $(space),$(shell printf '\037'),$(strip $(RUSTFLAGS) $(REMAP)))" \
 		$(CARGO) build --release --lib --locked
 
 install: $(BUILD_FIRST)

@@ -31,6 +31,8 @@ use crate::util::timeout_cell::TimeoutCell;
 
 /// Coalesced replies are held up to this many bytes.
 const COALESCE_LIMIT: usize = 64 * 1024;
+/// With TLS, a large frame is sealed and written this much at a time.
+const SEAL_PIECE: usize = 64 * 1024;
 /// The receive buffer each connection starts with; one read takes up to this.
 const RECV_BUFFER_SIZE: usize = 64 * 1024;
 /// Below this much free room the receive buffer grows before a read.
@@ -669,7 +671,22 @@ impl Connection {
             // this frame is not taken (WouldBlock).
             self.write_pending(pending, wait)?;
         }
-        sealer.seal(&[IoSlice::new(header), IoSlice::new(payload)], pending)?;
+        // A large frame is sealed a piece at a time, each written while
+        // it is still in the cache (a non-blocking send seals it whole: a
+        // frame once begun is always finished).
+        let mut done = payload.len().min(SEAL_PIECE);
+        sealer.seal(
+            &[IoSlice::new(header), IoSlice::new(&payload[..done])],
+            pending,
+        )?;
+        while done < payload.len() {
+            if wait != Wait::Never {
+                self.write_pending(pending, wait)?;
+            }
+            let end = payload.len().min(done + SEAL_PIECE);
+            sealer.seal(&[IoSlice::new(&payload[done..end])], pending)?;
+            done = end;
+        }
         if coalescing && self.frame_waiting() {
             return Ok(());
         }
@@ -682,26 +699,34 @@ impl Connection {
 
     /// Writes `pending` (the tail of an earlier frame) as `wait` allows.
     fn write_pending(&self, pending: &mut Vec<u8>, wait: Wait) -> Result<()> {
-        while !pending.is_empty() {
+        // What went is dropped once at the end: a large tail (a big frame
+        // sealed into TLS records) is not moved down after every send().
+        let mut sent = 0;
+        let result = self.write_from(pending, &mut sent, wait);
+        pending.drain(..sent);
+        result
+    }
+
+    fn write_from(&self, pending: &[u8], sent: &mut usize, wait: Wait) -> Result<()> {
+        while *sent < pending.len() {
+            let rest = &pending[*sent..];
             match self
                 .socket
-                .send_with_flags(pending, libc::MSG_NOSIGNAL | wait.flags())
+                .send_with_flags(rest, libc::MSG_NOSIGNAL | wait.flags())
             {
-                Ok(n) => {
-                    pending.drain(..n);
-                }
+                Ok(n) => *sent += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if let Err(e) = self.ready(Interest::Write, wait, "sending to") {
                         if wait != Wait::Never {
                             // A frame already begun cannot be taken back.
-                            return Err(self.torn_send(1, 1 + pending.len(), e));
+                            return Err(self.torn_send(1, 1 + rest.len(), e));
                         }
                         return Err(e);
                     }
                 }
                 Err(e) => {
-                    return Err(self.torn_send(1, 1 + pending.len(), self.fail("sending to", &e)))
+                    return Err(self.torn_send(1, 1 + rest.len(), self.fail("sending to", &e)))
                 }
             }
         }
