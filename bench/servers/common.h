@@ -1,9 +1,11 @@
 /* What the C baseline servers share: options, the listening socket, the
  * announcement line the runner reads, and SIGTERM handling.
  *
- * Every server: `prog [-p PORT] [-k KEY] [-t THREADS] [-c]`, binds 127.0.0.1
- * (port 0 by default), prints "listening tcp://127.0.0.1:PORT" on stdout,
- * and exits with status 0 on SIGTERM or SIGINT. */
+ * Every server: `prog [-p PORT] [-k KEY] [-t THREADS] [-c] [-C CERT -K KEY]`,
+ * binds 127.0.0.1 (port 0 by default), prints "listening tcp://127.0.0.1:PORT"
+ * (or tls://...) on stdout, and exits with status 0 on SIGTERM or SIGINT.
+ * -C/-K: the TLS certificate chain and private key (PEM files), for the
+ * servers that speak TLS. */
 #ifndef BENCH_COMMON_H
 #define BENCH_COMMON_H
 
@@ -27,6 +29,8 @@ struct opts {
     const char *key; /* NULL: no handshake */
     int threads;     /* 0: the server's default */
     int coalesce;    /* -c: a server's own batching option, where it has one */
+    const char *tls_cert, *tls_key; /* -C, -K: PEM files; NULL: no TLS */
+    const char *fault; /* -x flip|drop: spoil the 100th message (the self-check of a baseline's own client) */
 };
 
 static inline void die(const char *what) {
@@ -37,17 +41,38 @@ static inline void die(const char *what) {
 static inline void parse_opts(int argc, char **argv, struct opts *o) {
     int c;
     memset(o, 0, sizeof *o);
-    while ((c = getopt(argc, argv, "p:k:t:c")) != -1) {
+    while ((c = getopt(argc, argv, "p:k:t:cC:K:x:")) != -1) {
         switch (c) {
         case 'p': o->port = atoi(optarg); break;
         case 'k': o->key = optarg[0] ? optarg : NULL; break;
         case 't': o->threads = atoi(optarg); break;
         case 'c': o->coalesce = 1; break;
+        case 'C': o->tls_cert = optarg; break;
+        case 'K': o->tls_key = optarg; break;
+        case 'x': o->fault = optarg; break;
         default:
-            fprintf(stderr, "usage: %s [-p PORT] [-k KEY] [-t THREADS] [-c]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-p PORT] [-k KEY] [-t THREADS] [-c] [-C CERT.pem -K KEY.pem]\n", argv[0]);
             exit(2);
         }
     }
+    if (!o->tls_cert != !o->tls_key) {
+        fprintf(stderr, "%s: -C and -K go together\n", argv[0]);
+        exit(2);
+    }
+}
+
+/* A whole file as a NUL-terminated string (PEM for the TLS libraries). */
+static inline char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    char *buf;
+    long n;
+    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) die(path);
+    buf = malloc((size_t)n + 1);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) die(path);
+    buf[n] = 0;
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return buf;
 }
 
 /* 10,000 connections need more descriptors than the usual soft limit. */

@@ -32,7 +32,17 @@ int main(int argc, char **argv) {
     check(sockserv_config_set_max_connections(cfg, 20000), "max_connections");
     check(sockserv_config_set_backlog(cfg, 4096), "backlog");
     check(sockserv_config_set_io_threads(cfg, (size_t)o.threads), "io_threads"); /* 0: one per CPU */
-    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", o.port);
+    if (o.tls_cert) {
+        /* TLS (issue 11): tls:// with this chain and key; with -k the HMAC
+         * handshake runs inside it. */
+#ifdef SOCKSERV_TLS_CLIENT_AUTH_NONE
+        check(sockserv_config_set_tls_cert_files(cfg, o.tls_cert, o.tls_key), "TLS certificate");
+#else
+        fprintf(stderr, "-C/-K: this libsockserv has no TLS yet\n");
+        return 2;
+#endif
+    }
+    snprintf(addr, sizeof addr, "%s://127.0.0.1:%d", o.tls_cert ? "tls" : "tcp", o.port);
     check(sockserv_server_new(addr, cfg, &srv), "server");
     sockserv_config_free(cfg);
     check(sockserv_server_set_event_handlers(srv, NULL, on_frame, NULL, NULL), "handlers");

@@ -35,7 +35,17 @@ int main(int argc, char **argv) {
     check(sockserv_config_set_backlog(cfg, 4096), "backlog");
     /* -c: replies to a pipelining client leave many per system call. */
     if (o.coalesce) check(sockserv_config_set_coalesce_sends(cfg, true), "coalesce");
-    snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", o.port);
+    if (o.tls_cert) {
+        /* TLS (issue 11): tls:// with this chain and key; with -k the HMAC
+         * handshake runs inside it. */
+#ifdef SOCKSERV_TLS_CLIENT_AUTH_NONE
+        check(sockserv_config_set_tls_cert_files(cfg, o.tls_cert, o.tls_key), "TLS certificate");
+#else
+        fprintf(stderr, "-C/-K: this libsockserv has no TLS yet\n");
+        return 2;
+#endif
+    }
+    snprintf(addr, sizeof addr, "%s://127.0.0.1:%d", o.tls_cert ? "tls" : "tcp", o.port);
     check(sockserv_server_new(addr, cfg, &srv), "server");
     sockserv_config_free(cfg);
     check(sockserv_server_set_handler(srv, echo, NULL), "handler");

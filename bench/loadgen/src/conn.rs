@@ -1,15 +1,19 @@
-//! One client connection: connect, the optional HMAC-SHA256 handshake (the
-//! client's side of PROTOCOL.md), a ping echo that proves the server serves
+//! One client connection: connect, the optional TLS handshake (rustls),
+//! the optional HMAC-SHA256 handshake (the client's side of PROTOCOL.md,
+//! inside TLS when both are on), a ping echo that proves the server serves
 //! it, then a closed loop of `depth` frames in flight, every echoed byte
 //! checked in place as it arrives, every frame timed.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use hmac::{Hmac, KeyInit, Mac};
 use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 use sha2::Sha256;
 
 use crate::hist::Hist;
@@ -53,6 +57,8 @@ pub struct Ctx<'a> {
     pub pattern: &'a Pattern,
     pub key: Option<&'a [u8]>,
     pub depth: u64,
+    /// --churn: no frames; a connection is closed and opened anew once ready.
+    pub churn: bool,
     pub sending: bool,
     pub measuring: bool,
     pub stats: Stats,
@@ -67,7 +73,11 @@ pub struct Conn {
     pub id: u32,
     pub active: bool,
     pub stream: TcpStream,
+    /// The TLS session over `stream`, if TLS.
+    tls: Option<Box<ClientConnection>>,
     pub phase: Phase,
+    /// When connect() was called (churn measures connect-to-echo).
+    pub started: Instant,
     /// Our challenge (M2), kept until the server answers it.
     challenge: Vec<u8>,
     /// Handshake bytes received and not yet a whole frame.
@@ -110,13 +120,35 @@ fn random_bytes(buf: &mut [u8]) -> Result<(), String> {
 }
 
 impl Conn {
-    pub fn connect(id: u32, active: bool, addr: SocketAddr) -> Result<Conn, String> {
+    pub fn connect(
+        id: u32,
+        active: bool,
+        addr: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<Conn, String> {
+        let started = Instant::now();
         let stream = TcpStream::connect(addr)
             .map_err(|e| format!("connection {id}: connect to {addr}: {e}"))?;
+        let tls = match tls {
+            Some(cfg) => {
+                let mut c = ClientConnection::new(
+                    cfg.clone(),
+                    ServerName::try_from("localhost").expect("a name"),
+                )
+                .map_err(|e| format!("connection {id}: TLS: {e}"))?;
+                // As much sealed data per write as a plaintext batch
+                // (rustls's default is 64 KiB).
+                c.set_buffer_limit(Some(WRITE_BATCH));
+                Some(Box::new(c))
+            }
+            None => None,
+        };
         Ok(Conn {
             id,
             active,
             stream,
+            tls,
+            started,
             phase: Phase::Connecting,
             challenge: Vec::new(),
             setup_in: Vec::new(),
@@ -135,7 +167,79 @@ impl Conn {
     }
 
     pub fn write_pending(&self) -> bool {
-        !self.setup_out.is_empty() || self.tx_seq < self.send_seq
+        !self.setup_out.is_empty()
+            || self.tx_seq < self.send_seq
+            || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Ends TLS politely (close_notify) before the socket is closed.
+    pub fn close_tls(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = Self::flush_tls(&mut self.stream, tls);
+        }
+    }
+
+    /// Reads plaintext: from the socket, or out of TLS (reading and
+    /// decrypting records until some plaintext or WouldBlock).
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.stream.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if tls.read_tls(&mut self.stream)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
+            // Handshake messages to answer.
+            Self::flush_tls(&mut self.stream, tls)?;
+        }
+    }
+
+    /// Writes what TLS has encrypted; Ok once it is all out or the socket
+    /// is full (a writable edge brings us back).
+    fn flush_tls(stream: &mut TcpStream, tls: &mut ClientConnection) -> io::Result<()> {
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes plaintext: to the socket, or into TLS (which takes up to its
+    /// buffer limit) and on out. WouldBlock when neither takes a byte.
+    fn send(&mut self, bufs: &[IoSlice]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else {
+            return if bufs.len() == 1 {
+                self.stream.write(&bufs[0])
+            } else {
+                self.stream.write_vectored(bufs)
+            };
+        };
+        Self::flush_tls(&mut self.stream, tls)?;
+        let mut n = 0;
+        for b in bufs {
+            let took = tls.writer().write(b)?;
+            n += took;
+            if took < b.len() {
+                break;
+            }
+        }
+        Self::flush_tls(&mut self.stream, tls)?;
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     }
 
     /// Handles a readiness event: finish connecting, read and check all that
@@ -150,7 +254,11 @@ impl Conn {
 
     /// Refills the window and writes (also what starts the traffic).
     pub fn kick(&mut self, ctx: &mut Ctx, now: Instant) -> Result<(), String> {
-        if ctx.sending && self.active && self.phase == Phase::Ready {
+        if let Some(tls) = self.tls.as_mut() {
+            Self::flush_tls(&mut self.stream, tls)
+                .map_err(|e| format!("connection {}: send: {e}", self.id))?;
+        }
+        if ctx.sending && self.active && !ctx.churn && self.phase == Phase::Ready {
             while self.in_flight() < ctx.depth {
                 self.sent_at.push_back(now);
                 self.send_seq += 1;
@@ -176,6 +284,11 @@ impl Conn {
         self.stream
             .set_nodelay(true)
             .map_err(|e| self.err("TCP_NODELAY", e))?;
+        if let Some(tls) = self.tls.as_mut() {
+            // The ClientHello, before anything else is said.
+            Self::flush_tls(&mut self.stream, tls)
+                .map_err(|e| format!("connection {}: TLS: {e}", self.id))?;
+        }
         if ctx.key.is_some() {
             self.phase = Phase::AwaitChallenge;
         } else {
@@ -195,7 +308,7 @@ impl Conn {
 
     fn read_all(&mut self, ctx: &mut Ctx, now: Instant) -> Result<(), String> {
         loop {
-            match self.stream.read(&mut ctx.rbuf) {
+            match self.recv(&mut ctx.rbuf) {
                 Ok(0) => {
                     return Err(format!(
                         "connection {} ({:?}, {} frames in flight): the server closed it",
@@ -218,7 +331,9 @@ impl Conn {
                     }
                     // A short read emptied the socket; on Linux any later
                     // arrival raises a new edge, so no extra read to see EAGAIN.
-                    if n < ctx.rbuf.len() {
+                    // (Not so for TLS: a short read may have left records
+                    // in the socket or plaintext in rustls.)
+                    if n < ctx.rbuf.len() && self.tls.is_none() {
                         return Ok(());
                     }
                 }
@@ -380,7 +495,10 @@ impl Conn {
 
     fn flush_setup(&mut self) -> Result<(), String> {
         while !self.setup_out.is_empty() {
-            match self.stream.write(&self.setup_out) {
+            let out = std::mem::take(&mut self.setup_out);
+            let res = self.send(&[IoSlice::new(&out)]);
+            self.setup_out = out;
+            match res {
                 Ok(n) => drop(self.setup_out.drain(..n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -404,7 +522,10 @@ impl Conn {
                     pattern.append_frame(buf, self.id, seq, from);
                     (seq, from) = (seq + 1, 0);
                 }
-                self.stream.write(buf)
+                let buf = std::mem::take(&mut ctx.scratch);
+                let res = self.send(&[IoSlice::new(&buf)]);
+                ctx.scratch = buf;
+                res
             } else {
                 let last = self.send_seq.min(self.tx_seq + BIG_FRAMES_PER_WRITE);
                 let pieces: Vec<_> = (self.tx_seq..last)
@@ -420,7 +541,9 @@ impl Conn {
                         iov.push(IoSlice::new(&tail[skip - head_len..]));
                     }
                 }
-                self.stream.write_vectored(&iov)
+                let res = self.send(&iov);
+                drop(iov);
+                res
             };
             match res {
                 Ok(0) => return Err(format!("connection {}: send wrote nothing", self.id)),

@@ -2,12 +2,18 @@
 //! keeps D frames of S bytes in flight on each, checks every echoed byte and
 //! its order, and reports frames/s, MB/s and round-trip percentiles as one
 //! JSON line on stdout and a human line on stderr. Any mismatch, lost frame
-//! or dropped connection aborts with exit code 1.
+//! or dropped connection aborts with exit code 1. With --tls-ca it speaks
+//! TLS (rustls, full handshakes: no resumption); with --churn it measures
+//! connections/s instead: each connection, once its ping is echoed, is
+//! closed and opened anew.
 
 mod conn;
 mod hist;
 mod pattern;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -27,6 +33,10 @@ const USAGE: &str = "usage: loadgen --addr HOST:PORT [options]
       --warmup SECS     traffic before measuring (default 1)
       --idle N          extra connections, set up and held idle (default 0)
       --key KEY         run the sockserv/Python 3.12 HMAC-SHA256 handshake
+      --tls-ca FILE     TLS (1.3, or 1.2 if that is all the server has), the server's
+                        certificate checked against the CA in FILE for the name localhost
+      --churn           connections/s: once a connection's ping is echoed, close it
+                        and open another (TCP + TLS + HMAC handshake + ping each)
       --threads T       client threads (default 1)
       --rss-pid PID     report VmRSS of PID before connecting, connected, at the end
       --setup-timeout S seconds to establish every connection (default 60)
@@ -43,6 +53,8 @@ struct Opts {
     frames: Option<u64>,
     warmup: Duration,
     key: Option<Vec<u8>>,
+    tls_ca: Option<String>,
+    churn: bool,
     threads: usize,
     rss_pid: Option<u32>,
     setup_timeout: Duration,
@@ -77,6 +89,8 @@ fn parse_args() -> Opts {
         frames: None,
         warmup: Duration::from_secs(1),
         key: None,
+        tls_ca: None,
+        churn: false,
         threads: 1,
         rss_pid: None,
         setup_timeout: Duration::from_secs(60),
@@ -91,6 +105,11 @@ fn parse_args() -> Opts {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--churn" {
+            o.churn = true;
+            i += 1;
+            continue;
         }
         let val = args
             .get(i + 1)
@@ -116,6 +135,7 @@ fn parse_args() -> Opts {
             "--warmup" => o.warmup = secs(),
             "--idle" => o.idle = num(),
             "--key" => o.key = Some(val.as_bytes().to_vec()),
+            "--tls-ca" => o.tls_ca = Some(val.clone()),
             "--threads" => o.threads = num(),
             "--rss-pid" => o.rss_pid = Some(num() as u32),
             "--setup-timeout" => o.setup_timeout = secs(),
@@ -164,6 +184,33 @@ fn raise_nofile(need: usize) {
     }
 }
 
+/// The TLS client configuration: ring, the CA file as the only trust
+/// anchor, no session resumption (every churned connection does a full
+/// handshake, as the other libraries' clients do).
+fn tls_config(ca: &str) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .unwrap_or_else(|e| die(&format!("--tls-ca {ca}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| die(&format!("--tls-ca {ca}: {e}")));
+    for c in certs {
+        roots
+            .add(c)
+            .unwrap_or_else(|e| die(&format!("--tls-ca {ca}: {e}")));
+    }
+    if roots.is_empty() {
+        die(&format!("--tls-ca {ca}: no certificate in it"));
+    }
+    let mut cfg =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| die(&format!("TLS: {e}")))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
 fn rss_kb(pid: Option<u32>) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -183,11 +230,34 @@ struct Sync {
     go: Barrier,
 }
 
+/// Churn: closes the connection in `slot` and opens another in its place.
+fn reconnect(
+    conns: &mut [Conn],
+    slot: usize,
+    poll: &Poll,
+    o: &Opts,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<(), String> {
+    let (id, active) = (conns[slot].id, conns[slot].active);
+    let mut old = std::mem::replace(&mut conns[slot], Conn::connect(id, active, o.addr, tls)?);
+    old.close_tls();
+    let _ = poll.registry().deregister(&mut old.stream);
+    drop(old);
+    poll.registry()
+        .register(
+            &mut conns[slot].stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(|e| format!("epoll_ctl: {e}"))
+}
+
 fn run_thread(
     o: &Opts,
     pattern: &Pattern,
     ids: Vec<(u32, bool)>,
     sync: &Sync,
+    tls: Option<&Arc<ClientConfig>>,
 ) -> Result<Outcome, String> {
     let t_setup = Instant::now();
     let mut poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
@@ -196,6 +266,7 @@ fn run_thread(
         pattern,
         key: o.key.as_deref(),
         depth: o.depth,
+        churn: o.churn,
         sending: false,
         measuring: false,
         stats: Stats::default(),
@@ -212,7 +283,7 @@ fn run_thread(
         // accept queue nor its SYN backlog overflows (a dropped SYN costs 1 s).
         while conns.len() < ids.len() && conns.len() - ready < o.connect_window {
             let (id, active) = ids[conns.len()];
-            let mut c = Conn::connect(id, active, o.addr)?;
+            let mut c = Conn::connect(id, active, o.addr, tls)?;
             poll.registry()
                 .register(
                     &mut c.stream,
@@ -253,6 +324,11 @@ fn run_thread(
     for c in conns.iter_mut().filter(|c| c.active) {
         c.kick(&mut ctx, start)?;
     }
+    if o.churn {
+        for slot in 0..conns.len() {
+            reconnect(&mut conns, slot, &poll, o, tls)?;
+        }
+    }
     let (mut m_start, mut m_stop) = (None, None);
     let mut drain_deadline = hard_end;
     loop {
@@ -279,9 +355,11 @@ fn run_thread(
             drain_deadline = now + o.drain_timeout;
         }
         if m_stop.is_some() {
-            // Every frame sent must come back before we call it a pass.
+            // Every frame sent must come back before we call it a pass
+            // (churn: every connection under way must be set up).
             let lost: u64 = conns.iter().map(|c| c.in_flight()).sum();
-            if lost == 0 && !conns.iter().any(|c| c.write_pending()) {
+            let setting_up = conns.iter().any(|c| c.phase != Phase::Ready);
+            if lost == 0 && !setting_up && !conns.iter().any(|c| c.write_pending()) {
                 break;
             }
             if now > drain_deadline {
@@ -295,7 +373,23 @@ fn run_thread(
             .map_err(|e| format!("epoll_wait: {e}"))?;
         for ev in events.iter() {
             let now = Instant::now();
-            conns[ev.token().0].on_event(&mut ctx, now)?;
+            let slot = ev.token().0;
+            let was_ready = conns[slot].phase == Phase::Ready;
+            conns[slot].on_event(&mut ctx, now)?;
+            if o.churn && !was_ready && conns[slot].phase == Phase::Ready {
+                // Connected, handshaken, echoed: counted, closed, replaced.
+                let c = &conns[slot];
+                ctx.stats.all_frames += 1;
+                if ctx.measuring {
+                    ctx.stats.frames += 1;
+                    ctx.stats
+                        .hist
+                        .record_n(now.duration_since(c.started).as_nanos() as u64, 1);
+                }
+                if ctx.sending {
+                    reconnect(&mut conns, slot, &poll, o, tls)?;
+                }
+            }
         }
     }
     let measured = m_stop.unwrap() - m_start.unwrap();
@@ -312,6 +406,7 @@ fn main() {
     let total = o.conns + o.idle;
     raise_nofile(total + 64);
     let pattern = Arc::new(Pattern::new(o.size));
+    let tls = o.tls_ca.as_deref().map(tls_config);
     let sync = Arc::new(Sync {
         connected: Barrier::new(o.threads + 1),
         go: Barrier::new(o.threads + 1),
@@ -327,10 +422,12 @@ fn main() {
         .into_iter()
         .enumerate()
         .map(|(t, ids)| {
-            let (o, pattern, sync) = (o.clone(), pattern.clone(), sync.clone());
+            let (o, pattern, sync, tls) = (o.clone(), pattern.clone(), sync.clone(), tls.clone());
             thread::Builder::new()
                 .name(format!("loadgen-{t}"))
-                .spawn(move || run_thread(&o, &pattern, ids, &sync).unwrap_or_else(|e| die(&e)))
+                .spawn(move || {
+                    run_thread(&o, &pattern, ids, &sync, tls.as_ref()).unwrap_or_else(|e| die(&e))
+                })
                 .unwrap_or_else(|e| die(&format!("spawning a thread: {e}")))
         })
         .collect();
@@ -371,7 +468,7 @@ fn report(o: &Opts, outcomes: &[Outcome], rss: [Option<u64>; 3]) {
     let opt = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
     println!(
         "{{\"ok\":true,\"addr\":\"{}\",\"connections\":{},\"idle\":{},\"depth\":{},\"size\":{},\"threads\":{},\
-         \"key\":{},\"duration_s\":{:.3},\"setup_s\":{:.3},\"all_frames\":{all_frames},\"frames\":{frames},\"bytes\":{bytes},\
+         \"key\":{},\"tls\":{},\"churn\":{},\"duration_s\":{:.3},\"setup_s\":{:.3},\"all_frames\":{all_frames},\"frames\":{frames},\"bytes\":{bytes},\
          \"frames_per_s\":{fps:.0},\"mb_per_s\":{:.2},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\
          \"max_us\":{:.1},\"rss_before_kb\":{},\"rss_connected_kb\":{},\"rss_end_kb\":{}}}",
         o.addr,
@@ -381,6 +478,8 @@ fn report(o: &Opts, outcomes: &[Outcome], rss: [Option<u64>; 3]) {
         o.size,
         o.threads,
         o.key.is_some(),
+        o.tls_ca.is_some(),
+        o.churn,
         measured.as_secs_f64(),
         setup.as_secs_f64(),
         bps / 1e6,
@@ -393,13 +492,15 @@ fn report(o: &Opts, outcomes: &[Outcome], rss: [Option<u64>; 3]) {
         opt(rss[2]),
     );
     eprintln!(
-        "loadgen: {} conns (+{} idle) x depth {} x {} B: {:.0} frames/s, {:.1} MB/s, p50 {:.1} us, p99 {:.1} us, \
+        "loadgen: {} conns (+{} idle) x depth {} x {} B{}: {:.0} {}/s, {:.1} MB/s, p50 {:.1} us, p99 {:.1} us, \
          {frames} frames verified in {:.2} s (setup {:.2} s)",
         o.conns,
         o.idle,
         o.depth,
         o.size,
+        if o.churn { ", churn" } else { "" },
         fps,
+        if o.churn { "connections" } else { "frames" },
         bps / 1e6,
         us(0.5),
         us(0.99),
