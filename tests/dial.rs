@@ -570,3 +570,115 @@ fn a_dialed_connection_talks_to_a_threaded_server_and_a_blocking_client_talks_to
     assert!(reports.lock().unwrap().is_empty());
     dialer.close();
 }
+
+/// A TLS + HMAC server's config and a client's trusting its CA, with the
+/// certificates made for `test` (`None`: skipped, see `Certs::make`).
+fn tls_configs(test: &str) -> Option<(common::certs::Certs, Config, Config)> {
+    let certs = common::certs::Certs::make(test)?;
+    let mut server = config_with_key(KEY);
+    server
+        .set_tls_cert_pem(&certs.server.cert_pem(), &certs.server.key_pem())
+        .unwrap();
+    let mut client = config_with_key(KEY);
+    client.set_tls_ca_pem(&certs.ca.cert_pem()).unwrap();
+    Some((certs, server, client))
+}
+
+#[test]
+fn a_dialer_speaks_tls_and_hmac_and_reports_a_server_it_does_not_trust() {
+    let Some((certs, server_config, client_config)) = tls_configs("tls_dialer") else {
+        return;
+    };
+    let server = event_server(
+        "tls://127.0.0.1:0",
+        &server_config,
+        Arc::new(EventEcho::default()),
+    );
+    assert!(
+        server.local_addr().starts_with("tls://"),
+        "{}",
+        server.local_addr()
+    );
+    let (engine, client, reports) = dialing_engine(&client_config);
+    let dialer = engine.dial(server.local_addr(), None).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || client
+        .frames
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    assert_eq!(client.frames.lock().unwrap()[0], b"hello");
+    let conn = client.conns.lock().unwrap()[0].clone();
+    let info = conn.tls_info().expect("a TLS connection");
+    assert_eq!(info.version, 0x0304);
+    assert_eq!(
+        info.peer_cert
+            .as_ref()
+            .expect("the server's certificate")
+            .sha256,
+        certs.server.sha256()
+    );
+    assert!(reports.lock().unwrap().is_empty());
+    dialer.close();
+
+    // A client that trusts another CA: reported as a certificate failure,
+    // never opened.
+    let mut distrustful = client_config.clone();
+    distrustful
+        .set_tls_ca_pem(&certs.other_ca.cert_pem())
+        .unwrap();
+    let (engine, client, reports) = dialing_engine(&distrustful);
+    let dialer = engine.dial(server.local_addr(), None).unwrap();
+    dialer
+        .set_reconnect(Duration::ZERO, Duration::ZERO)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !reports
+        .lock()
+        .unwrap()
+        .is_empty()));
+    let (_, kind, detail) = reports.lock().unwrap()[0].clone();
+    assert_eq!(kind, ErrorKind::Certificate, "{detail}");
+    assert_eq!(client.opened.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_loop_connects_over_tls_without_blocking() {
+    let Some((certs, server_config, client_config)) = tls_configs("tls_loop_connect") else {
+        return;
+    };
+    let server = event_server(
+        "tls://127.0.0.1:0",
+        &server_config,
+        Arc::new(EventEcho::default()),
+    );
+    let connecting = Connecting::start(server.local_addr(), &client_config).unwrap();
+    // Waits as long as the limit: a step that held back a TLS flight
+    // would stall until then.
+    let started = Instant::now();
+    let limit = Duration::from_secs(10);
+    let conn = drive(connecting, limit, limit).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2) * time_scale(),
+        "the TLS handshake stalled: {:?}",
+        started.elapsed()
+    );
+    let info = conn.tls_info().expect("a TLS connection");
+    assert_eq!(info.version, 0x0304);
+    assert_eq!(
+        info.peer_cert.as_ref().unwrap().sha256,
+        certs.server.sha256()
+    );
+    // Frames that arrive together are counted from the decrypted bytes.
+    for word in [&b"a"[..], b"bb", b"ccc"] {
+        conn.send(word).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn.poll(Some(Duration::ZERO)).unwrap_or(false)
+    }));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"a");
+    assert_eq!(conn.pending_frames(), 2);
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"bb");
+    assert_eq!(conn.recv_with(|f| f.to_vec()).unwrap(), b"ccc");
+    assert_eq!(conn.pending_frames(), 0);
+}
