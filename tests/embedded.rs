@@ -321,3 +321,46 @@ fn sends_and_closes_from_another_thread_wake_the_loop() {
     })
     .unwrap();
 }
+
+#[test]
+fn an_embedded_server_speaks_tls_and_hmac_from_the_callers_loop() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(certs) = common::certs::Certs::make("embedded_tls") else {
+        return;
+    };
+    let mut config = config_with_key(KEY);
+    config
+        .set_tls_cert_pem(&certs.server.cert_pem(), &certs.server.key_pem())
+        .unwrap();
+    let handler = Arc::new(Recorder::default());
+    let server = Arc::new(Server::bind("tls://127.0.0.1:0", &config).unwrap());
+    server.set_event_handler(handler.clone()).unwrap();
+    let _ = handler.server.set(server.clone());
+    let before = sockserv_threads();
+    server.start_embedded().unwrap();
+    let addr = server.local_addr().to_string();
+    assert!(addr.starts_with("tls://"), "{addr}");
+    let mut client_config = config_with_key(KEY);
+    client_config.set_tls_ca_pem(&certs.ca.cert_pem()).unwrap();
+    let client = std::thread::spawn(move || {
+        let c = connect(&addr, &client_config).unwrap();
+        assert_eq!(c.tls_info().unwrap().version, 0x0304);
+        // A frame larger than a TLS record, and small ones.
+        let big = vec![7u8; 100_000];
+        c.send(&big).unwrap();
+        assert_eq!(c.recv_with(|f| f.to_vec()).unwrap(), big);
+        for n in 0..20 {
+            let msg = format!("{n}");
+            c.send(msg.as_bytes()).unwrap();
+            assert_eq!(c.recv_with(|f| f.to_vec()).unwrap(), msg.as_bytes());
+        }
+        c.send(b"stop").unwrap();
+    });
+    let result = drive(&server, Duration::from_secs(20), || false);
+    assert_eq!(result.map_err(|e| e.kind()), Err(ErrorKind::Shutdown));
+    client.join().unwrap();
+    assert_eq!(handler.frames.load(Ordering::SeqCst), 22);
+    let me = std::thread::current().id();
+    assert!(handler.threads.lock().unwrap().iter().all(|t| *t == me));
+    assert_eq!(sockserv_threads(), before);
+}
