@@ -292,29 +292,44 @@ fn sends_and_closes_from_another_thread_wake_the_loop() {
     .unwrap();
     assert_eq!(server.loop_timeout().unwrap(), None, "idle: no deadline");
     let conn = handler.conns.lock().unwrap()[0].clone();
-    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The loop sleeps with no deadline; only the other thread's send can
-    // wake it (to write the frame).
+    // wake it (to write the frame). One wait, by itself: a loop that went
+    // on until the frame was written could miss the pusher's "sent" flag
+    // set just after the wake-up and sleep again.
     let pusher = {
-        let (conn, sent) = (conn.clone(), sent.clone());
+        let conn = conn.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             conn.send(b"pushed").unwrap();
-            sent.store(true, Ordering::SeqCst);
             conn
         })
     };
     let started = Instant::now();
-    drive(&server, Duration::from_secs(10), || {
-        sent.load(Ordering::SeqCst) && conn.queued_bytes() == 0
-    })
-    .unwrap();
+    {
+        let mut poll = Poll::new().unwrap();
+        let fd: RawFd = server.loop_fd().unwrap();
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+            .unwrap();
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        waited < Duration::from_secs(5),
         "the send did not wake the loop"
     );
-    assert_eq!(client.recv_with(|f| f.to_vec()).unwrap(), b"pushed");
+    assert!(
+        waited >= Duration::from_millis(90),
+        "the loop's fd was readable before the send ({waited:?})"
+    );
     let conn = pusher.join().unwrap();
+    drive(&server, Duration::from_secs(10), || {
+        conn.queued_bytes() == 0
+    })
+    .unwrap();
+    assert_eq!(client.recv_with(|f| f.to_vec()).unwrap(), b"pushed");
     conn.close();
     drive(&server, Duration::from_secs(10), || {
         handler.closed.load(Ordering::SeqCst) == 1
