@@ -293,9 +293,22 @@ fn sends_and_closes_from_another_thread_wake_the_loop() {
     assert_eq!(server.loop_timeout().unwrap(), None, "idle: no deadline");
     let conn = handler.conns.lock().unwrap()[0].clone();
     // The loop sleeps with no deadline; only the other thread's send can
-    // wake it (to write the frame). One wait, by itself: a loop that went
-    // on until the frame was written could miss the pusher's "sent" flag
-    // set just after the wake-up and sleep again.
+    // wake it (to write the frame). First the fd is made quiet (the new
+    // connection's first writable edge may still be there); then one wait,
+    // by itself: a loop that went on until the frame was written could miss
+    // the pusher's "sent" flag set just after the wake-up and sleep again.
+    let mut poll = Poll::new().unwrap();
+    let fd: RawFd = server.loop_fd().unwrap();
+    poll.registry()
+        .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
+        .unwrap();
+    let mut events = Events::with_capacity(4);
+    let quiet = (0..100).any(|_| {
+        server.process().unwrap();
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        events.is_empty()
+    });
+    assert!(quiet, "an idle embedded server's fd stays readable");
     let pusher = {
         let conn = conn.clone();
         std::thread::spawn(move || {
@@ -305,16 +318,9 @@ fn sends_and_closes_from_another_thread_wake_the_loop() {
         })
     };
     let started = Instant::now();
-    {
-        let mut poll = Poll::new().unwrap();
-        let fd: RawFd = server.loop_fd().unwrap();
-        poll.registry()
-            .register(&mut SourceFd(&fd), Token(0), Interest::READABLE)
-            .unwrap();
-        let mut events = Events::with_capacity(4);
-        poll.poll(&mut events, Some(Duration::from_secs(10)))
-            .unwrap();
-    }
+    poll.poll(&mut events, Some(Duration::from_secs(10)))
+        .unwrap();
+    drop(poll);
     let waited = started.elapsed();
     assert!(
         waited < Duration::from_secs(5),
