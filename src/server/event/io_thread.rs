@@ -200,6 +200,7 @@ impl IoThread {
             session,
             writing: Vec::new(),
             sealing: Vec::new(),
+            sealed: 0,
             written: 0,
             last_activity: now,
             read_paused: false,
@@ -436,7 +437,7 @@ impl IoThread {
         let context = &self.shared.context;
         // Before the peer sees the end.
         count_refusal(context, &mut conn, reason.as_ref());
-        let all_written = conn.written == conn.writing.len();
+        let all_written = conn.written == conn.writing.len() && conn.sealed == conn.sealing.len();
         if let Some(sealer) = conn
             .session
             .sealer()

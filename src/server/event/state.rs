@@ -53,8 +53,10 @@ pub(super) struct Conn {
     /// Frames taken from the handle's queue, being written (with TLS:
     /// the records they were sealed into).
     pub(super) writing: Vec<u8>,
-    /// With TLS: the plaintext frames taken from the queue, being sealed.
+    /// With TLS: the plaintext frames taken from the queue, being sealed
+    /// (up to `sealed`) a run at a time.
     pub(super) sealing: Vec<u8>,
+    pub(super) sealed: usize,
     pub(super) written: usize,
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,
