@@ -23,11 +23,13 @@ impl IoThread {
         if conn.writing.capacity() > KEEP_IDLE_BUFFER {
             conn.writing = Vec::new();
         }
-        if conn.sealing.capacity() > KEEP_IDLE_BUFFER {
-            conn.sealing = Vec::new();
+        if let Some(s) = &mut conn.sealing {
+            if s.plain.capacity() > KEEP_IDLE_BUFFER {
+                s.plain = Vec::new();
+            }
         }
         if conn.closing_since.is_some() {
-            let reason = conn.close_reason.take();
+            let reason = conn.close_reason.take().map(|e| *e);
             return self.close(token, reason);
         }
         if conn.read_paused && conn.handle.queued_bytes() < conn.handle.max_queued() / 4 {
@@ -50,7 +52,7 @@ impl IoThread {
         if conn.closing_since.is_none() {
             let now = Instant::now();
             conn.closing_since = Some(now);
-            conn.close_reason = reason;
+            conn.close_reason = reason.map(Box::new);
             self.deadlines
                 .push(now + CLOSE_LINGER, token, conn.handle.id());
         }
@@ -65,7 +67,11 @@ const SEAL_RUN: usize = 48 * 1024;
 /// What the I/O thread took from the queue and has not written: records
 /// and, with TLS, plaintext not sealed yet.
 fn unwritten(conn: &Conn) -> usize {
-    conn.writing.len() - conn.written + conn.sealing.len() - conn.sealed
+    let unsealed = conn
+        .sealing
+        .as_ref()
+        .map_or(0, |s| s.plain.len() - s.sealed);
+    conn.writing.len() - conn.written + unsealed
 }
 
 /// Writes the connection's queued frames until all are written (`true`)
@@ -83,16 +89,17 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
                     // run's records are sent while in cache, and the
                     // buffer they go into stays small enough to be kept
                     // (a large frame's would be fresh pages every time).
-                    if conn.sealed == conn.sealing.len() {
-                        conn.sealing.clear();
-                        conn.sealed = 0;
-                        conn.handle.take_queued(&mut conn.sealing);
+                    let s = conn.sealing.get_or_insert_with(Box::default);
+                    if s.sealed == s.plain.len() {
+                        s.plain.clear();
+                        s.sealed = 0;
+                        conn.handle.take_queued(&mut s.plain);
                     }
-                    if conn.sealed < conn.sealing.len() {
-                        let end = conn.sealing.len().min(conn.sealed + SEAL_RUN);
-                        let run = [io::IoSlice::new(&conn.sealing[conn.sealed..end])];
+                    if s.sealed < s.plain.len() {
+                        let end = s.plain.len().min(s.sealed + SEAL_RUN);
+                        let run = [io::IoSlice::new(&s.plain[s.sealed..end])];
                         sealer.seal(&run, &mut conn.writing)?;
-                        conn.sealed = end;
+                        s.sealed = end;
                         conn.handle.written(unwritten(conn));
                     }
                 }
