@@ -126,10 +126,11 @@ pub struct Session {
     /// The stage a failure happened in.
     failed_in: Option<Stage>,
     /// The TLS layer; its plaintext buffer is where frames come from.
-    tls: Option<Tls>,
-    sealer: Option<Sealer>,
+    /// Boxed: a plaintext session (most pre-auth ones) carries a pointer,
+    /// not the TLS state.
+    tls: Option<Box<Tls>>,
     /// A TLS layer that could not be made: the first poll reports it.
-    tls_error: Option<Error>,
+    tls_error: Option<Box<Error>>,
     /// A frame (handshake or application) came in: a later bad header is
     /// no TLS hello sent to a plaintext end.
     frames_seen: bool,
@@ -151,11 +152,10 @@ impl Session {
         };
         let has_preamble = proxy.is_some() || !params.keys.is_empty() || params.tls.is_some();
         let (tls, tls_error) = match params.tls.as_ref().map(Tls::new) {
-            Some(Ok(tls)) => (Some(tls), None),
-            Some(Err(e)) => (None, Some(e)),
+            Some(Ok(tls)) => (Some(Box::new(tls)), None),
+            Some(Err(e)) => (None, Some(Box::new(e))),
             None => (None, None),
         };
-        let sealer = tls.as_ref().map(Tls::sealer);
         let mut session = Session {
             stage: Stage::Opening,
             role: params.role,
@@ -171,7 +171,6 @@ impl Session {
             opened: false,
             failed_in: None,
             tls,
-            sealer,
             tls_error,
             frames_seen: false,
         };
@@ -186,18 +185,18 @@ impl Session {
 
     /// Whether the session speaks TLS.
     pub fn is_tls(&self) -> bool {
-        self.sealer.is_some()
+        self.tls.is_some()
     }
 
     /// With TLS: what encrypts the application's frames (the driver passes
     /// its encoded frames through it on their way to the socket).
     pub fn sealer(&self) -> Option<&Sealer> {
-        self.sealer.as_ref()
+        self.tls.as_deref().map(Tls::sealer)
     }
 
     /// What the TLS handshake negotiated, once it is done.
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.tls.as_ref().and_then(Tls::info)
+        self.tls.as_deref().and_then(Tls::info)
     }
 
     /// The bytes of a [`Step::Frame`]: `buf` is the driver's buffer, the
@@ -342,7 +341,7 @@ impl Session {
             Stage::Proxy | Stage::Tls | Stage::Handshake | Stage::Open => {}
         }
         if let Some(e) = self.tls_error.take() {
-            return Err(self.fail(e));
+            return Err(self.fail(*e));
         }
         if self.proxy.is_some() {
             if let Some(step) = self.take_proxy_header(buf)? {
@@ -495,7 +494,7 @@ impl Session {
         let Some(hs) = &mut self.handshake else {
             return;
         };
-        let Some(sealer) = &self.sealer else {
+        let Some(sealer) = self.tls.as_deref().map(Tls::sealer) else {
             while let Some(msg) = hs.poll_transmit() {
                 self.transmit
                     .extend_from_slice(encode_header(msg.len() as u64).as_bytes());

@@ -151,7 +151,8 @@ fn broken_by(e: &std::io::Error) -> Error {
 
 /// One connection's TLS state and its decrypted bytes.
 pub struct Tls {
-    conn: Arc<Mutex<rustls::Connection>>,
+    /// The rustls connection, shared with the drivers' sending side.
+    sealer: Sealer,
     /// Decrypted bytes not yet taken as frames.
     pub(crate) plain: RecvBuffer,
     /// The first wire byte seen: tells "not TLS at all" from a bad record.
@@ -180,7 +181,7 @@ impl Tls {
             }
         };
         Ok(Tls {
-            conn: Arc::new(Mutex::new(conn)),
+            sealer: Sealer(Arc::new(Mutex::new(conn))),
             plain: RecvBuffer::default(),
             first_byte: None,
             info: None,
@@ -188,8 +189,8 @@ impl Tls {
     }
 
     /// The sealer of this connection's outgoing records.
-    pub fn sealer(&self) -> Sealer {
-        Sealer(self.conn.clone())
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// Feeds every byte of `wire` to rustls (consuming them) and appends
@@ -199,7 +200,7 @@ impl Tls {
         if self.first_byte.is_none() {
             self.first_byte = wire.pending().first().copied();
         }
-        let mut conn = lock(&self.conn);
+        let mut conn = lock(&self.sealer.0);
         while !wire.pending().is_empty() {
             let mut rd: &[u8] = wire.pending();
             let before = rd.len();
@@ -236,18 +237,18 @@ impl Tls {
 
     /// Whether the TLS handshake is still running.
     pub fn is_handshaking(&self) -> bool {
-        lock(&self.conn).is_handshaking()
+        lock(&self.sealer.0).is_handshaking()
     }
 
     /// Appends the TLS messages rustls has to send to `out`.
     pub fn write_tls(&self, out: &mut Vec<u8>) {
-        write_tls(&mut lock(&self.conn), out);
+        write_tls(&mut lock(&self.sealer.0), out);
     }
 
     /// Records what the finished handshake negotiated (and the peer's
     /// certificate, reduced to what [`PeerCert`] keeps).
     pub fn finish_handshake(&mut self) -> &TlsInfo {
-        let conn = lock(&self.conn);
+        let conn = lock(&self.sealer.0);
         let version = conn.protocol_version().map_or(0, u16::from);
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let peer_cert = conn

@@ -55,8 +55,9 @@ pub struct EventConn {
     /// The connection speaks TLS: sends are sealed by the I/O thread, so
     /// none goes to the socket directly.
     tls: bool,
-    /// What its TLS handshake negotiated, set before `on_open`.
-    tls_info: std::sync::OnceLock<TlsInfo>,
+    /// What its TLS handshake negotiated, set before `on_open`; boxed, so
+    /// a plaintext connection's handle stays small.
+    tls_info: std::sync::OnceLock<Box<TlsInfo>>,
 }
 
 pub(crate) struct EventConnParts {
@@ -97,11 +98,11 @@ impl EventConn {
     /// What the TLS handshake negotiated (the peer's certificate among
     /// it); `None` without TLS.
     pub fn tls_info(&self) -> Option<&TlsInfo> {
-        self.tls_info.get()
+        self.tls_info.get().map(|info| &**info)
     }
 
     pub(crate) fn set_tls_info(&self, info: TlsInfo) {
-        let _ = self.tls_info.set(info);
+        let _ = self.tls_info.set(Box::new(info));
     }
 
     /// Queues one frame; the I/O thread writes it. Never blocks. Past the

@@ -256,7 +256,7 @@ impl IoThread {
             recv: RecvBuffer::default(),
             session,
             writing: Vec::new(),
-            sealing: Vec::new(),
+            sealing: None,
             written: 0,
             last_activity: now,
             read_paused: false,
@@ -458,6 +458,12 @@ impl IoThread {
         let fd = conn.handle.fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let mut unsent = conn.writing.split_off(conn.written);
+        if let (Some(s), Some(sealer)) = (conn.sealing.take(), conn.session.sealer()) {
+            // Plaintext taken from the queue and not sealed yet.
+            if s.sealed < s.plain.len() {
+                let _ = sealer.seal(&[io::IoSlice::new(&s.plain[s.sealed..])], &mut unsent);
+            }
+        }
         let mut queued = Vec::new();
         conn.handle.take_queued(&mut queued);
         match conn.session.sealer() {
@@ -495,7 +501,11 @@ impl IoThread {
         let context = &self.shared.context;
         // Before the peer sees the end.
         count_refusal(context, &mut conn, reason.as_ref());
-        let all_written = conn.written == conn.writing.len();
+        let all_written = conn.written == conn.writing.len()
+            && conn
+                .sealing
+                .as_ref()
+                .is_none_or(|s| s.sealed == s.plain.len());
         if let Some(sealer) = conn
             .session
             .sealer()

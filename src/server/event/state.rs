@@ -49,6 +49,14 @@ pub(super) const KEEP_IDLE_BUFFER: usize = 64 * 1024;
 /// had queued.
 pub(super) const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A TLS connection's plaintext frames taken from its queue, sealed a run
+/// at a time (up to `sealed`).
+#[derive(Default)]
+pub(super) struct Sealing {
+    pub(super) plain: Vec<u8>,
+    pub(super) sealed: usize,
+}
+
 pub(super) struct Conn {
     /// Shared with callbacks and senders; owns the socket.
     pub(super) handle: Arc<EventConn>,
@@ -60,14 +68,17 @@ pub(super) struct Conn {
     /// the records they were sealed into).
     pub(super) writing: Vec<u8>,
     /// With TLS: the plaintext frames taken from the queue, being sealed.
-    pub(super) sealing: Vec<u8>,
+    /// Made on the first write of a TLS connection: a plaintext one (most
+    /// waiting ones) carries a pointer.
+    pub(super) sealing: Option<Box<Sealing>>,
     pub(super) written: usize,
     pub(super) last_activity: Instant,
     pub(super) read_paused: bool,
     pub(super) closing_since: Option<Instant>,
     /// Why it closes once what is queued is written (the peer's end of
     /// stream); `None`: the owner's `close()`.
-    pub(super) close_reason: Option<Error>,
+    /// Boxed: set on few connections, and a waiting one stays small.
+    pub(super) close_reason: Option<Box<Error>>,
     /// Listed in the thread's `read_again` (its share of a turn ran out
     /// with data left).
     pub(super) read_again: bool,

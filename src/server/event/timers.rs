@@ -31,7 +31,7 @@ impl IoThread {
             let conn = &self.conns[token];
             let config = &self.shared.context.config;
             let (due, why) = if let Some(since) = conn.closing_since {
-                (since + CLOSE_LINGER, conn.close_reason.clone())
+                (since + CLOSE_LINGER, conn.close_reason.as_deref().cloned())
             } else if let Some(deadline) = conn.session.deadline() {
                 // The one deadline of the whole preamble.
                 (deadline, conn.session.timed_out(deadline))

@@ -23,11 +23,13 @@ impl IoThread {
         if conn.writing.capacity() > KEEP_IDLE_BUFFER {
             conn.writing = Vec::new();
         }
-        if conn.sealing.capacity() > KEEP_IDLE_BUFFER {
-            conn.sealing = Vec::new();
+        if let Some(s) = &mut conn.sealing {
+            if s.plain.capacity() > KEEP_IDLE_BUFFER {
+                s.plain = Vec::new();
+            }
         }
         if conn.closing_since.is_some() {
-            let reason = conn.close_reason.take();
+            let reason = conn.close_reason.take().map(|e| *e);
             return self.close(token, reason);
         }
         if conn.read_paused && conn.handle.queued_bytes() < conn.handle.max_queued() / 4 {
@@ -50,12 +52,26 @@ impl IoThread {
         if conn.closing_since.is_none() {
             let now = Instant::now();
             conn.closing_since = Some(now);
-            conn.close_reason = reason;
+            conn.close_reason = reason.map(Box::new);
             self.deadlines
                 .push(now + CLOSE_LINGER, token, conn.handle.id());
         }
         self.flush(token);
     }
+}
+
+/// Plaintext sealed per run: its records (a few bytes more) stay under
+/// KEEP_IDLE_BUFFER, so `writing` is kept between runs.
+const SEAL_RUN: usize = 48 * 1024;
+
+/// What the I/O thread took from the queue and has not written: records
+/// and, with TLS, plaintext not sealed yet.
+fn unwritten(conn: &Conn) -> usize {
+    let unsealed = conn
+        .sealing
+        .as_ref()
+        .map_or(0, |s| s.plain.len() - s.sealed);
+    conn.writing.len() - conn.written + unsealed
 }
 
 /// Writes the connection's queued frames until all are written (`true`)
@@ -68,14 +84,23 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
             match conn.session.sealer() {
                 None => conn.handle.take_queued(&mut conn.writing),
                 Some(sealer) => {
-                    // One batch per flush: every frame queued since the
-                    // last one, many per TLS record and per send().
-                    conn.handle.take_queued(&mut conn.sealing);
-                    if !conn.sealing.is_empty() {
-                        let parts = [io::IoSlice::new(&conn.sealing)];
-                        sealer.seal(&parts, &mut conn.writing)?;
-                        conn.sealing.clear();
-                        conn.handle.written(conn.writing.len());
+                    // Every frame queued since the last batch, many per TLS
+                    // record and per send(), sealed a run at a time: each
+                    // run's records are sent while in cache, and the
+                    // buffer they go into stays small enough to be kept
+                    // (a large frame's would be fresh pages every time).
+                    let s = conn.sealing.get_or_insert_with(Box::default);
+                    if s.sealed == s.plain.len() {
+                        s.plain.clear();
+                        s.sealed = 0;
+                        conn.handle.take_queued(&mut s.plain);
+                    }
+                    if s.sealed < s.plain.len() {
+                        let end = s.plain.len().min(s.sealed + SEAL_RUN);
+                        let run = [io::IoSlice::new(&s.plain[s.sealed..end])];
+                        sealer.seal(&run, &mut conn.writing)?;
+                        s.sealed = end;
+                        conn.handle.written(unwritten(conn));
                     }
                 }
             }
@@ -91,7 +116,7 @@ fn write_queued(conn: &mut Conn) -> Result<bool> {
         {
             Ok(n) => {
                 conn.written += n;
-                conn.handle.written(conn.writing.len() - conn.written);
+                conn.handle.written(unwritten(conn));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
