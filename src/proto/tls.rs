@@ -308,6 +308,16 @@ pub fn tls_error(e: &rustls::Error, first_byte: Option<u8>) -> Error {
     }
 }
 
+/// A name the certificate presents, as rustls spells it (`DnsName("a.b")`,
+/// `IpAddress(1.2.3.4)`), without the wrapping: `a.b`, `1.2.3.4`.
+fn bare_name(presented: &str) -> &str {
+    let inner = presented
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(presented);
+    inner.trim_matches('"')
+}
+
 fn cert_reason(c: &CertificateError) -> String {
     use CertificateError as C;
     match c {
@@ -321,7 +331,11 @@ fn cert_reason(c: &CertificateError) -> String {
         } => format!(
             "name mismatch (wanted {}, the certificate is for {})",
             expected.to_str(),
-            presented.join(", ")
+            presented
+                .iter()
+                .map(|p| bare_name(p))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         C::BadSignature => "bad signature".into(),
         C::BadEncoding => "the certificate cannot be decoded".into(),
@@ -507,6 +521,13 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presented_names_lose_rustls_spelling() {
+        assert_eq!(bare_name("DnsName(\"example.org\")"), "example.org");
+        assert_eq!(bare_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(bare_name("plain"), "plain");
+    }
 
     #[test]
     fn subjects_read_last_relative_name_first_and_escaped() {
