@@ -273,6 +273,13 @@ fn every_certificate_failure_is_named_on_both_sides_and_the_rest_goes_on() {
             .err()
             .expect("a plaintext client got in on a TLS port");
         assert!(t.elapsed() < Duration::from_secs(5), "{e}");
+        // The server's closing alert tells it what it met.
+        assert_eq!(
+            e.kind(),
+            ErrorKind::Tls,
+            "{mode:?}: plaintext client to TLS: {e}"
+        );
+        assert!(e.detail().contains("speaks TLS"), "{e}");
         assert!(wait_until(Duration::from_secs(5), || impatient
             .stats()
             .handshake_failures

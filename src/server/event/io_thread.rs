@@ -506,13 +506,12 @@ impl IoThread {
                 .sealing
                 .as_ref()
                 .is_none_or(|s| s.sealed == s.plain.len());
-        if let Some(sealer) = conn
-            .session
-            .sealer()
-            .filter(|_| conn.session.was_opened() && all_written)
-        {
+        if let Some(sealer) = conn.session.sealer().filter(|_| all_written) {
             // A clean end the peer can tell from a cut one, if the socket
-            // takes it at once (one small record).
+            // takes it at once (one small record). Also when the preamble
+            // failed: a plaintext client that waits for a challenge on this
+            // TLS port (until our deadline) then reads a TLS record, and
+            // can say the port speaks TLS rather than "closed".
             let mut notify = Vec::new();
             sealer.close_notify(&mut notify);
             let _ = conn
