@@ -412,12 +412,13 @@ public:
     std::string peer_addr() const { return address(sockserv_conn_peer_addr, "sockserv_conn_peer_addr"); }
     /// This end's address.
     std::string local_addr() const { return address(sockserv_conn_local_addr, "sockserv_conn_local_addr"); }
-    /// TLS (minimal): the peer certificate's SHA-256 and subject, the version.
+    /// TLS (minimal): the SHA-256 of the peer's certificate.
     std::array<std::uint8_t, 32> peer_cert_sha256() const {
         std::array<std::uint8_t, 32> sha{};
         detail::check(sockserv_conn_peer_cert_sha256(conn_, sha.data()), "sockserv_conn_peer_cert_sha256");
         return sha;
     }
+    /// TLS: the subject of the peer's certificate ("CN=client,O=Example").
     std::string peer_cert_subject() const {
         std::size_t needed = 0;
         sockserv_result rc = sockserv_conn_peer_cert_subject(conn_, nullptr, 0, &needed);
@@ -429,6 +430,7 @@ public:
         subject.resize(needed - 1);
         return subject;
     }
+    /// TLS: the version negotiated (SOCKSERV_TLS_VERSION_1_3: 0x0304).
     int tls_version() const {
         int version = 0;
         char alpn[256];
