@@ -2,7 +2,8 @@
 //! does not stall its neighbours on the same I/O thread (as
 //! tests/fairness.rs shows for plaintext): thousands of frames arrive in
 //! each record, and each connection still gets only its share of a turn.
-//! One test in its own binary, for its timings.
+//! The tests run one at a time (SERIAL) in their own binary, so the
+//! timings are each test's alone.
 
 mod common;
 
@@ -16,6 +17,8 @@ use common::*;
 use sockserv::{connect, Config};
 
 const ROUNDTRIPS: usize = 500;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Echoes frames with a payload; empty ones (the flood) are taken and
 /// dropped, so the flooder needs no reader.
@@ -52,6 +55,7 @@ fn p99(sorted: &[Duration]) -> Duration {
 
 #[test]
 fn a_flood_of_empty_frames_inside_tls_does_not_stall_a_neighbour() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(certs) = Certs::make("a_flood_of_empty_frames_inside_tls_does_not_stall") else {
         return;
     };
@@ -102,8 +106,12 @@ fn a_flood_of_empty_frames_inside_tls_does_not_stall_a_neighbour() {
         sent > 1_000_000,
         "the flood did not get going: {sent} frames"
     );
-    // As tests/fairness.rs promises for plaintext (its bound: 10 ms).
-    let bound = Duration::from_millis(10) * time_scale();
+    // Twice the plaintext bound of tests/fairness.rs (10 ms): a record
+    // (4,096 empty frames) is decrypted whole before its frames are shared
+    // out. Measured, debug build, 2 cores at a load average of 15:
+    // 0.2 to 6 ms (a turn that took whole reads of the flood: 15 ms to
+    // seconds, as in plaintext).
+    let bound = Duration::from_millis(20) * time_scale();
     assert!(
         p99_flooded < bound,
         "a neighbour's p99 went from {quiet:?} to {p99_flooded:?} during the flood"
@@ -118,6 +126,7 @@ fn a_flood_of_empty_frames_inside_tls_does_not_stall_a_neighbour() {
 /// one).
 #[test]
 fn frames_left_over_from_a_turn_inside_tls_are_delivered() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(certs) = Certs::make("frames_left_over_from_a_turn_inside_tls_are_delivered") else {
         return;
     };

@@ -439,9 +439,10 @@ fn one_deadline_covers_proxy_header_tls_and_handshake() {
             tls_done >= 2 * PAUSE && tls_done < DEADLINE,
             "{mode:?}: TLS done after {tls_done:?}"
         );
+        // A deadline restarted at each step would cut it at 1.6 s or later.
         assert!(
             cut_off >= DEADLINE - Duration::from_millis(50)
-                && cut_off < DEADLINE + PAUSE * time_scale(),
+                && cut_off < DEADLINE + Duration::from_millis(500) * time_scale(),
             "{mode:?}: cut off {cut_off:?} after connecting (deadline {DEADLINE:?})"
         );
         assert!(wait_until(Duration::from_secs(5), || server
