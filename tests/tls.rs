@@ -766,3 +766,59 @@ fn pipelined_small_frames_all_come_back() {
         server.shutdown();
     }
 }
+
+/// A load balancer's PROXY header comes before TLS (HAProxy in TCP mode
+/// with send-proxy-v2 in front of TLS backends): the handler sees the
+/// client it names, over TLS with HMAC inside.
+#[test]
+fn a_proxy_header_goes_before_tls() {
+    for mode in [Mode::Threaded, Mode::Event] {
+        let mut config = server_config(Some(b"k"));
+        config.set_proxy_protocol(sockserv::ProxyMode::Required);
+        let server = Server::bind("tls://127.0.0.1:0", &config).unwrap();
+        let peers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = peers.clone();
+        match mode {
+            Mode::Threaded => server
+                .set_handler(Arc::new(move |conn: &Arc<Connection>| {
+                    seen.lock().unwrap().push(conn.peer_addr().to_string());
+                    echo(conn);
+                }))
+                .unwrap(),
+            Mode::Event => {
+                struct Peers(Arc<Mutex<Vec<String>>>);
+                impl EventHandler for Peers {
+                    fn on_open(&self, conn: &Arc<EventConn>) {
+                        self.0.lock().unwrap().push(conn.peer_addr().to_string());
+                    }
+                    fn on_frame(&self, conn: &Arc<EventConn>, frame: &[u8]) {
+                        let _ = conn.send(frame);
+                    }
+                    fn on_close(&self, _: &Arc<EventConn>, _: Option<&sockserv::Error>) {}
+                }
+                server.set_event_handler(Arc::new(Peers(seen))).unwrap()
+            }
+        }
+        server.start().unwrap();
+        let target = server.local_addr().strip_prefix("tls://").unwrap();
+        let mut stream = TcpStream::connect(target).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n",
+        )
+        .unwrap();
+        let mut client = client_config(Some(b"k"));
+        client.set_tls(true);
+        let conn = Connection::establish(stream.into(), &client, Role::Client)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        roundtrip(&conn, b"through the balancer");
+        assert!(wait_until(LIMIT, || !peers.lock().unwrap().is_empty()));
+        assert_eq!(
+            peers.lock().unwrap()[0],
+            "tcp://203.0.113.7:5555",
+            "{mode:?}"
+        );
+        server.shutdown();
+    }
+}
