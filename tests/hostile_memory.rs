@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{config_with_key, echo_server, KEY};
+use common::{config_with_key, echo_server, settled_rss_kib, KEY};
 use sockserv::Connection;
 use sockserv::Role;
 
@@ -59,30 +59,6 @@ impl Drop for Guard {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// The child's RSS once it stopped changing (three equal readings 100 ms
-/// apart), at most 15 s.
-fn settled_rss(pid: u32) -> u64 {
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut last = rss_kib(pid);
-    let mut same = 0;
-    while Instant::now() < end && same < 3 {
-        thread::sleep(Duration::from_millis(100));
-        let now = rss_kib(pid);
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-    }
-    last
-}
-
 fn authenticated(addr: &str) -> TcpStream {
     let target: std::net::SocketAddr = addr.trim_start_matches("tcp://").parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -121,20 +97,20 @@ fn partial_frames_cost_what_arrived() {
         }
     };
     let pid = child.0.id();
-    let idle = settled_rss(pid);
+    let idle = settled_rss_kib(pid);
 
     let mut peers: Vec<TcpStream> = (0..PEERS).map(|_| authenticated(&addr)).collect();
-    let connected = settled_rss(pid);
+    let connected = settled_rss_kib(pid);
 
     let header = sockserv::proto::frame::encode_header(DECLARED);
     for p in &mut peers {
         p.write_all(header.as_bytes()).unwrap();
     }
-    let after_header = settled_rss(pid);
+    let after_header = settled_rss_kib(pid);
     for p in &mut peers {
         p.write_all(&[0x5a; SENT]).unwrap();
     }
-    let after_payload = settled_rss(pid);
+    let after_payload = settled_rss_kib(pid);
 
     let per = |kib: u64| kib.saturating_sub(idle) / PEERS as u64;
     let report = format!(

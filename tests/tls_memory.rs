@@ -65,30 +65,6 @@ fn tls_memory_server_child() {
     drop(server);
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// The child's RSS once it stopped changing (three equal readings 100 ms
-/// apart), at most 15 s.
-fn settled_rss(pid: u32) -> u64 {
-    let end = Instant::now() + Duration::from_secs(15);
-    let mut last = rss_of(pid);
-    let mut same = 0;
-    while Instant::now() < end && same < 3 {
-        thread::sleep(Duration::from_millis(100));
-        let now = rss_of(pid);
-        same = if now == last { same + 1 } else { 0 };
-        last = now;
-    }
-    last
-}
-
 /// What one run measured: the server's RSS before and after, and how
 /// long the connections took.
 struct Measured {
@@ -152,7 +128,7 @@ fn measure(certs: &Certs, tls: bool, count: usize) -> Measured {
         roundtrip(&c, b"warm");
     }
     thread::sleep(Duration::from_millis(300));
-    let before = settled_rss(pid);
+    let before = settled_rss_kib(pid);
     let started = Instant::now();
     let clients: Vec<Connection> = thread::scope(|s| {
         let dialers: Vec<_> = (0..DIALERS)
@@ -173,7 +149,7 @@ fn measure(certs: &Certs, tls: bool, count: usize) -> Measured {
     assert_eq!(clients.len(), count);
     // Idle for a moment: nothing is due, nothing should grow.
     thread::sleep(Duration::from_millis(500));
-    let after = settled_rss(pid);
+    let after = settled_rss_kib(pid);
     // They are live: the last one still gets its echo.
     roundtrip(clients.last().unwrap(), b"still here");
     drop(clients);

@@ -437,12 +437,36 @@ pub fn python() -> String {
 
 /// The resident memory of this process, in KiB.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
+    rss_kib_in("/proc/self/status")
+}
+
+/// The resident memory of process `pid` (a child server), in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    rss_kib_in(&format!("/proc/{pid}/status"))
+}
+
+fn rss_kib_in(status: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+        .unwrap_or_else(|| panic!("VmRSS in {status}"))
+}
+
+/// Process `pid`'s RSS in KiB once it stopped changing (three equal
+/// readings 100 ms apart), at most 15 s.
+pub fn settled_rss_kib(pid: u32) -> u64 {
+    let end = Instant::now() + Duration::from_secs(15);
+    let mut last = rss_kib_of(pid);
+    let mut same = 0;
+    while Instant::now() < end && same < 3 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = rss_kib_of(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
 }
 
 /// Frame `seq` of client `client`, into `out`: its size drawn log-uniformly
