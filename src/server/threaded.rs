@@ -109,13 +109,14 @@ impl Shared {
     /// Starts a connection's thread.
     fn spawn(self: &Arc<Self>, start: Start) {
         self.reap_finished();
-        self.spawn_unreaped(start);
+        self.spawn_in(&mut lock(&self.live), start);
     }
 
-    /// Starts a connection's thread without joining ended ones first (a
-    /// thread that is ending must not join itself).
-    fn spawn_unreaped(self: &Arc<Self>, start: Start) {
-        let mut live = lock(&self.live);
+    /// Starts a connection's thread, registered in `live` (held by the
+    /// caller, so a check of `busy()` and the start are one step), without
+    /// joining ended threads first (a thread that is ending must not join
+    /// itself).
+    fn spawn_in(self: &Arc<Self>, live: &mut Live, start: Start) {
         let id = live.next_id;
         live.next_id += 1;
         let shared = self.clone();
@@ -141,8 +142,14 @@ impl Shared {
         if self.closing_all.load(Ordering::SeqCst) {
             return;
         }
-        if self.running() >= self.context.config.max_connections {
+        self.reap_finished();
+        // The check and the start under one lock: the stage's I/O threads
+        // hand connections over at the same time, and a finishing thread
+        // unparks one (checked apart, two could take the last slot).
+        let mut live = lock(&self.live);
+        if live.busy() >= self.context.config.max_connections {
             if self.context.config.when_full == WhenFull::Refuse {
+                drop(live);
                 self.context
                     .refused_when_full
                     .fetch_add(1, Ordering::Relaxed);
@@ -156,29 +163,22 @@ impl Shared {
                 );
                 return;
             }
-            let mut live = lock(&self.live);
-            // Checked again under the lock a finishing thread takes.
-            if live.busy() >= self.context.config.max_connections {
-                live.parked.push_back(p);
-                return;
-            }
+            live.parked.push_back(p);
+            return;
         }
-        self.spawn(Start::Preambled(Box::new(p)));
+        self.spawn_in(&mut live, Start::Preambled(Box::new(p)));
     }
 
     /// A thread ended: a parked connection gets its slot.
     fn unpark(self: &Arc<Self>) {
-        let next = {
-            let mut live = lock(&self.live);
-            if live.busy() >= self.context.config.max_connections {
-                return;
-            }
-            live.parked.pop_front()
-        };
-        if let Some(p) = next {
-            if !self.closing_all.load(Ordering::SeqCst) {
-                self.spawn_unreaped(Start::Preambled(Box::new(p)));
-            }
+        let mut live = lock(&self.live);
+        if live.busy() >= self.context.config.max_connections
+            || self.closing_all.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        if let Some(p) = live.parked.pop_front() {
+            self.spawn_in(&mut live, Start::Preambled(Box::new(p)));
         }
     }
 }
