@@ -1216,8 +1216,8 @@ enum sockserv_result sockserv_server_set_dial_error_handler(const struct sockser
                                                             void *userdata);
 
 /**
- * Dials `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT", "unix://PATH")
- * from the server's event engine and returns at once: the connect, its
+ * Dials `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT", "tls://HOST:PORT",
+ * "unix://PATH") from the server's event engine and returns at once: the connect, its
  * timeout (`sockserv_config_set_connect_timeout`) and the handshake (with
  * the config's keys, as the client) run on an I/O thread without
  * blocking it. Once the handshake passes, the connection gets the
@@ -1289,8 +1289,9 @@ void sockserv_dialer_free(struct sockserv_dialer *dialer);
 
 /**
  * Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
- * "unix://PATH"), trying each resolved address within the connect
- * timeout, then runs the handshake when `config` has a key. `config` is
+ * "tls://HOST:PORT", "unix://PATH"), trying each resolved address within
+ * the connect timeout, then TLS for "tls://" and the handshake when
+ * `config` has a key. `config` is
  * copied; NULL means the defaults. A full server that refuses
  * (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
  * connection with `sockserv_conn_free`.

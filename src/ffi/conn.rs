@@ -228,8 +228,9 @@ fn with_conn(
 }
 
 /// Connects to `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT",
-/// "unix://PATH"), trying each resolved address within the connect
-/// timeout, then runs the handshake when `config` has a key. `config` is
+/// "tls://HOST:PORT", "unix://PATH"), trying each resolved address within
+/// the connect timeout, then TLS for "tls://" and the handshake when
+/// `config` has a key. `config` is
 /// copied; NULL means the defaults. A full server that refuses
 /// (`SOCKSERV_WHEN_FULL_REFUSE`) shows as `SOCKSERV_ERR_CLOSED`. Free the
 /// connection with `sockserv_conn_free`.

@@ -86,8 +86,8 @@ pub unsafe extern "C" fn sockserv_server_set_dial_error_handler(
     })
 }
 
-/// Dials `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT", "unix://PATH")
-/// from the server's event engine and returns at once: the connect, its
+/// Dials `addr` ("tcp://HOST:PORT", "tcp://[::1]:PORT", "tls://HOST:PORT",
+/// "unix://PATH") from the server's event engine and returns at once: the connect, its
 /// timeout (`sockserv_config_set_connect_timeout`) and the handshake (with
 /// the config's keys, as the client) run on an I/O thread without
 /// blocking it. Once the handshake passes, the connection gets the

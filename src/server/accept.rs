@@ -169,7 +169,7 @@ impl Server {
         self.shared.listener.as_ref().map_or("", |l| l.local_addr())
     }
 
-    /// Dials `addr` (`tcp://HOST:PORT`, `unix://PATH`) from the event
+    /// Dials `addr` (`tcp://HOST:PORT`, `tls://HOST:PORT`, `unix://PATH`) from the event
     /// engine's I/O threads, with `config` (`None`: the server's): the
     /// connection gets the event handler's callbacks like an accepted one,
     /// and is dialed again when it fails or ends (see [`Dialer`]). The name

@@ -9,7 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::proto::handshake::Role;
 use crate::stream::connection::Connection;
 
-/// Connects to `addr` (`tcp://HOST:PORT` or `unix://PATH`). Each resolved
+/// Connects to `addr` (`tcp://HOST:PORT`, `tls://HOST:PORT` or `unix://PATH`). Each resolved
 /// address is tried in turn; the error of the last one is reported.
 pub fn connect(addr: &str, config: &Config) -> Result<Connection> {
     let addr = Address::parse(addr)?;

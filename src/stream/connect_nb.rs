@@ -76,7 +76,7 @@ enum Stage {
 }
 
 impl Connecting {
-    /// Resolves `addr` (`tcp://HOST:PORT`, `unix://PATH`) and starts a
+    /// Resolves `addr` (`tcp://HOST:PORT`, `tls://HOST:PORT`, `unix://PATH`) and starts a
     /// non-blocking connect to its first address; returns at once
     /// (after the name lookup). An address refused at once (a Unix path
     /// with nobody there) moves on to the next; when none is left, that is
