@@ -40,7 +40,8 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(resolved.len(), 1);
             }
         }
-        Address::Tcp { host, port } => {
+        // A TLS address is a TCP one with TLS on top: the same socket.
+        Address::Tcp { host, port } | Address::Tls { host, port } => {
             assert!(!host.is_empty());
             if let Ok(ip) = host.parse::<IpAddr>() {
                 // An IP literal resolves without any lookup.
